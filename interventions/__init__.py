@@ -1,0 +1,13 @@
+"""Interventions on a loaded model: models, task families, forward passes, metrics and experiment kinds.
+
+Importing the package fills every registry (KINDS, VECTORS, FAMILIES, MODELS, ARCHITECTURES).
+"""
+from interventions import steering  # noqa: F401  (registers the steering kind and its vectors)
+from interventions.architectures import ARCHITECTURES
+from interventions.families import FAMILIES
+from interventions.kinds import KINDS
+from interventions.models import MODELS
+from interventions.registry import AtlasError, Registry
+from interventions.steering import VECTORS
+
+__all__ = ["ARCHITECTURES", "AtlasError", "FAMILIES", "KINDS", "MODELS", "Registry", "VECTORS"]

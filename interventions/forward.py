@@ -1,0 +1,85 @@
+"""Batched forward passes: left-padded encoding, clean runs with captured residuals, runs from a layer on.
+
+Only the last position is unembedded. `run_from(model, resid, mask, start)` feeds
+`resid` (the input of layer `start`, i.e. `resid_post[start-1]`) through the remaining
+layers, so work before an intervened layer is never repeated.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from interventions.architectures import part
+from interventions.hooks import capture
+from interventions.models import Model
+
+
+@dataclass(frozen=True)
+class Batch:
+    ids: Tensor  # (batch, pos) token ids, left-padded
+    mask: Tensor  # (batch, pos) 1 for tokens, 0 for padding
+
+    def to(self, device) -> "Batch":
+        return Batch(self.ids.to(device), self.mask.to(device))
+
+
+def encode(tokenizer, prompts: list[str], suffix: list[int] | None = None) -> Batch:
+    """Tokenise with the tokenizer's defaults, append one suffix id per prompt, left-pad."""
+    rows = [tokenizer(p)["input_ids"] for p in prompts]
+    if suffix is not None:
+        rows = [row + [extra] for row, extra in zip(rows, suffix)]
+    width = max(len(r) for r in rows)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+    return Batch(ids, mask)
+
+
+def single_token_ids(tokenizer, words: list[str]) -> Tensor:
+    return torch.tensor([tokenizer(w, add_special_tokens=False)["input_ids"][0] for w in words])
+
+
+def position_ids(mask: Tensor) -> Tensor:
+    return (mask.cumsum(-1) - 1).clamp(min=0)  # left padding: real tokens count from 0
+
+
+@torch.no_grad()
+def clean_run(model: Model, batch: Batch) -> tuple[Tensor, dict[int, Tensor]]:
+    """Last-position logits (batch, vocab) and resid_post[L] (batch, pos, d_model) for every layer."""
+    layers = part(model.module, model.arch.layers)
+    with capture(dict(enumerate(layers))) as resid:
+        out = model.module(
+            input_ids=batch.ids, attention_mask=batch.mask, position_ids=position_ids(batch.mask),
+            use_cache=False, logits_to_keep=1,
+        )
+    return out.logits[:, -1].float(), dict(resid)
+
+
+def _masks(model: Model, hidden: Tensor, mask: Tensor, pos: Tensor) -> dict[str, object]:
+    from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
+
+    kwargs = dict(config=model.config, inputs_embeds=hidden, attention_mask=mask, cache=None, position_ids=pos)
+    masks = {"full_attention": create_causal_mask(**kwargs)}
+    if "sliding_attention" in (getattr(model.config, "layer_types", None) or ()):
+        masks["sliding_attention"] = create_sliding_window_causal_mask(**kwargs)
+    return masks
+
+
+@torch.no_grad()
+def run_from(model: Model, resid: Tensor, mask: Tensor, start: int) -> Tensor:
+    """Last-position logits (batch, vocab) of layers start..end applied to resid (batch, pos, d_model)."""
+    pos = position_ids(mask)
+    layers = part(model.module, model.arch.layers)
+    layer_types = getattr(model.config, "layer_types", None) or ["full_attention"] * len(layers)
+    hidden = resid
+    if start < len(layers):
+        masks = _masks(model, hidden, mask, pos)
+        rotary = part(model.module, model.arch.rotary)(hidden, pos)
+        for index in range(start, len(layers)):
+            out = layers[index](hidden, attention_mask=masks[layer_types[index]], position_embeddings=rotary,
+                                position_ids=pos, use_cache=False)
+            hidden = out[0] if isinstance(out, tuple) else out
+    last = part(model.module, model.arch.final_norm)(hidden[:, -1:])  # (batch, 1, d_model)
+    return part(model.module, model.arch.lm_head)(last)[:, -1].float()

@@ -1,0 +1,51 @@
+"""Next-token metrics on last-position logits (batch, vocab): pure tensor functions, natural logs."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def kl(clean: Tensor, other: Tensor) -> Tensor:
+    """KL(P_clean || P_other) per prompt over the full vocabulary: (batch,)."""
+    p_log, q_log = clean.log_softmax(-1), other.log_softmax(-1)
+    return (p_log.exp() * (p_log - q_log)).sum(-1)
+
+
+def logit_diff(logits: Tensor, target: Tensor, distractor: Tensor) -> Tensor:
+    """logit(target) - logit(distractor) per prompt: (batch,)."""
+    return logits.gather(-1, target[:, None])[:, 0] - logits.gather(-1, distractor[:, None])[:, 0]
+
+
+def target_logprob(logits: Tensor, target: Tensor) -> Tensor:
+    return logits.log_softmax(-1).gather(-1, target[:, None])[:, 0]
+
+
+def target_prob(logits: Tensor, target: Tensor) -> Tensor:
+    return target_logprob(logits, target).exp()
+
+
+def top1_correct(logits: Tensor, target: Tensor) -> Tensor:
+    """1.0 where the argmax over the vocabulary is the target: (batch,)."""
+    return (logits.argmax(-1) == target).float()
+
+
+def mean(x: Tensor) -> float:
+    return float(x.double().mean())
+
+
+@torch.no_grad()
+def steering_metrics(clean: Tensor, steered: Tensor, target: Tensor, distractor: Tensor) -> dict[str, float]:
+    """DESIGN §6 steering metrics on the eval items (selectivity is added by the kind)."""
+    return {
+        "ld_delta": mean(logit_diff(steered, target, distractor) - logit_diff(clean, target, distractor)),
+        "target_prob_clean": mean(target_prob(clean, target)),
+        "target_prob_steered": mean(target_prob(steered, target)),
+        "kl": mean(kl(clean, steered)),
+        "accuracy_clean": mean(top1_correct(clean, target)),
+        "accuracy_steered": mean(top1_correct(steered, target)),
+    }
+
+
+def selectivity(own_drop: float, collateral_drop: float) -> float:
+    """Target log-prob drop on this family / mean drop on the other families' items (nan if no collateral)."""
+    return own_drop / collateral_drop if collateral_drop != 0 else float("nan")

@@ -1,0 +1,53 @@
+"""Cross-seed aggregation (DESIGN §8): group finished grid points by every param but seed; mean, std, n, min, max."""
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+from rich.table import Table
+
+STATS = ("mean", "std", "n", "min", "max")
+
+
+def aggregate(rows: list[dict], group_by: list[str], metrics: list[str], primary: str) -> pd.DataFrame:
+    """One row per group; `<metric>_<stat>` columns; std has ddof=1; strongest |primary mean| first."""
+    frame = pd.DataFrame(rows)
+    for metric in metrics:
+        if metric not in frame:
+            frame[metric] = float("nan")
+    named = {}
+    for metric in metrics:
+        named.update({
+            f"{metric}_mean": (metric, "mean"),
+            f"{metric}_std": (metric, lambda s: s.std(ddof=1)),
+            f"{metric}_n": (metric, "count"),
+            f"{metric}_min": (metric, "min"),
+            f"{metric}_max": (metric, "max"),
+        })
+    table = frame.groupby(group_by, sort=False, dropna=False).agg(**named).reset_index()
+    order = table[f"{primary}_mean"].abs().sort_values(ascending=False, na_position="last").index
+    return table.loc[order].reset_index(drop=True)
+
+
+def _pm(mean: float, std: float) -> str:
+    if math.isnan(mean):
+        return "–"
+    return f"{mean:+.3g}" if math.isnan(std) else f"{mean:+.3g} ± {std:.2g}"
+
+
+def render(table: pd.DataFrame, axes: list[str], metrics: list[str], primary: str, top: int, title: str) -> Table:
+    """The first `top` groups as a rich table: varying axes, then mean ± std of the key metrics."""
+    shown_axes = [a for a in axes if a in table and table[a].nunique() > 1] or axes[:1]
+    shown = [primary, *[m for m in ("kl", "accuracy_clean", "selectivity") if m in metrics and m != primary]]
+    out = Table(title=title, title_justify="left", caption="cells: mean ± std (ddof=1) over seeds",
+                caption_justify="left")
+    for name in shown_axes:
+        out.add_column(name, justify="right" if table[name].dtype.kind in "if" else "left")
+    out.add_column("n", justify="right")
+    for metric in shown:
+        out.add_column(metric, justify="right")
+    for _, row in table.head(top).iterrows():
+        cells = [str(row[a]) for a in shown_axes] + [str(int(row[f"{primary}_n"]))]
+        cells += [_pm(row[f"{m}_mean"], row[f"{m}_std"]) for m in shown]
+        out.add_row(*cells)
+    return out

@@ -1,0 +1,44 @@
+"""Grid expansion: the product of a sweep's axes, in actor-friendly order, each point with a stable trial_id."""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from dataclasses import dataclass
+
+from interventions.kinds import kind_axes
+from orchestrator.spec import Sweep
+
+
+@dataclass(frozen=True)
+class Point:
+    trial_id: str
+    values: dict  # axis -> value (family by name)
+
+
+def trial_id(sweep: Sweep, values: dict) -> str:
+    """Hash of everything that changes a grid point's numbers; the same on any machine."""
+    settings = {
+        "model": sweep.spec.model,
+        "kind": sweep.kind.name,
+        "point": {**values, "family": sweep.family_ids[values["family"]]},
+        "n_train": sweep.spec.n_train,
+        "n_eval": sweep.spec.n_eval,
+    }
+    if sweep.kind.uses_other_families:  # collateral metrics read the other families' items
+        settings["families"] = sorted(sweep.family_ids.values())
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def axis_order(sweep: Sweep) -> list[str]:
+    """Seed and family outermost so that consecutive trials share an actor's cached baselines."""
+    return ["seed", "family", *kind_axes(sweep.kind)]
+
+
+def expand(sweep: Sweep) -> list[Point]:
+    names = axis_order(sweep)
+    points = []
+    for combo in itertools.product(*(sweep.axes[n] for n in names)):
+        values = dict(zip(names, combo))
+        points.append(Point(trial_id(sweep, values), values))
+    return points

@@ -1,0 +1,136 @@
+"""Sweep specs: the pydantic model and `load_sweep`, which validates everything before Ray or MLflow start.
+
+Every defect is a SpecError reading `<file>: <field path>: <reason>`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+import yaml
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+
+from interventions import KINDS
+from interventions.families import Split, family_name, make_split, source_digest
+from interventions.kinds import Kind, registered
+from interventions.models import EMBEDDED, ModelInfo, describe
+from interventions.registry import AtlasError
+
+
+class SpecError(AtlasError):
+    """'<file>: <field>: <reason>': the CLI prints it and exits 2."""
+
+
+class Resources(BaseModel):
+    """What one trial (one actor holding the model) asks Ray for."""
+
+    model_config = ConfigDict(extra="forbid")
+    cpu: float = Field(1.0, gt=0)  # also the actor's torch thread count (at least 1)
+    gpu: float = Field(0.0, ge=0)  # 0.25 packs four actors on one GPU
+
+
+class SweepSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: Annotated[str, Field(min_length=1, pattern=r"^[\w.-]+$")]  # the MLflow experiment
+    model: str = EMBEDDED  # built-in name, hub id or local folder (safetensors)
+    kind: Annotated[str, registered(KINDS)]
+    n_train: int = Field(32, ge=2)  # train items per (family, seed): vectors, means, probes
+    n_eval: int = Field(32, ge=1)  # eval items per (family, seed): every metric
+    trust_remote_code: bool = False
+    resources: Resources = Resources()
+    axes: dict
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """A validated spec with everything resolved: kind, axes, model sizes, and every split's items."""
+
+    path: Path
+    spec: SweepSpec
+    kind: Kind
+    axes: dict[str, list]  # axis -> values, `family` values as written in the spec
+    model: ModelInfo
+    splits: dict[tuple[str, int], Split]  # (family name, seed) -> items
+    family_ids: dict[str, str]  # family name -> what identifies its items (name, or JSONL content hash)
+
+    @property
+    def base_dir(self) -> Path:
+        return self.path.parent
+
+    @property
+    def spec_hash(self) -> str:
+        text = json.dumps({"spec": self.spec.model_dump(), "families": self.family_ids}, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _field_error(path: Path, exc: ValidationError, prefix: tuple = ()) -> SpecError:
+    err = min(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")  # a misspelt key first
+    where = ".".join(map(str, (*prefix, *err["loc"]))) or "spec"
+    reason = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        reason = "unknown key"
+    return SpecError(f"{path.name}: {where}: {reason}")
+
+
+def read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise SpecError(f"{path}: no such spec file")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark else "yaml"
+        raise SpecError(f"{path.name}: {where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    if not isinstance(raw, dict):
+        raise SpecError(f"{path.name}: spec: must be a mapping of keys to values, not {type(raw).__name__}")
+    return raw
+
+
+def _check_layers(path: Path, kind: Kind, axes: dict, info: ModelInfo) -> None:
+    for name in kind.layer_axes:
+        for i, layer in enumerate(axes.get(name, ())):
+            if not 0 <= layer < info.n_layers:
+                raise SpecError(f"{path.name}: axes.{name}.{i}: layer {layer} is outside 0..{info.n_layers - 1} "
+                                f"({info.name} has {info.n_layers} layers)")
+
+
+def _load_splits(path: Path, spec: SweepSpec, axes: dict, info: ModelInfo) -> dict[tuple[str, int], Split]:
+    names = [family_name(v) for v in axes["family"]]
+    if len(set(names)) != len(names):
+        raise SpecError(f"{path.name}: axes.family: two values share the family name (file stem)")
+    splits = {}
+    for value in axes["family"]:
+        for seed in axes["seed"]:
+            try:
+                split = make_split(value, seed, info.tokenizer, spec.n_train, spec.n_eval, path.parent)
+            except AtlasError as exc:
+                raise SpecError(f"{path.name}: axes.family: {exc}") from None
+            splits[(split.family, seed)] = split
+    return splits
+
+
+def load_sweep(path: str | Path) -> Sweep:
+    """Read and validate a spec file in full; raises SpecError naming the field."""
+    path = Path(path).resolve()
+    raw = read_yaml(path)
+    try:
+        spec = SweepSpec.model_validate(raw)
+    except ValidationError as exc:
+        raise _field_error(path, exc) from None
+    kind = KINDS.get(spec.kind)
+    try:
+        axes = kind.axes.model_validate(spec.axes).model_dump()
+    except ValidationError as exc:
+        raise _field_error(path, exc, ("axes",)) from None
+    try:
+        info = describe(spec.model, spec.trust_remote_code)
+    except AtlasError as exc:
+        raise SpecError(f"{path.name}: model: {exc}") from None
+    _check_layers(path, kind, axes, info)
+    splits = _load_splits(path, spec, axes, info)
+    family_ids = {family_name(v): source_digest(v, path.parent) for v in axes["family"]}
+    axes["family"] = [family_name(v) for v in axes["family"]]
+    return Sweep(path, spec, kind, axes, info, splits, family_ids)

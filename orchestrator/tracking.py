@@ -1,0 +1,155 @@
+"""MLflow record (DESIGN §7): store, experiment, parent run, one FINISHED child run per trial_id, the UI.
+
+The only module that imports mlflow. Only the driver writes; the store doubles as the
+resume ledger: a grid point whose trial_id already has a FINISHED run is not run again.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from mlflow.entities import Metric, Param, RunStatus
+from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+import orchestrator
+from orchestrator.grid import Point
+from orchestrator.spec import Sweep
+
+logging.getLogger("mlflow").setLevel(logging.WARNING)  # no INFO lines about creating the SQLite tables
+TAG = "orchestrator."
+ROLE_PARENT, ROLE_CHILD = "parent", "trial"
+
+
+def store_dir() -> Path:
+    return Path.cwd() / "mlruns"
+
+
+def resolve_uri(cli_value: str | None = None) -> str:
+    """--tracking-uri, else MLFLOW_TRACKING_URI, else the project's SQLite store under ./mlruns."""
+    return cli_value or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{store_dir() / 'mlflow.db'}"
+
+
+def _default_store(uri: str) -> bool:
+    return uri == f"sqlite:///{store_dir() / 'mlflow.db'}"
+
+
+class Tracker:
+    """Reads and writes one sweep's experiment."""
+
+    def __init__(self, uri: str, sweep: Sweep) -> None:
+        self.uri, self.sweep = uri, sweep
+        self.client, self.experiment_id = None, None
+        if not _default_store(uri) or (store_dir() / "mlflow.db").exists():  # reading never creates a store
+            self._connect()
+
+    def _connect(self) -> None:
+        if self.client is None:
+            if _default_store(self.uri):
+                store_dir().mkdir(exist_ok=True)
+            self.client = MlflowClient(tracking_uri=self.uri)
+            found = self.client.get_experiment_by_name(self.sweep.spec.name)
+            self.experiment_id = found.experiment_id if found else None
+
+    def _runs(self, filter_string: str):
+        if self.experiment_id is None:
+            return
+        token = None
+        while True:
+            page = self.client.search_runs([self.experiment_id], filter_string, max_results=10_000, page_token=token)
+            yield from page
+            token = page.token
+            if not token:
+                return
+
+    def finished(self) -> dict[str, str]:
+        """trial_id -> run_id of every FINISHED child run (the resume ledger)."""
+        runs = self._runs(f"attributes.status = 'FINISHED' and tags.`{TAG}role` = '{ROLE_CHILD}'")
+        return {r.data.tags[f"{TAG}trial_id"]: r.info.run_id for r in runs}
+
+    def metrics(self, run_ids: list[str]) -> dict[str, dict[str, float]]:
+        wanted = set(run_ids)
+        runs = self._runs(f"attributes.status = 'FINISHED' and tags.`{TAG}role` = '{ROLE_CHILD}'")
+        return {r.info.run_id: dict(r.data.metrics) for r in runs if r.info.run_id in wanted}
+
+    def close_stale(self) -> int:
+        """Runs left RUNNING by an interrupted driver become KILLED (never counted as finished)."""
+        stale = list(self._runs("attributes.status = 'RUNNING'"))
+        for run in stale:
+            self.client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
+        return len(stale)
+
+    def start_parent(self, n_points: int, n_todo: int) -> str:
+        self._connect()
+        if self.experiment_id is None:
+            location = (store_dir() / "artifacts").as_uri() + f"/{self.sweep.spec.name}" if _default_store(self.uri) else None
+            self.experiment_id = self.client.create_experiment(self.sweep.spec.name, artifact_location=location)
+        spec = self.sweep.spec
+        run = self.client.create_run(self.experiment_id, run_name=f"{spec.name} {time.strftime('%Y-%m-%d %H:%M:%S')}",
+                                     tags={**self._tags(), f"{TAG}role": ROLE_PARENT})
+        params = {"model": spec.model, "kind": spec.kind, "n_train": spec.n_train, "n_eval": spec.n_eval,
+                  "grid_size": n_points, "to_run": n_todo, "resources": json.dumps(spec.resources.model_dump())}
+        self.client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
+        self._log_inputs(run.info.run_id)
+        return run.info.run_id
+
+    def _tags(self) -> dict[str, str]:
+        return {f"{TAG}kind": self.sweep.kind.name, f"{TAG}spec_hash": self.sweep.spec_hash,
+                f"{TAG}version": orchestrator.__version__}
+
+    def _log_inputs(self, run_id: str) -> None:
+        """The spec as written and every item used, so that a sweep can be re-read without rerunning."""
+        self.client.log_artifact(run_id, str(self.sweep.path))
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "items.jsonl"
+            with path.open("w", encoding="utf-8") as out:
+                for (family, seed), split in sorted(self.sweep.splits.items()):
+                    for name, items in (("train", split.train), ("eval", split.eval)):
+                        for item in items:
+                            row = {"family": family, "seed": seed, "split": name, **item.to_dict()}
+                            out.write(json.dumps(row) + "\n")
+            self.client.log_artifact(run_id, str(path))
+
+    def log_trial(self, parent_id: str, point: Point, metrics: dict[str, float], extra_tags: dict[str, str]) -> str:
+        """One child run for one finished grid point: params, tags and metrics, then FINISHED."""
+        name = " ".join(f"{k}={v}" for k, v in point.values.items())
+        tags = {**self._tags(), MLFLOW_PARENT_RUN_ID: parent_id, f"{TAG}role": ROLE_CHILD,
+                f"{TAG}trial_id": point.trial_id, **{f"{TAG}{k}": v for k, v in extra_tags.items()}}
+        run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
+        params = {"model": self.sweep.spec.model, "kind": self.sweep.kind.name, **point.values}
+        now = int(time.time() * 1000)
+        self.client.log_batch(
+            run.info.run_id,
+            params=[Param(k, str(v)) for k, v in params.items()],
+            metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
+        )
+        self.client.set_terminated(run.info.run_id, "FINISHED")
+        return run.info.run_id
+
+    def log_outputs(self, run_id: str, paths: list[Path]) -> None:
+        for path in paths:
+            self.client.log_artifact(run_id, str(path))
+
+    def log_summary(self, run_id: str, metrics: dict[str, float]) -> None:
+        now = int(time.time() * 1000)
+        self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
+
+    def end_parent(self, run_id: str, status: str) -> None:
+        self.client.set_terminated(run_id, status)
+
+
+def serve_ui(uri: str, host: str, port: int) -> int:
+    """Run the MLflow UI on the store until interrupted; returns its exit code."""
+    if _default_store(uri):
+        store_dir().mkdir(exist_ok=True)
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
+    if _default_store(uri):
+        cmd += ["--artifacts-destination", str(store_dir() / "artifacts")]
+    return subprocess.call(cmd, env=env)

@@ -1,0 +1,87 @@
+"""Actor side: `run_trial`, the function Ray Tune runs, with the model and baselines cached per actor process.
+
+How this connects: runner.py wraps `run_trial` in `tune.with_parameters` (the splits travel
+once through the object store) and `tune.with_resources`; the result goes back to the
+driver, which alone writes MLflow.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections import OrderedDict
+
+import torch
+from ray import tune
+
+from interventions.context import FamilyRun, TrialContext
+from interventions.families import Split
+from interventions.hooks import count_hooks
+from interventions.kinds import KINDS, run_kind
+from interventions.models import Model, load
+
+MODEL_LOADS = 0  # per process: the model-load test reads it back from every trial's result
+_MODEL: dict[str, Model] = {}
+_RUNS: OrderedDict[tuple, FamilyRun] = OrderedDict()
+MAX_CACHED_RUNS = 16  # (family, seed) baselines kept per actor; trials come grouped by seed and family
+
+
+def actor_model(name: str, trust_remote_code: bool, device: str) -> Model:
+    """The actor's one model, loaded on first use."""
+    global MODEL_LOADS
+    key = f"{name}|{trust_remote_code}|{device}"
+    if key not in _MODEL:
+        _MODEL.clear()
+        MODEL_LOADS += 1
+        _MODEL[key] = load(name, trust_remote_code, device)
+    return _MODEL[key]
+
+
+def family_run(model: Model, split: Split) -> FamilyRun:
+    key = (model.name, split.family, split.seed)
+    if key not in _RUNS:
+        _RUNS[key] = FamilyRun(model, split)
+        while len(_RUNS) > MAX_CACHED_RUNS:
+            _RUNS.popitem(last=False)
+    _RUNS.move_to_end(key)
+    return _RUNS[key]
+
+
+def trial_context(config: dict, splits: dict[tuple[str, int], Split]) -> TrialContext:
+    device = "cuda" if config["gpu"] > 0 and torch.cuda.is_available() else "cpu"
+    model = actor_model(config["model"], config["trust_remote_code"], device)
+    seed, family = config["trial"]["point"]["seed"], config["trial"]["point"]["family"]
+    others = []
+    if KINDS.get(config["kind"]).uses_other_families:
+        others = [family_run(model, splits[(f, seed)]) for f in config["families"] if f != family]
+    return TrialContext(model, seed, family_run(model, splits[(family, seed)]), others)
+
+
+def _crash_once_for_tests() -> None:
+    """Fault injection: with ATLAS_CRASH_ONCE_DIR set, the first trial to claim the marker kills its worker."""
+    folder = os.environ.get("ATLAS_CRASH_ONCE_DIR")
+    if folder:
+        try:
+            os.close(os.open(os.path.join(folder, "crashed"), os.O_CREAT | os.O_EXCL))
+        except FileExistsError:
+            return
+        os._exit(1)
+
+
+def run_trial(config: dict, splits: dict[tuple[str, int], Split]) -> None:
+    """One grid point: config = {trial: {point, trial_id}, kind, model, families, threads, gpu, trust_remote_code}."""
+    _crash_once_for_tests()
+    torch.set_num_threads(config["threads"])
+    start = time.perf_counter()
+    ctx = trial_context(config, splits)
+    metrics = run_kind(config["kind"], ctx, config["trial"]["point"])
+    left = count_hooks(ctx.model.module)
+    if left:
+        raise RuntimeError(f"{left} forward hooks left on the model after trial {config['trial']['trial_id']}")
+    tune.report({
+        **metrics,
+        "trial_id": config["trial"]["trial_id"],
+        "worker": f"{socket.gethostname()}:{os.getpid()}",
+        "model_loads": MODEL_LOADS,
+        "trial_seconds": time.perf_counter() - start,
+    })

@@ -1,0 +1,42 @@
+"""Shared fixtures: seeded tiny models (both architectures), the embedded model, small splits, a local Ray."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from interventions import models
+from interventions.context import FamilyRun, TrialContext
+from interventions.families import make_split
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_llama():
+    return models.load("tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2():
+    return models.load("tiny-qwen2")
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    return models.load("smollm2-135m")
+
+
+@pytest.fixture(scope="session", params=["tiny-llama", "tiny-qwen2"])
+def tiny_model(request):
+    return models.load(request.param)
+
+
+def split(model, family="antonyms", seed=0, n_train=8, n_eval=6):
+    return make_split(family, seed, model.tokenizer, n_train, n_eval, REPO)
+
+
+def context(model, family="antonyms", seed=0, others=(), n_train=8, n_eval=6) -> TrialContext:
+    run = FamilyRun(model, split(model, family, seed, n_train, n_eval))
+    other_runs = [FamilyRun(model, split(model, f, seed, n_train, n_eval)) for f in others]
+    return TrialContext(model, seed, run, other_runs)

@@ -1,0 +1,205 @@
+"""The CLI end to end on sweeps/smoke.yaml through Ray Tune into MLflow: record, aggregate, resume, crash, UI."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from orchestrator.grid import expand
+from orchestrator.spec import load_sweep
+from tests.conftest import REPO
+
+SMOKE = REPO / "sweeps" / "smoke.yaml"
+
+
+def cli(cwd: Path, *args: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
+    full_env.pop("MLFLOW_TRACKING_URI", None)
+    return subprocess.run([sys.executable, "-m", "orchestrator", *args], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def store(cwd: Path) -> MlflowClient:
+    return MlflowClient(f"sqlite:///{cwd / 'mlruns' / 'mlflow.db'}")
+
+
+def runs(cwd: Path, name: str = "smoke"):
+    client = store(cwd)
+    exp = client.get_experiment_by_name(name)
+    return client.search_runs([exp.experiment_id], max_results=10_000)
+
+
+def children(all_runs, status="FINISHED"):
+    return [r for r in all_runs if r.data.tags.get("orchestrator.role") == "trial" and r.info.status == status]
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    cwd = tmp_path_factory.mktemp("smoke")
+    done = cli(cwd, "sweep", str(SMOKE))
+    assert done.returncode == 0, done.stdout + done.stderr
+    return cwd, done
+
+
+def test_every_grid_point_is_one_finished_child_run(smoke_run):
+    cwd, _ = smoke_run
+    grid = expand(load_sweep(SMOKE))
+    all_runs = runs(cwd)
+    kids = children(all_runs)
+    assert len(kids) == len(grid) == 32
+    ids = Counter(r.data.tags["orchestrator.trial_id"] for r in kids)
+    assert set(ids) == {p.trial_id for p in grid} and max(ids.values()) == 1
+    parents = [r for r in all_runs if r.data.tags.get("orchestrator.role") == "parent"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    by_id = {p.trial_id: p for p in grid}
+    for run in kids:
+        assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+        assert run.data.tags["orchestrator.kind"] == "steering" and run.data.tags["orchestrator.spec_hash"]
+        point = by_id[run.data.tags["orchestrator.trial_id"]]
+        assert run.data.params == {"model": "tiny-llama", "kind": "steering",
+                                   **{k: str(v) for k, v in point.values.items()}}
+        expected = {"ld_delta", "target_prob_clean", "target_prob_steered", "kl", "accuracy_clean", "accuracy_steered"}
+        if point.values["strength"] < 0:
+            expected |= {"selectivity", "target_logprob_drop", "collateral_logprob_drop"}
+        assert set(run.data.metrics) == expected
+    artifacts = {a.path for a in store(cwd).list_artifacts(parents[0].info.run_id)}
+    assert {"smoke.yaml", "items.jsonl", "aggregate.parquet", "aggregate.txt"} <= artifacts
+
+
+def test_aggregate_groups_over_seeds_with_numpy_std(smoke_run):
+    cwd, done = smoke_run
+    table = pd.read_parquet(cwd / "mlruns" / "reports" / "smoke" / "aggregate.parquet")
+    assert len(table) == 32 // 2
+    assert "aggregate table:" in done.stdout and "ld_delta" in done.stdout
+    logged = defaultdict(list)
+    for run in children(runs(cwd)):
+        p = run.data.params
+        logged[(p["family"], int(p["layer"]), float(p["strength"]), p["vector_type"])].append(run.data.metrics)
+    for _, row in table.iterrows():
+        values = logged[(row["family"], row["layer"], row["strength"], row["vector_type"])]
+        for metric in ("ld_delta", "kl", "target_prob_steered"):
+            xs = np.array([v[metric] for v in values])
+            assert row[f"{metric}_n"] == len(xs) == 2
+            assert row[f"{metric}_mean"] == pytest.approx(xs.mean(), rel=1e-9, abs=1e-12)
+            assert row[f"{metric}_std"] == pytest.approx(np.std(xs, ddof=1), rel=1e-9, abs=1e-12)
+            assert row[f"{metric}_min"] == xs.min() and row[f"{metric}_max"] == xs.max()
+    means = table["ld_delta_mean"].abs().tolist()
+    assert means == sorted(means, reverse=True)
+
+
+def test_model_is_loaded_once_per_actor_not_per_trial(smoke_run):
+    cwd, _ = smoke_run
+    kids = children(runs(cwd))
+    per_worker = defaultdict(set)
+    for run in kids:
+        per_worker[run.data.tags["orchestrator.worker"]].add(run.data.tags["orchestrator.model_loads"])
+    assert len(per_worker) <= 2 < len(kids)  # 2 CPUs, 1 CPU per trial: at most two actors
+    assert all(loads == {"1"} for loads in per_worker.values())
+
+
+def test_rerun_resumes_and_duplicates_nothing(smoke_run):
+    cwd, _ = smoke_run
+    again = cli(cwd, "sweep", str(SMOKE))
+    assert again.returncode == 0, again.stderr
+    assert "32 already finished" in again.stdout or "running" not in again.stdout
+    all_runs = runs(cwd)
+    assert len(children(all_runs)) == 32
+    assert sum(r.data.tags.get("orchestrator.role") == "parent" for r in all_runs) == 2
+
+
+def test_a_crashed_worker_is_retried_and_logged_once(tmp_path):
+    marker = tmp_path / "crash"
+    marker.mkdir()
+    done = cli(tmp_path, "sweep", str(SMOKE), env={"ATLAS_CRASH_ONCE_DIR": str(marker)})
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (marker / "crashed").exists(), "the fault was not injected"
+    kids = children(runs(tmp_path))
+    ids = Counter(r.data.tags["orchestrator.trial_id"] for r in kids)
+    assert len(ids) == 32 and max(ids.values()) == 1
+    assert len({r.data.tags["orchestrator.worker"] for r in kids}) >= 2  # a new actor replaced the dead one
+
+
+def finished_children(db: Path) -> int:
+    """Read-only count straight from SQLite, so polling never races the driver's schema setup."""
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
+            return con.execute(
+                "select count(*) from runs r join tags t on r.run_uuid = t.run_uuid where "
+                "t.key = 'orchestrator.role' and t.value = 'trial' and r.status = 'FINISHED'").fetchone()[0]
+    except sqlite3.Error:
+        return 0
+
+
+def test_an_interrupted_driver_resumes_without_loss_or_duplicates(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    proc = subprocess.Popen([sys.executable, "-m", "orchestrator", "sweep", str(SMOKE)], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and finished_children(tmp_path / "mlruns" / "mlflow.db") < 4:
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    first = len(children(runs(tmp_path)))
+    assert proc.returncode == 130, out
+    assert 4 <= first < 32, out
+    again = cli(tmp_path, "sweep", str(SMOKE))
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert f"{first} already finished" in again.stdout
+    ids = Counter(r.data.tags["orchestrator.trial_id"] for r in children(runs(tmp_path)))
+    assert len(ids) == 32 and max(ids.values()) == 1
+
+
+def test_gpu_request_on_a_cpu_cluster_is_bad_input(tmp_path):
+    spec = tmp_path / "gpu.yaml"
+    spec.write_text(SMOKE.read_text().replace("gpu: 0", "gpu: 0.25"))
+    done = cli(tmp_path, "sweep", str(spec))
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stderr.strip().splitlines() == ["error: resources.gpu: 0.25 GPU per trial requested but the Ray "
+                                                "cluster has 0 GPUs"]
+    client = store(tmp_path)
+    assert client.get_experiment_by_name("smoke") is None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ui_serves_the_sweep_on_loopback(smoke_run):
+    cwd, _ = smoke_run
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    proc = subprocess.Popen([sys.executable, "-m", "orchestrator", "ui", "--port", str(port)], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        url = f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/get-by-name?experiment_name=smoke"
+        deadline, body = time.time() + 90, None
+        while time.time() < deadline and body is None:
+            try:
+                body = urllib.request.urlopen(url, timeout=2).read().decode()
+            except OSError:
+                time.sleep(0.5)
+        assert body is not None and '"name": "smoke"' in body.replace('":"', '": "')
+        with pytest.raises(OSError):  # bound to loopback only
+            ip = socket.gethostbyname(socket.gethostname())
+            if ip.startswith("127."):
+                raise OSError("no non-loopback address to try")
+            urllib.request.urlopen(f"http://{ip}:{port}/", timeout=2)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
