@@ -6,6 +6,7 @@ layers, so work before an intervened layer is never repeated.
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -58,9 +59,12 @@ def clean_run(model: Model, batch: Batch) -> tuple[Tensor, dict[int, Tensor]]:
 
 
 def _masks(model: Model, hidden: Tensor, mask: Tensor, pos: Tensor) -> dict[str, object]:
+    """The 4-d attention masks the layers expect, built as the model's own forward builds them."""
     from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 
-    kwargs = dict(config=model.config, inputs_embeds=hidden, attention_mask=mask, cache=None, position_ids=pos)
+    cache_arg = "cache" if "cache" in inspect.signature(create_causal_mask).parameters else "past_key_values"
+    kwargs = {"config": model.config, "inputs_embeds": hidden, "attention_mask": mask, cache_arg: None,
+              "position_ids": pos}
     masks = {"full_attention": create_causal_mask(**kwargs)}
     if "sliding_attention" in (getattr(model.config, "layer_types", None) or ()):
         masks["sliding_attention"] = create_sliding_window_causal_mask(**kwargs)

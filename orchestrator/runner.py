@@ -26,7 +26,7 @@ from orchestrator.spec import Sweep
 from orchestrator.tracking import Tracker, resolve_uri
 from orchestrator.worker import run_trial
 
-RESULT_TAGS = ("worker", "model_loads", "trial_seconds")  # per-trial facts logged as tags, not metrics
+RESULT_TAGS = ("worker", "node", "gpu_ids", "model_loads", "trial_seconds")  # per-trial facts logged as tags, not metrics
 
 
 @dataclass

@@ -19,6 +19,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 import orchestrator
+from interventions.registry import AtlasError
 from orchestrator.grid import Point
 from orchestrator.spec import Sweep
 
@@ -55,6 +56,9 @@ class Tracker:
                 store_dir().mkdir(exist_ok=True)
             self.client = MlflowClient(tracking_uri=self.uri)
             found = self.client.get_experiment_by_name(self.sweep.spec.name)
+            if found is not None and found.lifecycle_stage == "deleted":
+                raise AtlasError(f"name: experiment {self.sweep.spec.name!r} is deleted in {self.uri}; restore it "
+                                 "(mlflow experiments restore) or give the sweep another name")
             self.experiment_id = found.experiment_id if found else None
 
     def _runs(self, filter_string: str):

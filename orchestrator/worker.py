@@ -11,6 +11,7 @@ import socket
 import time
 from collections import OrderedDict
 
+import ray
 import torch
 from ray import tune
 
@@ -82,6 +83,8 @@ def run_trial(config: dict, splits: dict[tuple[str, int], Split]) -> None:
         **metrics,
         "trial_id": config["trial"]["trial_id"],
         "worker": f"{socket.gethostname()}:{os.getpid()}",
+        "node": ray.get_runtime_context().get_node_id(),
+        "gpu_ids": ",".join(map(str, ray.get_gpu_ids())),
         "model_loads": MODEL_LOADS,
         "trial_seconds": time.perf_counter() - start,
     })
