@@ -16,17 +16,16 @@ class Point:
     values: dict  # axis -> value (family by name)
 
 
-def trial_id(sweep: Sweep, values: dict) -> str:
-    """Hash of everything that changes a grid point's numbers; the same on any machine."""
+def trial_id(sweep: Sweep, values: dict, digests: dict[tuple[str, int], str]) -> str:
+    """Hash of everything that changes a grid point's numbers, items included; the same on any machine."""
+    items = {f: digests[(f, values["seed"])] for f in sweep.axes["family"]}
     settings = {
         "model": sweep.spec.model,
         "kind": sweep.kind.name,
-        "point": {**values, "family": sweep.family_ids[values["family"]]},
-        "n_train": sweep.spec.n_train,
-        "n_eval": sweep.spec.n_eval,
+        "point": {**values, "family": items[values["family"]]},
     }
     if sweep.kind.uses_other_families:  # collateral metrics read the other families' items
-        settings["families"] = sorted(sweep.family_ids.values())
+        settings["families"] = sorted(items.values())
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -37,8 +36,9 @@ def axis_order(sweep: Sweep) -> list[str]:
 
 def expand(sweep: Sweep) -> list[Point]:
     names = axis_order(sweep)
+    digests = {key: split.digest() for key, split in sweep.splits.items()}
     points = []
     for combo in itertools.product(*(sweep.axes[n] for n in names)):
         values = dict(zip(names, combo))
-        points.append(Point(trial_id(sweep, values), values))
+        points.append(Point(trial_id(sweep, values, digests), values))
     return points

@@ -14,7 +14,7 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from interventions import KINDS
-from interventions.families import Split, family_name, make_split, source_digest
+from interventions.families import Split, family_name, make_split
 from interventions.kinds import Kind, registered
 from interventions.models import EMBEDDED, ModelInfo, describe
 from interventions.registry import AtlasError
@@ -54,7 +54,6 @@ class Sweep:
     axes: dict[str, list]  # axis -> values, `family` values as written in the spec
     model: ModelInfo
     splits: dict[tuple[str, int], Split]  # (family name, seed) -> items
-    family_ids: dict[str, str]  # family name -> what identifies its items (name, or JSONL content hash)
 
     @property
     def base_dir(self) -> Path:
@@ -62,7 +61,8 @@ class Sweep:
 
     @property
     def spec_hash(self) -> str:
-        text = json.dumps({"spec": self.spec.model_dump(), "families": self.family_ids}, sort_keys=True)
+        items = {f"{family}:{seed}": split.digest() for (family, seed), split in self.splits.items()}
+        text = json.dumps({"spec": self.spec.model_dump(), "items": items}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -131,6 +131,5 @@ def load_sweep(path: str | Path) -> Sweep:
         raise SpecError(f"{path.name}: model: {exc}") from None
     _check_layers(path, kind, axes, info)
     splits = _load_splits(path, spec, axes, info)
-    family_ids = {family_name(v): source_digest(v, path.parent) for v in axes["family"]}
     axes["family"] = [family_name(v) for v in axes["family"]]
-    return Sweep(path, spec, kind, axes, info, splits, family_ids)
+    return Sweep(path, spec, kind, axes, info, splits)

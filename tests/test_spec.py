@@ -27,6 +27,7 @@ axes:
 
 ITEM = {"prompt": "hot -> cold\nbig ->", "target": " small", "distractor": " large",
         "corrupt_prompt": "hot -> cold\nbig ->"}
+ITEM2 = {**ITEM, "prompt": "up -> down\nbig ->", "corrupt_prompt": "up -> down\nbig ->"}
 
 
 def jsonl(*rows) -> str:
@@ -54,15 +55,16 @@ CASES = [
     ("not yaml", "name: [unclosed\n", {}, "line 2", "not valid YAML"),
     ("missing jsonl", GOOD.replace("[antonyms]", "[nope.jsonl]"), {}, "axes.family", "no such JSONL file"),
     ("malformed jsonl", GOOD.replace("[antonyms]", "[mine.jsonl]"),
-     {"mine.jsonl": jsonl(ITEM, ITEM, "{not json"), }, "axes.family", "mine.jsonl:3: malformed JSON"),
+     {"mine.jsonl": jsonl(ITEM, ITEM2, "{not json")}, "axes.family", "mine.jsonl:3: malformed JSON"),
+    ("jsonl duplicate prompt", GOOD.replace("[antonyms]", "[mine.jsonl]"),
+     {"mine.jsonl": jsonl(ITEM, ITEM2, ITEM)}, "axes.family", "mine.jsonl:3: duplicate prompt (first on line 1)"),
     ("jsonl missing key", GOOD.replace("[antonyms]", "[mine.jsonl]"),
      {"mine.jsonl": jsonl(ITEM, {k: v for k, v in ITEM.items() if k != "distractor"})}, "axes.family",
      "mine.jsonl:2: missing key 'distractor'"),
     ("jsonl multi-token target", GOOD.replace("[antonyms]", "[mine.jsonl]"),
      {"mine.jsonl": jsonl({**ITEM, "target": " smallish thing"})}, "axes.family", "mine.jsonl:1: target"),
     ("jsonl too few items", GOOD.replace("[antonyms]", "[mine.jsonl]"),
-     {"mine.jsonl": jsonl(ITEM, {**ITEM, "prompt": "up -> down\nbig ->", "corrupt_prompt": "up -> down\nbig ->"})},
-     "axes.family", "n_train=4, n_eval=2"),
+     {"mine.jsonl": jsonl(ITEM, ITEM2)}, "axes.family", "n_train=4, n_eval=2"),
 ]
 
 

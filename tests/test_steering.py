@@ -27,7 +27,7 @@ def test_run_from_matches_the_plain_forward(tiny_model):
 def test_zero_strength_is_a_no_op(tiny_model, vector_type):
     out = steering_trial(context(tiny_model), layer=1, strength=0.0, vector_type=vector_type)
     assert abs(out["ld_delta"]) < 1e-5
-    assert out["kl"] < 1e-7
+    assert out["kl"] < 1e-6  # float32 noise between the plain forward and the run from the cached layer
     assert out["target_prob_steered"] == pytest.approx(out["target_prob_clean"], abs=1e-6)
 
 

@@ -9,6 +9,7 @@ of items (see `jsonl.py`).
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,6 +35,11 @@ class Split:
     seed: int
     train: tuple[Item, ...]
     eval: tuple[Item, ...]
+
+    def digest(self) -> str:
+        """Hash of the items themselves: changes with the generator, the file or the tokenizer's filtering."""
+        rows = [[i.to_dict() for i in self.train], [i.to_dict() for i in self.eval]]
+        return hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()[:16]
 
 
 Generator = Callable[[random.Random], Item]
@@ -96,13 +102,6 @@ def make_split(value: str, seed: int, tokenizer, n_train: int, n_eval: int, base
         items = draw_items(value, seed, tokenizer, n_train + n_eval)
         train, eval_ = items[:n_train], items[n_train:]
     return Split(family_name(value), seed, tuple(train), tuple(eval_))
-
-
-def source_digest(value: str, base_dir: Path) -> str:
-    """What identifies a family's items besides its name: the file's content for JSONL."""
-    if not is_jsonl(value):
-        return value
-    return hashlib.sha256((base_dir / value).read_bytes()).hexdigest()[:16]
 
 
 from interventions.families import code, text  # noqa: E402,F401  (fill FAMILIES)

@@ -16,7 +16,7 @@ def read_jsonl(path: Path) -> list[tuple[int, Item, str | None]]:
     """(line number, item, split or None) per line; blank lines are skipped; any defect is an AtlasError."""
     if not path.is_file():
         raise AtlasError(f"{path}: no such JSONL file")
-    rows = []
+    rows, first_line = [], {}
     for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
             continue
@@ -38,6 +38,9 @@ def read_jsonl(path: Path) -> list[tuple[int, Item, str | None]]:
         split = row.get("split")
         if split is not None and split not in SPLITS:
             raise AtlasError(f"{where}: 'split' must be 'train' or 'eval', not {split!r}")
+        if row["prompt"] in first_line:  # a repeated prompt could land in train and eval both
+            raise AtlasError(f"{where}: duplicate prompt (first on line {first_line[row['prompt']]})")
+        first_line[row["prompt"]] = lineno
         rows.append((lineno, Item(*(row[k] for k in KEYS)), split))
     if not rows:
         raise AtlasError(f"{path}: the file holds no items")
