@@ -165,7 +165,11 @@ def run_sweep(sweep: Sweep, *, tracking_uri: str | None = None, address: str | N
     todo = [p for p in points if p.trial_id not in done]
     started_ray = False
     if todo and not ray.is_initialized():
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+        try:
+            ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+        except ConnectionError as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise AtlasError(f"--address {address}: no Ray cluster answered ({first})") from None
         started_ray = True
     try:
         if todo:

@@ -34,7 +34,12 @@ def store_dir() -> Path:
 
 def resolve_uri(cli_value: str | None = None) -> str:
     """--tracking-uri, else MLFLOW_TRACKING_URI, else the project's SQLite store under ./mlruns."""
-    return cli_value or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{store_dir() / 'mlflow.db'}"
+    uri = cli_value or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{store_dir() / 'mlflow.db'}"
+    if "://" not in uri or uri.startswith("file:"):
+        where = "--tracking-uri" if cli_value else "MLFLOW_TRACKING_URI"
+        raise AtlasError(f"{where}: {uri!r} is a bare file store, which MLflow 3 rejects; give a database or "
+                         "server URI such as sqlite:////abs/path/mlflow.db or http://host:5000")
+    return uri
 
 
 def _default_store(uri: str) -> bool:

@@ -127,3 +127,14 @@ def test_dry_run_prints_the_grid_and_touches_nothing(tmp_path, monkeypatch, caps
     out = capsys.readouterr().out
     assert "2 grid points" in out and "layer=2" in out and "seed=1" in out
     assert not (tmp_path / "mlruns").exists()
+
+
+def test_a_bare_file_store_is_refused_before_anything_runs(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "spec.yaml").write_text(GOOD)
+    monkeypatch.setattr(sys, "argv", ["orchestrator", "sweep", "spec.yaml", "--tracking-uri", "mlruns"])
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    assert exit_.value.code == 2
+    assert "error: --tracking-uri: 'mlruns' is a bare file store" in capsys.readouterr().err
+    assert not (tmp_path / "mlruns").exists()
