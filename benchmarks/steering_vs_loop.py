@@ -3,7 +3,8 @@
 The plain loop does the same forward passes the simple way: per trial, one forward of the
 whole model over the family's eval prompts with a forward hook adding the vector at
 layer L (plus the other families' prompts for negative strengths), after computing the
-clean runs and the vectors once per (family, seed). It logs nothing. The orchestrator
+clean runs and the vectors once per (family, seed); it already batches prompts and
+unembeds only the last position (`logits_to_keep=1`). It logs nothing. The orchestrator
 adds Ray Tune scheduling, the MLflow record and aggregation; it saves the layers below
 L (cached clean residual) and unembeds only the last position.
 
@@ -19,7 +20,8 @@ from pathlib import Path
 
 import torch
 
-from interventions.context import FamilyRun, seeded_generator
+from interventions.context import FamilyRun, TrialContext, seeded_generator
+from interventions.kinds import run_kind
 from interventions.forward import position_ids
 from interventions.models import load
 from interventions.steering import VECTORS
@@ -53,9 +55,22 @@ def plain_loop(sweep, points, threads: int) -> float:
                 for r in targets:
                     b = r.eval_batch
                     model.module(input_ids=b.ids, attention_mask=b.mask, position_ids=position_ids(b.mask),
-                                 use_cache=False)
+                                 use_cache=False, logits_to_keep=1)
         finally:
             handle.remove()
+    return time.perf_counter() - start
+
+
+def same_trials_in_process(sweep, points, threads: int) -> float:
+    """Seconds for the orchestrator's own trial functions called one after another in this process."""
+    torch.set_num_threads(threads)
+    start = time.perf_counter()
+    model = load(sweep.spec.model)
+    runs = {key: FamilyRun(model, split) for key, split in sweep.splits.items()}
+    for point in points:
+        v = point.values
+        others = [runs[(f, v["seed"])] for f in sweep.axes["family"] if f != v["family"]]
+        run_kind(sweep.kind.name, TrialContext(model, v["seed"], runs[(v["family"], v["seed"])], others), v)
     return time.perf_counter() - start
 
 
@@ -74,11 +89,15 @@ def main() -> None:
         start = time.perf_counter()
         run_sweep(sweep, tracking_uri=f"sqlite:///{tmp}/bench.db", top=3, out_dir=Path(tmp))
         orchestrated = time.perf_counter() - start
-    loop = plain_loop(sweep, points, threads=torch.get_num_threads())
-    print(f"\n{len(points)} trials of {sweep.spec.name} on {sweep.spec.model}")
-    print(f"orchestrator (Ray Tune + MLflow, cold start included): {orchestrated:8.1f} s")
-    print(f"plain PyTorch loop (model load included)              : {loop:8.1f} s")
-    print(f"ratio orchestrator / plain loop                        : {orchestrated / loop:8.2f}")
+    threads = torch.get_num_threads()
+    loop = plain_loop(sweep, points, threads)
+    direct = same_trials_in_process(sweep, points, threads)
+    print(f"\n{len(points)} trials of {sweep.spec.name} on {sweep.spec.model}, {threads} CPU threads")
+    print(f"orchestrator (Ray Tune + MLflow, cold start included)   : {orchestrated:8.1f} s")
+    print(f"plain PyTorch loop, one hooked full forward per trial    : {loop:8.1f} s")
+    print(f"the orchestrator's trial functions in one process, no Ray: {direct:8.1f} s")
+    print(f"ratio orchestrator / plain loop                          : {orchestrated / loop:8.2f}")
+    print(f"ratio orchestrator / same trials in process              : {orchestrated / direct:8.2f}")
 
 
 if __name__ == "__main__":
