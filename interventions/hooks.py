@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Callable, Iterator
+from typing import Iterator
 
 from torch import Tensor, nn
 
@@ -24,21 +24,6 @@ def capture(modules: dict[int, nn.Module]) -> Iterator[dict[int, Tensor]]:
     finally:
         for handle in handles:
             handle.remove()
-
-
-@contextmanager
-def replace_output(module: nn.Module, fn: Callable[[Tensor], Tensor]) -> Iterator[None]:
-    """Replace the module's output tensor by fn(output) while the block runs."""
-
-    def hook(_m, _i, out):
-        new = fn(_output_tensor(out))
-        return (new, *out[1:]) if isinstance(out, tuple) else new
-
-    handle = module.register_forward_hook(hook)
-    try:
-        yield
-    finally:
-        handle.remove()
 
 
 def count_hooks(root: nn.Module) -> int:
