@@ -210,9 +210,8 @@ def summarise(sweep: Sweep, tracker: Tracker, points: list[Point], parent: str, 
     have = [p for p in points if p.trial_id in finished]
     if not have:
         return None
-    metrics_by_run = tracker.metrics([finished[p.trial_id] for p in have])
     rows = [{"model": sweep.spec.model, "kind": sweep.kind.name, **p.values,
-             **metrics_by_run.get(finished[p.trial_id], {})} for p in have]
+             **finished[p.trial_id]} for p in have]
     group_by = ["model", "kind", *[a for a in points[0].values if a != "seed"]]
     metrics = list(sweep.kind.metrics)
     table = aggregate(rows, group_by, metrics, sweep.kind.primary)

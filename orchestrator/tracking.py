@@ -52,6 +52,8 @@ class Tracker:
     def __init__(self, uri: str, sweep: Sweep) -> None:
         self.uri, self.sweep = uri, sweep
         self.client, self.experiment_id = None, None
+        self.tags = {f"{TAG}kind": sweep.kind.name, f"{TAG}spec_hash": sweep.spec_hash,  # once: hashes every item
+                     f"{TAG}version": orchestrator.__version__}
         if not _default_store(uri) or (store_dir() / "mlflow.db").exists():  # reading never creates a store
             self._connect()
 
@@ -77,15 +79,10 @@ class Tracker:
             if not token:
                 return
 
-    def finished(self) -> dict[str, str]:
-        """trial_id -> run_id of every FINISHED child run (the resume ledger)."""
+    def finished(self) -> dict[str, dict[str, float]]:
+        """trial_id -> metrics of every FINISHED child run (the resume ledger and the aggregate's input)."""
         runs = self._runs(f"attributes.status = 'FINISHED' and tags.`{TAG}role` = '{ROLE_CHILD}'")
-        return {r.data.tags[f"{TAG}trial_id"]: r.info.run_id for r in runs}
-
-    def metrics(self, run_ids: list[str]) -> dict[str, dict[str, float]]:
-        wanted = set(run_ids)
-        runs = self._runs(f"attributes.status = 'FINISHED' and tags.`{TAG}role` = '{ROLE_CHILD}'")
-        return {r.info.run_id: dict(r.data.metrics) for r in runs if r.info.run_id in wanted}
+        return {r.data.tags[f"{TAG}trial_id"]: dict(r.data.metrics) for r in runs}
 
     def close_stale(self) -> int:
         """Runs left RUNNING by an interrupted driver become KILLED (never counted as finished)."""
@@ -101,16 +98,12 @@ class Tracker:
             self.experiment_id = self.client.create_experiment(self.sweep.spec.name, artifact_location=location)
         spec = self.sweep.spec
         run = self.client.create_run(self.experiment_id, run_name=f"{spec.name} {time.strftime('%Y-%m-%d %H:%M:%S')}",
-                                     tags={**self._tags(), f"{TAG}role": ROLE_PARENT})
+                                     tags={**self.tags, f"{TAG}role": ROLE_PARENT})
         params = {"model": spec.model, "kind": spec.kind, "n_train": spec.n_train, "n_eval": spec.n_eval,
                   "grid_size": n_points, "to_run": n_todo, "resources": json.dumps(spec.resources.model_dump())}
         self.client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
         self._log_inputs(run.info.run_id)
         return run.info.run_id
-
-    def _tags(self) -> dict[str, str]:
-        return {f"{TAG}kind": self.sweep.kind.name, f"{TAG}spec_hash": self.sweep.spec_hash,
-                f"{TAG}version": orchestrator.__version__}
 
     def _log_inputs(self, run_id: str) -> None:
         """The spec as written and every item used, so that a sweep can be re-read without rerunning."""
@@ -128,7 +121,7 @@ class Tracker:
     def log_trial(self, parent_id: str, point: Point, metrics: dict[str, float], extra_tags: dict[str, str]) -> str:
         """One child run for one finished grid point: params, tags and metrics, then FINISHED."""
         name = " ".join(f"{k}={v}" for k, v in point.values.items())
-        tags = {**self._tags(), MLFLOW_PARENT_RUN_ID: parent_id, f"{TAG}role": ROLE_CHILD,
+        tags = {**self.tags, MLFLOW_PARENT_RUN_ID: parent_id, f"{TAG}role": ROLE_CHILD,
                 f"{TAG}trial_id": point.trial_id, **{f"{TAG}{k}": v for k, v in extra_tags.items()}}
         run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
         params = {"model": self.sweep.spec.model, "kind": self.sweep.kind.name, **point.values}
