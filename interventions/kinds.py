@@ -1,16 +1,31 @@
 """Experiment kinds: the KINDS registry, the axes every kind shares, and the `@kind` decorator."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Annotated, Callable
+from dataclasses import dataclass, field
+from itertools import product
+from typing import Annotated, Callable, Iterable
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from interventions.context import TrialContext
 from interventions.families import FAMILIES, is_jsonl
+from interventions.models import ModelInfo
 from interventions.registry import Registry
 
-TrialFn = Callable[..., dict[str, float]]
+
+
+@dataclass
+class TrialResult:
+    """What a trial function may return instead of a bare {metric: value} dict."""
+
+    metrics: dict[str, float]
+    steps: dict[str, list[float]] = field(default_factory=dict)  # metric -> value at step 0, 1, ... (curves)
+    tags: dict[str, str] = field(default_factory=dict)  # logged as orchestrator.<name> tags
+    artifacts: dict[str, bytes] = field(default_factory=dict)  # file name -> content, logged on the child run
+
+
+TrialFn = Callable[..., "dict[str, float] | TrialResult"]
+PointsFn = Callable[[dict[str, list], ModelInfo], Iterable[dict]]
 
 
 def registered(registry: Registry) -> AfterValidator:
@@ -60,17 +75,19 @@ class Kind:
     metrics: tuple[str, ...]  # every metric the trial function may return
     layer_axes: tuple[str, ...]  # axes whose values must be layer indices of the model
     uses_other_families: bool = False  # the trial reads the sweep's other families (collateral)
+    points: PointsFn | None = None  # the kind-axis combinations when not the full product (see kind_points)
 
 
 KINDS: Registry[Kind] = Registry("experiment kind")
 
 
 def kind(name: str, *, axes: type[CommonAxes], primary: str, metrics: tuple[str, ...],
-         layer_axes: tuple[str, ...] = ("layer",), uses_other_families: bool = False) -> Callable[[TrialFn], TrialFn]:
+         layer_axes: tuple[str, ...] = ("layer",), uses_other_families: bool = False,
+         points: PointsFn | None = None) -> Callable[[TrialFn], TrialFn]:
     """Register a trial function as experiment kind `name` with its axes model and metric names."""
 
     def add(fn: TrialFn) -> TrialFn:
-        KINDS.register(name)(Kind(name, fn, axes, primary, metrics, layer_axes, uses_other_families))
+        KINDS.register(name)(Kind(name, fn, axes, primary, metrics, layer_axes, uses_other_families, points))
         return fn
 
     return add
@@ -81,9 +98,24 @@ def kind_axes(k: Kind) -> list[str]:
     return [a for a in k.axes.model_fields if a not in CommonAxes.model_fields]
 
 
-def run_kind(name: str, ctx: TrialContext, point: dict) -> dict[str, float]:
+def kind_points(k: Kind, axes: dict[str, list], info: ModelInfo) -> list[dict]:
+    """Every combination of the kind's own axes for this model.
+
+    The full product unless the kind says otherwise: an axis that only some values of another
+    axis use (ablation's `head` only with `component: head`) is left out of the other points.
+    A kind's `points` may raise AtlasError("axes.<field>: <reason>") for model-dependent checks.
+    """
+    if k.points is not None:
+        return list(k.points(axes, info))
+    names = kind_axes(k)
+    return [dict(zip(names, combo)) for combo in product(*(axes[n] for n in names))]
+
+
+def run_kind(name: str, ctx: TrialContext, point: dict) -> TrialResult:
     k = KINDS.get(name)
-    return k.fn(ctx, **{a: point[a] for a in kind_axes(k)})
+    out = k.fn(ctx, **{a: point[a] for a in kind_axes(k) if a in point})
+    return out if isinstance(out, TrialResult) else TrialResult(out)
 
 
-__all__ = ["KINDS", "Kind", "CommonAxes", "TrialContext", "axis", "kind", "kind_axes", "registered", "run_kind"]
+__all__ = ["KINDS", "Kind", "CommonAxes", "TrialContext", "axis", "TrialResult", "kind", "kind_axes", "kind_points", "registered",
+           "run_kind"]

@@ -6,14 +6,14 @@ import itertools
 import json
 from dataclasses import dataclass
 
-from interventions.kinds import kind_axes
+from interventions.kinds import kind_axes, kind_points
 from orchestrator.spec import Sweep
 
 
 @dataclass(frozen=True)
 class Point:
     trial_id: str
-    values: dict  # axis -> value (family by name)
+    values: dict  # axis -> value (family by name); an axis the point does not use is absent
 
 
 def trial_id(sweep: Sweep, values: dict, digests: dict[tuple[str, int], str]) -> str:
@@ -35,10 +35,10 @@ def axis_order(sweep: Sweep) -> list[str]:
 
 
 def expand(sweep: Sweep) -> list[Point]:
-    names = axis_order(sweep)
     digests = {key: split.digest() for key, split in sweep.splits.items()}
+    combos = kind_points(sweep.kind, sweep.axes, sweep.model)
     points = []
-    for combo in itertools.product(*(sweep.axes[n] for n in names)):
-        values = dict(zip(names, combo))
+    for seed, family, combo in itertools.product(sweep.axes["seed"], sweep.axes["family"], combos):
+        values = {"seed": seed, "family": family, **combo}
         points.append(Point(trial_id(sweep, values, digests), values))
     return points

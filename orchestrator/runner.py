@@ -21,7 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from interventions.registry import AtlasError
 from orchestrator.aggregate import aggregate, render
-from orchestrator.grid import Point, expand
+from orchestrator.grid import Point, axis_order, expand
 from orchestrator.spec import Sweep
 from orchestrator.tracking import Tracker, resolve_uri
 from orchestrator.worker import run_trial
@@ -92,8 +92,9 @@ class RecordTrials(tune.Callback):
 
     def _write(self) -> None:
         while (job := self.queue.get()) is not None:
-            point, metrics, tags = job
-            self.tracker.log_trial(self.parent_id, point, metrics, tags)
+            point, metrics, tags, extra = job
+            self.tracker.log_trial(self.parent_id, point, metrics, {**tags, **extra.get("tags", {})},
+                                   steps=extra.get("steps", {}), artifacts=extra.get("artifacts", {}))
             self.outcome.logged += 1
             self.progress.advance()
 
@@ -109,7 +110,8 @@ class RecordTrials(tune.Callback):
             return
         self.done.add(trial_id)
         metrics = {k: v for k, v in result.items() if k in self.tracker.sweep.kind.metrics}
-        self.queue.put((self.points[trial_id], metrics, {k: str(result[k]) for k in RESULT_TAGS}))
+        tags = {k: str(result[k]) for k in RESULT_TAGS}
+        self.queue.put((self.points[trial_id], metrics, tags, result.get("extra") or {}))
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self.outcome.failed.append(trial.config["trial"]["trial_id"])
@@ -212,7 +214,7 @@ def summarise(sweep: Sweep, tracker: Tracker, points: list[Point], parent: str, 
         return None
     rows = [{"model": sweep.spec.model, "kind": sweep.kind.name, **p.values,
              **finished[p.trial_id]} for p in have]
-    group_by = ["model", "kind", *[a for a in points[0].values if a != "seed"]]
+    group_by = ["model", "kind", *[a for a in axis_order(sweep) if a != "seed"]]
     metrics = list(sweep.kind.metrics)
     table = aggregate(rows, group_by, metrics, sweep.kind.primary)
     out_dir = out_dir or Path.cwd() / "mlruns" / "reports" / sweep.spec.name

@@ -13,9 +13,9 @@ from typing import Annotated
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
-from interventions import KINDS
+from orchestrator.kinds import KINDS
 from interventions.families import Split, family_name, make_split
-from interventions.kinds import Kind, registered
+from interventions.kinds import Kind, kind_points, registered
 from interventions.models import EMBEDDED, ModelInfo, describe
 from interventions.registry import AtlasError
 
@@ -130,6 +130,10 @@ def load_sweep(path: str | Path) -> Sweep:
     except AtlasError as exc:
         raise SpecError(f"{path.name}: model: {exc}") from None
     _check_layers(path, kind, axes, info)
+    try:
+        kind_points(kind, axes, info)  # model-dependent checks of the kind's own axes
+    except AtlasError as exc:
+        raise SpecError(f"{path.name}: {exc}") from None
     splits = _load_splits(path, spec, axes, info)
     axes["family"] = [family_name(v) for v in axes["family"]]
     return Sweep(path, spec, kind, axes, info, splits)

@@ -118,8 +118,9 @@ class Tracker:
                             out.write(json.dumps(row) + "\n")
             self.client.log_artifact(run_id, str(path))
 
-    def log_trial(self, parent_id: str, point: Point, metrics: dict[str, float], extra_tags: dict[str, str]) -> str:
-        """One child run for one finished grid point: params, tags and metrics, then FINISHED."""
+    def log_trial(self, parent_id: str, point: Point, metrics: dict[str, float], extra_tags: dict[str, str],
+                  steps: dict[str, list[float]] | None = None, artifacts: dict[str, bytes] | None = None) -> str:
+        """One child run for one finished grid point: params, tags, metrics (and curves, files), then FINISHED."""
         name = " ".join(f"{k}={v}" for k, v in point.values.items())
         tags = {**self.tags, MLFLOW_PARENT_RUN_ID: parent_id, f"{TAG}role": ROLE_CHILD,
                 f"{TAG}trial_id": point.trial_id, **{f"{TAG}{k}": v for k, v in extra_tags.items()}}
@@ -129,8 +130,14 @@ class Tracker:
         self.client.log_batch(
             run.info.run_id,
             params=[Param(k, str(v)) for k, v in params.items()],
-            metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
+            metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()]
+            + [Metric(k, float(v), now, step) for k, values in (steps or {}).items() for step, v in enumerate(values)],
         )
+        if artifacts:
+            with tempfile.TemporaryDirectory() as tmp:
+                for name, content in artifacts.items():
+                    (Path(tmp) / name).write_bytes(content)
+                self.client.log_artifacts(run.info.run_id, tmp)
         self.client.set_terminated(run.info.run_id, "FINISHED")
         return run.info.run_id
 

@@ -18,8 +18,9 @@ from ray import tune
 from interventions.context import FamilyRun, TrialContext
 from interventions.families import Split
 from interventions.hooks import count_hooks
-from interventions.kinds import KINDS, run_kind
+from interventions.kinds import run_kind
 from interventions.models import Model, load
+from orchestrator.kinds import KINDS
 
 MODEL_LOADS = 0  # per process: the model-load test reads it back from every trial's result
 _MODEL: dict[str, Model] = {}
@@ -75,12 +76,13 @@ def run_trial(config: dict, splits: dict[tuple[str, int], Split]) -> None:
     torch.set_num_threads(config["threads"])
     start = time.perf_counter()
     ctx = trial_context(config, splits)
-    metrics = run_kind(config["kind"], ctx, config["trial"]["point"])
+    result = run_kind(config["kind"], ctx, config["trial"]["point"])
     left = count_hooks(ctx.model.module)
     if left:
         raise RuntimeError(f"{left} forward hooks left on the model after trial {config['trial']['trial_id']}")
     tune.report({
-        **metrics,
+        **result.metrics,
+        "extra": {"steps": result.steps, "tags": result.tags, "artifacts": result.artifacts},
         "trial_id": config["trial"]["trial_id"],
         "worker": f"{socket.gethostname()}:{os.getpid()}",
         "node": ray.get_runtime_context().get_node_id(),
