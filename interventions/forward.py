@@ -72,8 +72,11 @@ def _masks(model: Model, hidden: Tensor, mask: Tensor, pos: Tensor) -> dict[str,
 
 
 @torch.no_grad()
-def run_from(model: Model, resid: Tensor, mask: Tensor, start: int) -> Tensor:
-    """Last-position logits (batch, vocab) of layers start..end applied to resid (batch, pos, d_model)."""
+def run_from(model: Model, resid: Tensor, mask: Tensor, start: int, skip: frozenset[int] = frozenset()) -> Tensor:
+    """Last-position logits (batch, vocab) of layers start..end applied to resid (batch, pos, d_model).
+
+    Layers in `skip` pass the residual through unchanged.
+    """
     pos = position_ids(mask)
     layers = part(model.module, model.arch.layers)
     layer_types = getattr(model.config, "layer_types", None) or ["full_attention"] * len(layers)
@@ -82,8 +85,15 @@ def run_from(model: Model, resid: Tensor, mask: Tensor, start: int) -> Tensor:
         masks = _masks(model, hidden, mask, pos)
         rotary = part(model.module, model.arch.rotary)(hidden, pos)
         for index in range(start, len(layers)):
+            if index in skip:
+                continue
             out = layers[index](hidden, attention_mask=masks[layer_types[index]], position_embeddings=rotary,
                                 position_ids=pos, use_cache=False)
             hidden = out[0] if isinstance(out, tuple) else out
+    return unembed_last(model, hidden)
+
+
+def unembed_last(model: Model, hidden: Tensor) -> Tensor:
+    """Logits (batch, vocab) of the last position: lm_head(final_norm(hidden[:, -1]))."""
     last = part(model.module, model.arch.final_norm)(hidden[:, -1:])  # (batch, 1, d_model)
     return part(model.module, model.arch.lm_head)(last)[:, -1].float()

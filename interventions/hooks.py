@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator
 
 from torch import Tensor, nn
 
@@ -11,19 +11,52 @@ def _output_tensor(output) -> Tensor:
     return output[0] if isinstance(output, tuple) else output  # decoder layers return a tensor or a tuple
 
 
+def _first_input(args: tuple, kwargs: dict) -> Tensor:
+    return args[0] if args else kwargs["hidden_states"]
+
+
 @contextmanager
-def capture(modules: dict[int, nn.Module]) -> Iterator[dict[int, Tensor]]:
-    """Record each module's output tensor under its key while the block runs."""
-    seen: dict[int, Tensor] = {}
-    handles = [
-        module.register_forward_hook(lambda _m, _i, out, key=key: seen.__setitem__(key, _output_tensor(out).detach()))
-        for key, module in modules.items()
-    ]
+def _removed_after(handles: list) -> Iterator[None]:
     try:
-        yield seen
+        yield
     finally:
         for handle in handles:
             handle.remove()
+
+
+@contextmanager
+def capture(modules: dict[int, nn.Module], inputs: bool = False) -> Iterator[dict[int, Tensor]]:
+    """Record each module's output tensor (or, with inputs=True, its first input) under its key while the block runs."""
+    seen: dict[int, Tensor] = {}
+    if inputs:
+        handles = [m.register_forward_pre_hook(
+            lambda _m, args, kwargs, key=key: seen.__setitem__(key, _first_input(args, kwargs).detach()),
+            with_kwargs=True) for key, m in modules.items()]
+    else:
+        handles = [m.register_forward_hook(
+            lambda _m, _i, out, key=key: seen.__setitem__(key, _output_tensor(out).detach()))
+            for key, m in modules.items()]
+    with _removed_after(handles):
+        yield seen
+
+
+@contextmanager
+def replace(module: nn.Module, fn: Callable[[Tensor], Tensor], inputs: bool = False) -> Iterator[None]:
+    """While the block runs, `module`'s output tensor (or, with inputs=True, its first input) becomes fn(tensor)."""
+    if inputs:
+        def pre_hook(_m, args, kwargs):
+            if args:
+                return (fn(args[0]), *args[1:]), kwargs
+            return args, {**kwargs, "hidden_states": fn(kwargs["hidden_states"])}
+
+        handle = module.register_forward_pre_hook(pre_hook, with_kwargs=True)
+    else:
+        def hook(_m, _i, out):
+            return (fn(out[0]), *out[1:]) if isinstance(out, tuple) else fn(out)
+
+        handle = module.register_forward_hook(hook)
+    with _removed_after([handle]):
+        yield
 
 
 def count_hooks(root: nn.Module) -> int:

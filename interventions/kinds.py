@@ -1,6 +1,7 @@
 """Experiment kinds: the KINDS registry, the axes every kind shares, and the `@kind` decorator."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from itertools import product
 from typing import Annotated, Callable, Iterable
@@ -26,6 +27,7 @@ class TrialResult:
 
 TrialFn = Callable[..., "dict[str, float] | TrialResult"]
 PointsFn = Callable[[dict[str, list], ModelInfo], Iterable[dict]]
+SplitsCheck = Callable[[dict[str, list], dict], None]  # (axes, {(family, seed): Split}) -> raise AtlasError
 
 
 def registered(registry: Registry) -> AfterValidator:
@@ -47,9 +49,10 @@ def _family_value(value: str) -> str:
 def _distinct(values: list) -> list:
     seen = set()
     for v in values:
-        if v in seen:
+        key = json.dumps(v, sort_keys=True)  # list values (skip sets) compare by content
+        if key in seen:
             raise ValueError(f"duplicate value {v!r}")
-        seen.add(v)
+        seen.add(key)
     return values
 
 
@@ -76,6 +79,7 @@ class Kind:
     layer_axes: tuple[str, ...]  # axes whose values must be layer indices of the model
     uses_other_families: bool = False  # the trial reads the sweep's other families (collateral)
     points: PointsFn | None = None  # the kind-axis combinations when not the full product (see kind_points)
+    check_splits: SplitsCheck | None = None  # item-dependent checks (patching needs corrupt prompts)
 
 
 KINDS: Registry[Kind] = Registry("experiment kind")
@@ -83,11 +87,12 @@ KINDS: Registry[Kind] = Registry("experiment kind")
 
 def kind(name: str, *, axes: type[CommonAxes], primary: str, metrics: tuple[str, ...],
          layer_axes: tuple[str, ...] = ("layer",), uses_other_families: bool = False,
-         points: PointsFn | None = None) -> Callable[[TrialFn], TrialFn]:
+         points: PointsFn | None = None, check_splits: SplitsCheck | None = None) -> Callable[[TrialFn], TrialFn]:
     """Register a trial function as experiment kind `name` with its axes model and metric names."""
 
     def add(fn: TrialFn) -> TrialFn:
-        KINDS.register(name)(Kind(name, fn, axes, primary, metrics, layer_axes, uses_other_families, points))
+        KINDS.register(name)(Kind(name, fn, axes, primary, metrics, layer_axes, uses_other_families, points,
+                                    check_splits))
         return fn
 
     return add

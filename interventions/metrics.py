@@ -46,6 +46,29 @@ def steering_metrics(clean: Tensor, steered: Tensor, target: Tensor, distractor:
     }
 
 
+def top1_agreement(clean: Tensor, other: Tensor) -> Tensor:
+    """1.0 where both argmaxes agree: (batch,)."""
+    return (clean.argmax(-1) == other.argmax(-1)).float()
+
+
+def top5_overlap(clean: Tensor, other: Tensor) -> Tensor:
+    """|top5(clean) ∩ top5(other)| / 5 per prompt: (batch,)."""
+    a, b = clean.topk(5, dim=-1).indices, other.topk(5, dim=-1).indices
+    return (a[:, :, None] == b[:, None, :]).any(-1).float().mean(-1)
+
+
+@torch.no_grad()
+def agreement_metrics(clean: Tensor, other: Tensor, target: Tensor) -> dict[str, float]:
+    """How far `other` logits moved from the clean model's: the skip / early-exit / ablation core."""
+    return {
+        "kl": mean(kl(clean, other)),
+        "top1_agreement": mean(top1_agreement(clean, other)),
+        "top5_overlap": mean(top5_overlap(clean, other)),
+        "accuracy_clean": mean(top1_correct(clean, target)),
+        "accuracy_intervened": mean(top1_correct(other, target)),
+    }
+
+
 def selectivity(own_drop: float, collateral_drop: float) -> float:
     """Target log-prob drop on this family / mean drop on the other families' items (nan if no collateral)."""
     return own_drop / collateral_drop if collateral_drop != 0 else float("nan")

@@ -135,10 +135,16 @@ def _resolve(name: str, weights: bool, trust_remote_code: bool):
     if name in MODELS:
         return MODELS.get(name)(weights)
     if Path(name).is_dir() or "/" in name:
+        if not Path(name).is_dir() and (name.startswith((".", "/", "~")) or name.count("/") > 1):
+            raise AtlasError(f"no such model folder {name!r} (a hub id is org/name)")
+        if Path(name).is_dir() and not any(Path(name).glob("*.safetensors")):
+            raise AtlasError(f"{name!r} has no *.safetensors weights (.bin/.pt files are pickles and never loaded)")
         try:
             return _from_folder(name, weights, trust_remote_code)
         except (OSError, ValueError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            if "custom code" in first and not trust_remote_code:
+                first = "it ships its own model code; set trust_remote_code: true in the spec only if you trust it"
             raise AtlasError(f"cannot load {name!r}: {first}") from None
     try:
         MODELS.get(name)

@@ -31,7 +31,7 @@ def trial_id(sweep: Sweep, values: dict, digests: dict[tuple[str, int], str]) ->
 
 def axis_order(sweep: Sweep) -> list[str]:
     """Seed and family outermost so that consecutive trials share an actor's cached baselines."""
-    return ["seed", "family", *kind_axes(sweep.kind)]
+    return ["seed", "family", *[a for a in kind_axes(sweep.kind) if a in sweep.axes]]  # optional axes may be absent
 
 
 def expand(sweep: Sweep) -> list[Point]:

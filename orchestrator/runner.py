@@ -5,6 +5,7 @@ model between trials; trials arrive grouped by (seed, family) so actors keep the
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import queue
@@ -14,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pandas as pd
 import ray
 from ray import tune
 from rich.console import Console
@@ -21,6 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from interventions.registry import AtlasError
 from orchestrator.aggregate import aggregate, render
+from orchestrator.atlas import KIND_SUMMARIES
 from orchestrator.grid import Point, axis_order, expand
 from orchestrator.spec import Sweep
 from orchestrator.tracking import Tracker, resolve_uri
@@ -149,7 +152,7 @@ def _tune(sweep: Sweep, todo: list[Point], recorder: RecordTrials, storage: str)
         ),
         run_config=tune.RunConfig(
             name=spec.name, storage_path=storage, callbacks=[recorder], verbose=0,
-            failure_config=tune.FailureConfig(max_failures=2),
+            failure_config=tune.FailureConfig(max_failures=spec.max_failures),
         ),
     )
     tuner.fit()
@@ -212,7 +215,7 @@ def summarise(sweep: Sweep, tracker: Tracker, points: list[Point], parent: str, 
     have = [p for p in points if p.trial_id in finished]
     if not have:
         return None
-    rows = [{"model": sweep.spec.model, "kind": sweep.kind.name, **p.values,
+    rows = [{"model": sweep.spec.model, "kind": sweep.kind.name, **_hashable(p.values),
              **finished[p.trial_id]} for p in have]
     group_by = ["model", "kind", *[a for a in axis_order(sweep) if a != "seed"]]
     metrics = list(sweep.kind.metrics)
@@ -235,4 +238,20 @@ def summarise(sweep: Sweep, tracker: Tracker, points: list[Point], parent: str, 
     if not math.isnan(best):
         tracker.log_summary(parent, {f"best_{sweep.kind.primary}_mean": best, "groups": len(table),
                                      "finished_points": len(have)})
+    if sweep.kind.name in KIND_SUMMARIES:
+        summary = KIND_SUMMARIES[sweep.kind.name](pd.DataFrame(rows))
+        files = []
+        for name, frame in summary.tables.items():
+            files.append(out_dir / f"{name}.parquet")
+            frame.to_parquet(files[-1], index=False)
+        tracker.log_outputs(parent, files)
+        if summary.metrics:
+            tracker.log_summary(parent, summary.metrics)
+        for view in summary.views:
+            console.print(view)
     return path
+
+
+def _hashable(values: dict) -> dict:
+    """List-valued axes (skip sets) as their JSON text, so that they can be grouped."""
+    return {k: json.dumps(v) if isinstance(v, list) else v for k, v in values.items()}

@@ -4,6 +4,7 @@ Every defect is a SpecError reading `<file>: <field path>: <reason>`.
 """
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ class SweepSpec(BaseModel):
     n_eval: int = Field(32, ge=1)  # eval items per (family, seed): every metric
     trust_remote_code: bool = False
     resources: Resources = Resources()
+    max_failures: int = Field(2, ge=0)  # Ray Tune retries of a trial whose actor died
     axes: dict
 
 
@@ -66,12 +68,17 @@ class Sweep:
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _field_error(path: Path, exc: ValidationError, prefix: tuple = ()) -> SpecError:
+def _field_error(path: Path, exc: ValidationError, prefix: tuple = (), model: type[BaseModel] = None) -> SpecError:
     err = min(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")  # a misspelt key first
     where = ".".join(map(str, (*prefix, *err["loc"]))) or "spec"
     reason = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
-        reason = "unknown key"
+        for part in err["loc"][:-1]:  # the (nested) model that owns the misspelt key
+            model = getattr(model.model_fields.get(part), "annotation", None) if model else None
+        known = list(model.model_fields) if isinstance(model, type) and issubclass(model, BaseModel) else []
+        near = difflib.get_close_matches(str(err["loc"][-1]), known, n=1)
+        reason = f"unknown key; did you mean {near[0]!r}?" if near else "unknown key" + (
+            f" (known: {', '.join(known)})" if known else "")
     return SpecError(f"{path.name}: {where}: {reason}")
 
 
@@ -119,12 +126,13 @@ def load_sweep(path: str | Path) -> Sweep:
     try:
         spec = SweepSpec.model_validate(raw)
     except ValidationError as exc:
-        raise _field_error(path, exc) from None
+        raise _field_error(path, exc, model=SweepSpec) from None
     kind = KINDS.get(spec.kind)
     try:
-        axes = kind.axes.model_validate(spec.axes).model_dump()
+        validated = kind.axes.model_validate(spec.axes, context={"base_dir": path.parent})  # paths: relative to the spec
+        axes = {k: v for k, v in validated.model_dump().items() if v is not None}
     except ValidationError as exc:
-        raise _field_error(path, exc, ("axes",)) from None
+        raise _field_error(path, exc, ("axes",), kind.axes) from None
     try:
         info = describe(spec.model, spec.trust_remote_code)
     except AtlasError as exc:
@@ -135,5 +143,10 @@ def load_sweep(path: str | Path) -> Sweep:
     except AtlasError as exc:
         raise SpecError(f"{path.name}: {exc}") from None
     splits = _load_splits(path, spec, axes, info)
+    if kind.check_splits is not None:
+        try:
+            kind.check_splits(axes, splits)
+        except AtlasError as exc:
+            raise SpecError(f"{path.name}: {exc}") from None
     axes["family"] = [family_name(v) for v in axes["family"]]
     return Sweep(path, spec, kind, axes, info, splits)

@@ -32,3 +32,67 @@ def token(model, word: str) -> int:
 
 def logit_diff(model, logits: torch.Tensor, target: str, distractor: str) -> float:
     return float(logits[token(model, target)] - logits[token(model, distractor)])
+
+
+# --- ablation oracle: one prompt at a time, a full HF forward, hooks written here from the module paths ----------
+
+def _modules(model, layer: int):
+    block = model.module.model.layers[layer]
+    return block, block.self_attn.o_proj, block.mlp
+
+
+def _ids(model, prompt: str) -> torch.Tensor:
+    return model.tokenizer(prompt, return_tensors="pt")["input_ids"]
+
+
+@torch.no_grad()
+def component_value(model, prompt: str, layer: int, component: str) -> torch.Tensor:
+    """The component's value over the prompt's positions: (pos, d) or, for heads, (pos, n_heads, head_dim)."""
+    block, o_proj, mlp = _modules(model, layer)
+    seen = {}
+    hooks = [
+        block.register_forward_pre_hook(lambda m, a, k: seen.__setitem__("in", (a[0] if a else k["hidden_states"])[0]),
+                                        with_kwargs=True),
+        block.register_forward_hook(lambda m, i, o: seen.__setitem__("out", (o[0] if isinstance(o, tuple) else o)[0])),
+        o_proj.register_forward_pre_hook(lambda m, a: seen.__setitem__("o_in", a[0][0])),
+        o_proj.register_forward_hook(lambda m, i, o: seen.__setitem__("attn", o[0])),
+        mlp.register_forward_hook(lambda m, i, o: seen.__setitem__("mlp", o[0])),
+    ]
+    try:
+        model.module(input_ids=_ids(model, prompt))
+    finally:
+        for h in hooks:
+            h.remove()
+    if component == "head":
+        return seen["o_in"].unflatten(-1, (model.config.num_attention_heads, -1))
+    return {"resid": seen["out"], "layer": seen["out"] - seen["in"], "attn": seen["attn"], "mlp": seen["mlp"]}[component]
+
+
+@torch.no_grad()
+def logits_with(model, prompt: str, layer: int, component: str, value: torch.Tensor, heads=()) -> torch.Tensor:
+    """Last-position logits (vocab,) with the component of `layer` set to `value` (pos, ...) at every position."""
+    block, o_proj, mlp = _modules(model, layer)
+    layer_in = {}
+
+    def set_block(m, i, o):
+        new = value if component == "resid" else layer_in["x"] + value
+        return (new[None], *o[1:]) if isinstance(o, tuple) else new[None]
+
+    def set_heads(m, args):
+        x = args[0].unflatten(-1, (model.config.num_attention_heads, -1)).clone()
+        x[0][:, list(heads)] = value
+        return (x.flatten(-2),)
+
+    if component in ("resid", "layer"):
+        hooks = [block.register_forward_pre_hook(
+            lambda m, a, k: layer_in.__setitem__("x", (a[0] if a else k["hidden_states"])[0]), with_kwargs=True),
+            block.register_forward_hook(set_block)]
+    elif component == "head":
+        hooks = [o_proj.register_forward_pre_hook(set_heads)]
+    else:
+        hooks = [(o_proj if component == "attn" else mlp).register_forward_hook(lambda m, i, o: value[None])]
+    try:
+        return model.module(input_ids=_ids(model, prompt)).logits[0, -1]
+    finally:
+        for h in hooks:
+            h.remove()

@@ -117,7 +117,7 @@ def test_jsonl_split_field_is_used_as_given(tok, tmp_path):
 @pytest.mark.parametrize("bad_line, message", [
     ('{"prompt": "a", "target": ', "bad.jsonl:3: malformed JSON"),
     ('["a", "b"]', "bad.jsonl:3: a line must be a JSON object"),
-    ({"prompt": "a", "target": " b", "distractor": " c"}, "bad.jsonl:3: missing key 'corrupt_prompt'"),
+    ({"prompt": "a", "target": " b", "corrupt_prompt": "d"}, "bad.jsonl:3: missing key 'distractor'"),
     ({"prompt": "a", "target": " b", "distractor": " c", "corrupt_prompt": "d", "why": 1},
      "bad.jsonl:3: unknown key 'why'"),
     ({"prompt": "a", "target": "", "distractor": " c", "corrupt_prompt": "d"}, "bad.jsonl:3: 'target'"),

@@ -23,7 +23,7 @@ class Item:
     prompt: str
     target: str  # one token for the model's tokenizer, usually with its leading space
     distractor: str  # one token, != target
-    corrupt_prompt: str  # minimal edit of prompt whose answer is the distractor; same token length
+    corrupt_prompt: str  # minimal edit of prompt whose answer is the distractor; same token length ("" = none)
 
     def to_dict(self) -> dict[str, str]:
         return asdict(self)
@@ -69,6 +69,8 @@ def misfit(item: Item, tokenizer) -> str | None:
             return f"{key} {getattr(item, key)!r} is {n} tokens, not 1"
     if token_ids(tokenizer, item.target, False) == token_ids(tokenizer, item.distractor, False):
         return "target and distractor are the same token"
+    if not item.corrupt_prompt:
+        return None
     n_clean, n_corrupt = len(token_ids(tokenizer, item.prompt)), len(token_ids(tokenizer, item.corrupt_prompt))
     if n_clean != n_corrupt:
         return f"corrupt_prompt is {n_corrupt} tokens but prompt is {n_clean}"

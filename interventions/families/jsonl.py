@@ -8,7 +8,8 @@ from pathlib import Path
 from interventions.families import Item, misfit
 from interventions.registry import AtlasError
 
-KEYS = ("prompt", "target", "distractor", "corrupt_prompt")
+KEYS = ("prompt", "target", "distractor")
+OPTIONAL = ("corrupt_prompt", "split")  # without corrupt_prompt, the patching methods refuse the family
 SPLITS = ("train", "eval")
 
 
@@ -28,11 +29,11 @@ def read_jsonl(path: Path) -> list[tuple[int, Item, str | None]]:
         if not isinstance(row, dict):
             raise AtlasError(f"{where}: a line must be a JSON object")
         missing = [k for k in KEYS if k not in row]
-        extra = sorted(set(row) - set(KEYS) - {"split"})
+        extra = sorted(set(row) - set(KEYS) - set(OPTIONAL))
         if missing or extra:
             what = f"missing key {missing[0]!r}" if missing else f"unknown key {extra[0]!r}"
-            raise AtlasError(f"{where}: {what} (keys: {', '.join(KEYS)}, optional 'split')")
-        bad = [k for k in KEYS if not isinstance(row[k], str) or not row[k]]
+            raise AtlasError(f"{where}: {what} (keys: {', '.join(KEYS)}, optional {', '.join(OPTIONAL)})")
+        bad = [k for k in (*KEYS, "corrupt_prompt") if k in row and (not isinstance(row[k], str) or not row[k])]
         if bad:
             raise AtlasError(f"{where}: {bad[0]!r} must be a non-empty string")
         split = row.get("split")
@@ -41,7 +42,7 @@ def read_jsonl(path: Path) -> list[tuple[int, Item, str | None]]:
         if row["prompt"] in first_line:  # a repeated prompt could land in train and eval both
             raise AtlasError(f"{where}: duplicate prompt (first on line {first_line[row['prompt']]})")
         first_line[row["prompt"]] = lineno
-        rows.append((lineno, Item(*(row[k] for k in KEYS)), split))
+        rows.append((lineno, Item(*(row[k] for k in KEYS), row.get("corrupt_prompt", "")), split))
     if not rows:
         raise AtlasError(f"{path}: the file holds no items")
     return rows

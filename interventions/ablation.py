@@ -1,0 +1,296 @@
+"""Ablation and activation patching: the ABLATIONS registry (six methods) on five components, and the ablation kind.
+
+A component of layer L (DESIGN §4) is replaced on the clean run, or patched between the
+clean and corrupt runs of the eval items. Work before layer L is never repeated: the run
+restarts from the cached resid_pre[L] (attn / mlp / head, with a hook on that one module)
+or resid_post[L] (layer / resid). Replacements never touch padding positions.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Callable, Literal
+
+import torch
+from pydantic import BeforeValidator, Field
+from torch import Tensor
+
+from interventions.architectures import part
+from interventions.context import FamilyRun, TrialContext, seeded_generator
+from interventions.forward import Batch, clean_run, position_ids, run_from
+from interventions.hooks import capture, replace
+from interventions.kinds import CommonAxes, axis, kind, registered
+from interventions.metrics import agreement_metrics, logit_diff, mean, target_prob
+from interventions.registry import AtlasError, Registry
+
+COMPONENTS = ("layer", "attn", "mlp", "head", "resid")
+RUNS = ("clean", "corrupt", "train")  # the batches a component is read from
+
+
+@dataclass(frozen=True)
+class Site:
+    """Where a component sits: layer L, and for `head` which heads (values then carry a heads dimension)."""
+
+    component: str
+    layer: int
+    heads: tuple[int, ...] = ()
+
+
+# --- component values -------------------------------------------------------------------------------------------
+
+def _blocks(model):
+    return part(model.module, model.arch.layers)
+
+
+def n_heads(model) -> int:
+    return model.config.num_attention_heads
+
+
+def batch_of(run: FamilyRun, which: str) -> Batch:
+    if which == "clean":
+        return run.eval_batch
+    key = (which, "batch")
+    if which == "corrupt":
+        return run.memo(key, lambda: run._encode([i.corrupt_prompt for i in run.split.eval]))
+    return run.memo(key, lambda: run._encode([i.prompt for i in run.split.train]))
+
+
+def corrupt_run(run: FamilyRun) -> tuple[Tensor, dict[int, Tensor]]:
+    """Last-position logits and resid_post of every layer on the corrupt eval prompts."""
+    if any(not i.corrupt_prompt for i in run.split.eval):
+        raise AtlasError(f"family {run.split.family!r}: items without corrupt_prompt cannot be patched")
+    batch = batch_of(run, "corrupt")
+    if not torch.equal(batch.mask, run.eval_batch.mask):
+        raise AtlasError(f"family {run.split.family!r}: corrupt prompts do not align with the clean ones")
+    return run.memo(("corrupt", "run"), lambda: clean_run(run.model, batch))
+
+
+@torch.no_grad()
+def _capture(run: FamilyRun, which: str, component: str) -> dict[int, Tensor]:
+    model, batch = run.model, batch_of(run, which)
+    blocks = _blocks(model)
+    if component in ("attn", "head"):
+        modules = {i: part(b, model.arch.attn_out) for i, b in enumerate(blocks)}
+    elif component == "mlp":
+        modules = {i: part(b, model.arch.mlp) for i, b in enumerate(blocks)}
+    else:
+        modules = dict(enumerate(blocks))
+    with capture(modules) as outs, capture(modules, inputs=True) as ins:
+        model.module(input_ids=batch.ids, attention_mask=batch.mask, position_ids=position_ids(batch.mask), use_cache=False,
+                     logits_to_keep=1)
+    if component == "layer":
+        return {i: outs[i] - ins[i] for i in outs}
+    if component == "head":
+        return {i: x.unflatten(-1, (n_heads(model), -1)) for i, x in ins.items()}  # (batch, pos, heads, head_dim)
+    return dict(outs)
+
+
+def values(run: FamilyRun, which: str, component: str) -> dict[int, Tensor]:
+    """The component's value at every layer on one of the family's batches, computed once per (family, seed)."""
+    if which == "corrupt":
+        corrupt_run(run)  # checks the family can be patched
+    return run.memo(("acts", which, component), lambda: _capture(run, which, component))
+
+
+def at_site(acts: dict[int, Tensor], site: Site) -> Tensor:
+    x = acts[site.layer]
+    return x[:, :, list(site.heads)] if site.component == "head" else x
+
+
+def resid_pre(run: FamilyRun, which: str, layer: int) -> Tensor:
+    """The input of layer `layer` on the clean or corrupt eval batch."""
+    if layer == 0:
+        batch = batch_of(run, which)
+        return part(run.model.module, run.model.arch.embed)(batch.ids).detach()
+    return run.clean_resid(layer - 1) if which == "clean" else corrupt_run(run)[1][layer - 1]
+
+
+# --- methods ----------------------------------------------------------------------------------------------------
+
+def item_generator(seed: int, site: Site, item: int) -> torch.Generator:
+    """The generator of one eval item's random draws (resample choice, noise): independent of batching."""
+    return seeded_generator(seed, site.layer, COMPONENTS.index(site.component), *site.heads, item)
+
+
+def _lengths(batch: Batch) -> list[int]:
+    return batch.mask.sum(-1).tolist()
+
+
+@dataclass(frozen=True)
+class Method:
+    """How a replacement is made: fn(run, site, base value, seed) -> replacement, and which eval run it acts on."""
+
+    fn: Callable[[FamilyRun, Site, Tensor, int], Tensor]
+    base: Literal["clean", "corrupt"] = "clean"
+    patching: bool = False  # reads the corrupt prompts
+
+
+ABLATIONS: Registry[Method] = Registry("ablation method")
+
+
+def method(name: str, base: str = "clean", patching: bool = False):
+    def add(fn):
+        ABLATIONS.register(name)(Method(fn, base, patching))
+        return fn
+    return add
+
+
+@method("zero")
+def zero(run: FamilyRun, site: Site, base: Tensor, seed: int) -> Tensor:
+    return torch.zeros_like(base)
+
+
+def train_mean(run: FamilyRun, component: str) -> dict[int, Tensor]:
+    """Per layer: the component's mean over every (non-padding) position of the train prompts."""
+    def compute():
+        mask = batch_of(run, "train").mask.bool()
+        return {layer: x[mask].double().mean(0).float() for layer, x in values(run, "train", component).items()}
+    return run.memo(("mean", component), compute)
+
+
+@method("mean")
+def mean_value(run: FamilyRun, site: Site, base: Tensor, seed: int) -> Tensor:
+    m = train_mean(run, site.component)[site.layer]
+    return (m[list(site.heads)] if site.component == "head" else m).expand_as(base)
+
+
+def resample_choice(seed: int, site: Site, item: int, eval_len: int, train_lens: list[int]) -> int:
+    """The train item whose value eval item `item` gets: seeded, among train items at least as long (else any)."""
+    fits = [j for j, n in enumerate(train_lens) if n >= eval_len] or list(range(len(train_lens)))
+    return fits[int(torch.randint(len(fits), (1,), generator=item_generator(seed, site, item)))]
+
+
+@method("resample")
+def resample(run: FamilyRun, site: Site, base: Tensor, seed: int) -> Tensor:
+    """Each eval item gets a train item's value, aligned from the end (left padding: the last positions agree)."""
+    train = at_site(values(run, "train", site.component), site)
+    train_lens, out = _lengths(batch_of(run, "train")), base.clone()
+    for i, n in enumerate(_lengths(run.eval_batch)):
+        j = resample_choice(seed, site, i, n, train_lens)
+        k = min(n, train_lens[j])  # positions both items have, counted from the end
+        out[i, -k:] = train[j, -k:]
+    return out
+
+
+@method("random")
+def random(run: FamilyRun, site: Site, base: Tensor, seed: int) -> Tensor:
+    """Seeded Gaussian noise with the norm of the value it replaces, per position (and per head)."""
+    out = base.clone()
+    for i, n in enumerate(_lengths(run.eval_batch)):
+        noise = torch.randn(n, *base.shape[2:], generator=item_generator(seed, site, i), dtype=torch.float64)
+        noise = noise / noise.norm(dim=-1, keepdim=True)
+        out[i, -n:] = (noise * base[i, -n:].double().norm(dim=-1, keepdim=True)).to(base.dtype)
+    return out
+
+
+@method("corrupt_to_clean", patching=True)
+def corrupt_to_clean(run: FamilyRun, site: Site, base: Tensor, seed: int) -> Tensor:
+    """Noising: the clean run gets the corrupt run's value."""
+    return at_site(values(run, "corrupt", site.component), site)
+
+
+@method("clean_to_corrupt", base="corrupt", patching=True)
+def clean_to_corrupt(run: FamilyRun, site: Site, base: Tensor, seed: int) -> Tensor:
+    """Denoising: the corrupt run gets the clean run's value."""
+    return at_site(values(run, "clean", site.component), site)
+
+
+# --- running an intervention ------------------------------------------------------------------------------------
+
+def patched_logits(run: FamilyRun, which: str, site: Site, value: Tensor) -> Tensor:
+    """Last-position logits of the clean or corrupt eval run with the component at `site` set to `value`."""
+    model, mask = run.model, run.eval_batch.mask
+    start = resid_pre(run, which, site.layer)
+    if site.component == "resid":
+        return run_from(model, value, mask, site.layer + 1)
+    if site.component == "layer":
+        return run_from(model, start + value, mask, site.layer + 1)
+    block = _blocks(model)[site.layer]
+    if site.component == "head":
+        heads = list(site.heads)
+
+        def set_heads(x: Tensor) -> Tensor:
+            x = x.unflatten(-1, (n_heads(model), -1)).clone()
+            x[:, :, heads] = value
+            return x.flatten(-2)
+
+        with replace(part(block, model.arch.attn_out), set_heads, inputs=True):
+            return run_from(model, start, mask, site.layer)
+    module = part(block, model.arch.attn_out if site.component == "attn" else model.arch.mlp)
+    with replace(module, lambda _x: value):
+        return run_from(model, start, mask, site.layer)
+
+
+def ablated_logits(run: FamilyRun, seed: int, site: Site, method_name: str) -> Tensor:
+    m = ABLATIONS.get(method_name)
+    base = at_site(values(run, m.base, site.component), site)
+    value = m.fn(run, site, base, seed)
+    keep = run.eval_batch.mask.bool().view(*base.shape[:2], *[1] * (base.dim() - 2))
+    return patched_logits(run, m.base, site, torch.where(keep, value, base))
+
+
+# --- the kind ---------------------------------------------------------------------------------------------------
+
+def _all_or_list(value):
+    return [value] if isinstance(value, (str, int)) else value
+
+
+class AblationAxes(CommonAxes):
+    component: axis(Literal[COMPONENTS])
+    layer: axis(Annotated[int, Field(ge=0)])
+    method: axis(Annotated[str, registered(ABLATIONS)])
+    head: Annotated[axis(int | Literal["all"]), BeforeValidator(_all_or_list)] | None = None  # only with `head`
+
+
+def ablation_points(axes: dict, info) -> list[dict]:
+    heads = axes.get("head")
+    if heads is not None and "head" not in axes["component"]:
+        raise AtlasError("axes.head: only used with component 'head' (components here: "
+                         f"{', '.join(axes['component'])})")
+    if heads is None and "head" in axes["component"]:
+        raise AtlasError("axes.head: component 'head' needs a head axis (head indices, or 'all')")
+    for i, h in enumerate(heads or ()):
+        if h != "all" and not 0 <= h < info.n_heads:
+            raise AtlasError(f"axes.head.{i}: head {h} is outside 0..{info.n_heads - 1} "
+                             f"({info.name} has {info.n_heads} heads)")
+    expanded = sorted({x for h in heads or () for x in (range(info.n_heads) if h == "all" else [h])})
+    points = []
+    for component in axes["component"]:
+        for layer in axes["layer"]:
+            for head in expanded if component == "head" else [None]:
+                for name in axes["method"]:
+                    point = {"component": component, "layer": layer, "method": name}
+                    points.append(point if head is None else {**point, "head": head})
+    return points
+
+
+def check_ablation_splits(axes: dict, splits: dict) -> None:
+    if not any(ABLATIONS.get(m).patching for m in axes["method"]):
+        return
+    for (family, _seed), split in splits.items():
+        if any(not i.corrupt_prompt for i in (*split.train, *split.eval)):
+            raise AtlasError(f"axes.method: patching methods need corrupt prompts but family {family!r} has items "
+                             "without corrupt_prompt")
+
+
+METRICS = ("kl", "target_prob_drop", "top1_agreement", "ld_drop", "recovery", "accuracy_clean",
+           "accuracy_intervened")
+
+
+@kind("ablation", axes=AblationAxes, primary="kl", metrics=METRICS, points=ablation_points,
+      check_splits=check_ablation_splits)
+def ablation_trial(ctx: TrialContext, *, component: str, layer: int, method: str, head: int | None = None
+                   ) -> dict[str, float]:
+    """One grid point: replace or patch one component of one layer; metrics against the clean run."""
+    run = ctx.family
+    site = Site(component, layer, () if head is None else (head,))
+    out_logits = ablated_logits(run, ctx.seed, site, method)
+    clean, target, distractor = run.clean_logits, run.target, run.distractor
+    ld_clean, ld_out = logit_diff(clean, target, distractor), logit_diff(out_logits, target, distractor)
+    out = agreement_metrics(clean, out_logits, target)
+    out.update(target_prob_drop=mean(target_prob(clean, target) - target_prob(out_logits, target)),
+               ld_drop=mean(ld_clean - ld_out))
+    if method == "clean_to_corrupt":
+        ld_corrupt = mean(logit_diff(corrupt_run(run)[0], target, distractor))
+        gap = mean(ld_clean) - ld_corrupt
+        out["recovery"] = (mean(ld_out) - ld_corrupt) / gap if gap != 0 else float("nan")
+    return out

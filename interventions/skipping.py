@@ -1,0 +1,65 @@
+"""Layer skipping and early exit (logit lens): the `skip` and `early_exit` kinds, measured against the full model."""
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field
+from torch import Tensor
+
+from interventions.architectures import part
+from interventions.context import FamilyRun, TrialContext
+from interventions.forward import run_from, unembed_last
+from interventions.kinds import CommonAxes, axis, kind
+from interventions.metrics import agreement_metrics
+from interventions.registry import AtlasError
+
+METRICS = ("kl", "top1_agreement", "top5_overlap", "accuracy_clean", "accuracy_intervened")
+
+
+def skipped_logits(run: FamilyRun, skip: frozenset[int]) -> Tensor:
+    """Eval logits with the blocks in `skip` passing the residual through; starts at the first skipped layer."""
+    model = run.model
+    if not skip:
+        return run.clean_logits
+    first = min(skip)
+    start = (part(model.module, model.arch.embed)(run.eval_batch.ids) if first == 0
+             else run.clean_resid(first - 1))
+    return run_from(model, start, run.eval_batch.mask, first, skip=skip)
+
+
+def exit_logits(run: FamilyRun, layer: int) -> Tensor:
+    """Logit lens: unembed(final_norm(resid_post[layer])) at the last position."""
+    return unembed_last(run.model, run.clean_resid(layer))
+
+
+class SkipAxes(CommonAxes):
+    skip: axis(list[Annotated[int, Field(ge=0)]])  # each value is a set of layers skipped together ([] = none)
+
+
+def skip_points(axes: dict, info) -> list[dict]:
+    for i, layers in enumerate(axes["skip"]):
+        for j, layer in enumerate(layers):
+            if layer >= info.n_layers:
+                raise AtlasError(f"axes.skip.{i}.{j}: layer {layer} is outside 0..{info.n_layers - 1} "
+                                 f"({info.name} has {info.n_layers} layers)")
+        if len(set(layers)) != len(layers):
+            raise AtlasError(f"axes.skip.{i}: layer set {layers} repeats a layer")
+    return [{"skip": sorted(layers)} for layers in axes["skip"]]
+
+
+@kind("skip", axes=SkipAxes, primary="kl", metrics=METRICS, layer_axes=(), points=skip_points)
+def skip_trial(ctx: TrialContext, *, skip: list[int]) -> dict[str, float]:
+    """One grid point: skip a set of layers; metrics against the full model."""
+    run = ctx.family
+    return agreement_metrics(run.clean_logits, skipped_logits(run, frozenset(skip)), run.target)
+
+
+class EarlyExitAxes(CommonAxes):
+    exit_layer: axis(Annotated[int, Field(ge=0)])
+
+
+@kind("early_exit", axes=EarlyExitAxes, primary="kl", metrics=METRICS, layer_axes=("exit_layer",))
+def early_exit_trial(ctx: TrialContext, *, exit_layer: int) -> dict[str, float]:
+    """One grid point: read the prediction off resid_post[exit_layer]; metrics against the full model."""
+    run = ctx.family
+    return agreement_metrics(run.clean_logits, exit_logits(run, exit_layer), run.target)

@@ -1,0 +1,120 @@
+"""Hub detection and rank stability of ablation sweeps (DESIGN §6, §8): pure functions on the finished runs."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+from rich.table import Table
+
+HUB_COMPONENT, HUB_METHOD, METRIC = "layer", "mean", "kl"  # DESIGN §6: the hub is the layer / mean-ablation KL peak
+
+
+@dataclass
+class Summary:
+    tables: dict[str, pd.DataFrame]  # name -> table, saved as <name>.parquet and logged on the parent run
+    metrics: dict[str, float]  # parent-run metrics
+    views: list[Table] = field(default_factory=list)  # printed after the aggregate table
+
+
+def layer_profiles(frame: pd.DataFrame) -> pd.DataFrame:
+    """Mean KL over families per (component, method, seed, layer); head trials are left out (one head, not a layer)."""
+    rows = frame[frame["component"] != "head"]
+    return rows.groupby(["component", "method", "seed", "layer"], as_index=False)[METRIC].mean()
+
+
+def hub_of(profile: pd.DataFrame) -> pd.Series:
+    """Per seed, the layer with the largest family-mean KL (ties: the lowest layer)."""
+    ordered = profile.sort_values(["seed", METRIC, "layer"], ascending=[True, False, True])
+    return ordered.groupby("seed")["layer"].first()
+
+
+def mode_and_std(layers: pd.Series) -> tuple[int, float]:
+    """Most frequent hub layer (ties: the lowest) and the std (ddof=1; nan for one seed)."""
+    counts = layers.value_counts()
+    mode = int(min(counts.index[counts == counts.max()]))
+    return mode, float(layers.std(ddof=1)) if len(layers) > 1 else float("nan")
+
+
+def top_layers(profile: pd.DataFrame, k: int = 3) -> list[int]:
+    """The k layers with the largest KL averaged over seeds and families."""
+    return [int(x) for x in profile.groupby("layer")[METRIC].mean().sort_values(ascending=False).index[:k]]
+
+
+def spearman(a: pd.Series, b: pd.Series) -> float:
+    """Spearman rank correlation of two per-layer series (average ranks for ties; nan if one is constant)."""
+    joined = pd.concat([a, b], axis=1, join="inner").dropna()
+    if len(joined) < 2:
+        return float("nan")
+    ranks = joined.rank().to_numpy()
+    if ranks[:, 0].std() == 0 or ranks[:, 1].std() == 0:
+        return float("nan")
+    return float(np.corrcoef(ranks[:, 0], ranks[:, 1])[0, 1])
+
+
+def hub_table(profiles: pd.DataFrame) -> pd.DataFrame:
+    """One row per (component, method): hub per seed, its mode and std, and the top-3 layers."""
+    rows = []
+    for (component, method), profile in profiles.groupby(["component", "method"], sort=False):
+        hubs = hub_of(profile)
+        mode, std = mode_and_std(hubs)
+        rows.append({"component": component, "method": method, "seeds": len(hubs),
+                     "hub_per_seed": ",".join(f"{s}:{int(h)}" for s, h in hubs.items()),
+                     "hub_mode": mode, "hub_std": std, "top3": ",".join(map(str, top_layers(profile)))})
+    return pd.DataFrame(rows)
+
+
+def rank_stability(profiles: pd.DataFrame) -> pd.DataFrame:
+    """Per component, for each pair of methods: Spearman of the layer rankings and whether the top-3 sets agree."""
+    rows = []
+    for component, by_component in profiles.groupby("component", sort=False):
+        methods = list(dict.fromkeys(by_component["method"]))
+        means = {m: by_component[by_component["method"] == m].groupby("layer")[METRIC].mean() for m in methods}
+        for i, a in enumerate(methods):
+            for b in methods[i + 1:]:
+                top_a, top_b = list(means[a].nlargest(3).index), list(means[b].nlargest(3).index)
+                rows.append({"component": component, "method_a": a, "method_b": b,
+                             "spearman": spearman(means[a], means[b]), "top3_a": ",".join(map(str, top_a)),
+                             "top3_b": ",".join(map(str, top_b)), "top3_agree": set(top_a) == set(top_b)})
+    return pd.DataFrame(rows, columns=["component", "method_a", "method_b", "spearman", "top3_a", "top3_b",
+                                       "top3_agree"])
+
+
+def _fmt(x: float) -> str:
+    return "–" if isinstance(x, float) and math.isnan(x) else f"{x:.2f}"
+
+
+def ablation_summary(frame: pd.DataFrame) -> Summary:
+    """Hubs per (component, method) with cross-seed mode and std; Spearman and top-3 agreement across methods."""
+    profiles = layer_profiles(frame)
+    hubs, stability = hub_table(profiles), rank_stability(profiles)
+    metrics: dict[str, float] = {}
+    main = profiles[(profiles["component"] == HUB_COMPONENT) & (profiles["method"] == HUB_METHOD)]
+    if len(main):
+        per_seed = hub_of(main)
+        mode, std = mode_and_std(per_seed)
+        metrics["hub_layer_mode"] = mode
+        if not math.isnan(std):
+            metrics["hub_layer_std"] = std
+        metrics.update({f"hub_layer_seed_{seed}": int(layer) for seed, layer in per_seed.items()})
+    view = Table(title="hub per seed: the layer with the largest KL averaged over families", title_justify="left")
+    for name in ("component", "method", "hub per seed", "mode", "std", "top-3 layers"):
+        view.add_column(name)
+    for _, r in hubs.iterrows():
+        view.add_row(r["component"], r["method"], r["hub_per_seed"], f"L{r['hub_mode']}", _fmt(r["hub_std"]),
+                     r["top3"])
+    views = [view]
+    if len(stability):
+        ranks = Table(title="rank stability across methods (layer rankings by mean KL)", title_justify="left")
+        for name in ("component", "methods", "spearman", "top-3", "top-3 agree"):
+            ranks.add_column(name)
+        for _, r in stability.iterrows():
+            ranks.add_row(r["component"], f"{r['method_a']} vs {r['method_b']}", _fmt(r["spearman"]),
+                          f"{r['top3_a']} | {r['top3_b']}", "yes" if r["top3_agree"] else "no")
+        views.append(ranks)
+    return Summary({"hubs": hubs, "rank_stability": stability}, metrics, views)
+
+
+KIND_SUMMARIES: dict[str, Callable[[pd.DataFrame], Summary]] = {"ablation": ablation_summary}

@@ -1,0 +1,141 @@
+"""Ablation and patching against an independent computation: one prompt at a time, hand-written hooks."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from interventions.ablation import (ABLATIONS, COMPONENTS, Site, ablated_logits, ablation_trial, item_generator,
+                                    resample_choice)
+from interventions.hooks import count_hooks
+from interventions.metrics import kl
+from tests import oracle
+from tests.conftest import context
+
+SEED = 3
+_VALUES: dict = {}  # the oracle's component values, per (model, prompt, layer, component)
+
+
+def expected(model, run, site: Site, method: str) -> torch.Tensor:
+    """Per eval item, the method's replacement built by hand, run through a plain forward with hooks."""
+    component, layer = site.component, site.layer
+    heads = list(site.heads)
+
+    def val(prompt):
+        key = (id(model), prompt, layer, component)
+        if key not in _VALUES:
+            _VALUES[key] = oracle.component_value(model, prompt, layer, component)
+        v = _VALUES[key]
+        return v[:, heads] if component == "head" else v
+
+    train = [i.prompt for i in run.split.train]
+    rows = []
+    for i, item in enumerate(run.split.eval):
+        prompt = item.corrupt_prompt if method == "clean_to_corrupt" else item.prompt
+        base = val(prompt)
+        n = base.shape[0]
+        if method == "zero":
+            new = torch.zeros_like(base)
+        elif method == "mean":
+            new = torch.cat([val(p) for p in train]).double().mean(0).float().expand_as(base)
+        elif method == "resample":
+            lens = [val(p).shape[0] for p in train]
+            j = resample_choice(SEED, site, i, n, lens)
+            new, k = base.clone(), min(n, lens[j])
+            new[-k:] = val(train[j])[-k:]
+        elif method == "random":
+            noise = torch.randn(base.shape, generator=item_generator(SEED, site, i), dtype=torch.float64)
+            new = (noise / noise.norm(dim=-1, keepdim=True) * base.double().norm(dim=-1, keepdim=True)).float()
+        elif method == "corrupt_to_clean":
+            new = val(item.corrupt_prompt)
+        else:  # clean_to_corrupt
+            new = val(item.prompt)
+        rows.append(oracle.logits_with(model, prompt, layer, component, new, heads))
+    return torch.stack(rows)
+
+
+def sites(n_layers: int, layer: int):
+    return [Site(c, layer, (1,) if c == "head" else ()) for c in COMPONENTS]
+
+
+@pytest.mark.parametrize("method", ABLATIONS.names())
+def test_every_method_on_every_component_matches_hand_hooks_tiny(tiny_model, method):
+    ctx = context(tiny_model, "antonyms", seed=0, n_train=6, n_eval=5)
+    for layer in (0, 2):
+        for site in sites(tiny_model.n_layers, layer):
+            got = ablated_logits(ctx.family, SEED, site, method)
+            want = expected(tiny_model, ctx.family, site, method)
+            torch.testing.assert_close(got, want, atol=1e-4, rtol=0, msg=f"{site} {method}")
+    assert count_hooks(tiny_model.module) == 0
+
+
+@pytest.mark.parametrize("method", ABLATIONS.names())
+def test_every_method_on_every_component_matches_hand_hooks_embedded(smollm2, method):
+    ctx = context(smollm2, "factual_recall", seed=0, n_train=4, n_eval=3)
+    for site in sites(smollm2.n_layers, 11):
+        got = ablated_logits(ctx.family, SEED, site, method)
+        want = expected(smollm2, ctx.family, site, method)
+        diff = (got.log_softmax(-1) - want.log_softmax(-1)).abs().max()
+        assert diff <= 1e-4, f"{site} {method}: {diff}"
+    assert count_hooks(smollm2.module) == 0
+
+
+def test_zero_ablating_every_head_equals_zero_ablating_attn(tiny_model):
+    ctx = context(tiny_model)
+    n_heads = tiny_model.config.num_attention_heads
+    every_head = ablated_logits(ctx.family, 0, Site("head", 1, tuple(range(n_heads))), "zero")
+    attn = ablated_logits(ctx.family, 0, Site("attn", 1), "zero")
+    torch.testing.assert_close(every_head, attn, atol=1e-5, rtol=0)
+    one_head = ablated_logits(ctx.family, 0, Site("head", 1, (0,)), "zero")
+    assert (one_head - attn).abs().max() > 1e-3  # the comparison can fail
+
+
+def test_zero_layer_ablation_makes_resid_post_equal_resid_pre(tiny_model):
+    ctx = context(tiny_model)
+    run = ctx.family
+    got = ablated_logits(run, 0, Site("layer", 2), "zero")
+    from interventions.forward import run_from
+    torch.testing.assert_close(got, run_from(tiny_model, run.clean_resid(1), run.eval_batch.mask, 3), atol=1e-6,
+                               rtol=0)
+
+
+def test_patching_the_last_residual_recovers_fully(smollm2):
+    ctx = context(smollm2, "antonyms", n_train=4, n_eval=6)
+    last = smollm2.n_layers - 1
+    out = ablation_trial(ctx, component="resid", layer=last, method="clean_to_corrupt")
+    assert out["recovery"] == pytest.approx(1.0, abs=1e-4) and out["kl"] < 1e-6
+    from interventions.ablation import corrupt_run
+    noised = ablated_logits(ctx.family, 0, Site("resid", last), "corrupt_to_clean")
+    torch.testing.assert_close(noised, corrupt_run(ctx.family)[0], atol=1e-4, rtol=0)
+    one_mlp = ablation_trial(ctx, component="mlp", layer=3, method="clean_to_corrupt")
+    assert abs(one_mlp["recovery"] - 1) > 1e-3  # one MLP's output alone does not restore the answer
+
+
+def test_patching_clean_into_clean_is_a_no_op(tiny_model):
+    ctx = context(tiny_model)
+    run = ctx.family
+    for component in COMPONENTS:
+        site = Site(component, 1, (0,) if component == "head" else ())
+        # corrupt_to_clean with corrupt prompts replaced by the clean ones: the patch copies clean into clean
+        from interventions.ablation import batch_of
+        run.memo(("corrupt", "batch"), lambda: run.eval_batch)
+        got = ablated_logits(run, 0, site, "corrupt_to_clean")
+        assert float(kl(run.clean_logits, got).max()) < 1e-6
+        assert torch.equal(got.argmax(-1), run.clean_logits.argmax(-1))
+        assert batch_of(run, "corrupt") is run.eval_batch
+
+
+def test_padding_does_not_change_ablation_results(tiny_llama):
+    ctx = context(tiny_llama, "factual_recall", n_train=6, n_eval=6)  # prompts of different lengths
+    lens = ctx.family.eval_batch.mask.sum(-1)
+    assert lens.min() < lens.max()
+    for method in ABLATIONS.names():
+        batched = ablated_logits(ctx.family, SEED, Site("mlp", 1), method)
+        for i in range(len(lens)):
+            single = context(tiny_llama, "factual_recall", n_train=6, n_eval=6)
+            split = single.family.split
+            from dataclasses import replace
+            single.family.split = replace(split, eval=(split.eval[i],))
+            alone = ablated_logits(single.family, SEED, Site("mlp", 1), method)
+            if method in ("resample", "random"):
+                continue  # their draws are indexed by the item's position in the eval list
+            torch.testing.assert_close(alone[0], batched[i], atol=1e-4, rtol=0)
