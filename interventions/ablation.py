@@ -1,9 +1,7 @@
-"""Ablation and activation patching: the ABLATIONS registry (six methods) on five components, and the ablation kind.
+"""Ablation and activation patching: the ABLATIONS registry (six methods) and the ablation kind.
 
-A component of layer L (DESIGN §4) is replaced on the clean run, or patched between the
-clean and corrupt runs of the eval items. Work before layer L is never repeated: the run
-restarts from the cached resid_pre[L] (attn / mlp / head, with a hook on that one module)
-or resid_post[L] (layer / resid). Replacements never touch padding positions.
+A component of layer L (see components.py) is replaced on the clean run, or patched between
+the clean and corrupt runs of the eval items. Replacements never touch padding positions.
 """
 from __future__ import annotations
 
@@ -14,97 +12,14 @@ import torch
 from pydantic import BeforeValidator, Field
 from torch import Tensor
 
-from interventions.architectures import part
+from interventions.components import (COMPONENTS, Site, at_site, batch_of, corrupt_run, patched_logits,
+                                      values)
 from interventions.context import FamilyRun, TrialContext, seeded_generator
-from interventions.forward import Batch, clean_run, position_ids, run_from
-from interventions.hooks import capture, replace
+from interventions.forward import Batch
 from interventions.kinds import CommonAxes, axis, kind, registered
 from interventions.metrics import agreement_metrics, logit_diff, mean, target_prob
 from interventions.registry import AtlasError, Registry
 
-COMPONENTS = ("layer", "attn", "mlp", "head", "resid")
-RUNS = ("clean", "corrupt", "train")  # the batches a component is read from
-
-
-@dataclass(frozen=True)
-class Site:
-    """Where a component sits: layer L, and for `head` which heads (values then carry a heads dimension)."""
-
-    component: str
-    layer: int
-    heads: tuple[int, ...] = ()
-
-
-# --- component values -------------------------------------------------------------------------------------------
-
-def _blocks(model):
-    return part(model.module, model.arch.layers)
-
-
-def n_heads(model) -> int:
-    return model.config.num_attention_heads
-
-
-def batch_of(run: FamilyRun, which: str) -> Batch:
-    if which == "clean":
-        return run.eval_batch
-    key = (which, "batch")
-    if which == "corrupt":
-        return run.memo(key, lambda: run._encode([i.corrupt_prompt for i in run.split.eval]))
-    return run.memo(key, lambda: run._encode([i.prompt for i in run.split.train]))
-
-
-def corrupt_run(run: FamilyRun) -> tuple[Tensor, dict[int, Tensor]]:
-    """Last-position logits and resid_post of every layer on the corrupt eval prompts."""
-    if any(not i.corrupt_prompt for i in run.split.eval):
-        raise AtlasError(f"family {run.split.family!r}: items without corrupt_prompt cannot be patched")
-    batch = batch_of(run, "corrupt")
-    if not torch.equal(batch.mask, run.eval_batch.mask):
-        raise AtlasError(f"family {run.split.family!r}: corrupt prompts do not align with the clean ones")
-    return run.memo(("corrupt", "run"), lambda: clean_run(run.model, batch))
-
-
-@torch.no_grad()
-def _capture(run: FamilyRun, which: str, component: str) -> dict[int, Tensor]:
-    model, batch = run.model, batch_of(run, which)
-    blocks = _blocks(model)
-    if component in ("attn", "head"):
-        modules = {i: part(b, model.arch.attn_out) for i, b in enumerate(blocks)}
-    elif component == "mlp":
-        modules = {i: part(b, model.arch.mlp) for i, b in enumerate(blocks)}
-    else:
-        modules = dict(enumerate(blocks))
-    with capture(modules) as outs, capture(modules, inputs=True) as ins:
-        model.module(input_ids=batch.ids, attention_mask=batch.mask, position_ids=position_ids(batch.mask), use_cache=False,
-                     logits_to_keep=1)
-    if component == "layer":
-        return {i: outs[i] - ins[i] for i in outs}
-    if component == "head":
-        return {i: x.unflatten(-1, (n_heads(model), -1)) for i, x in ins.items()}  # (batch, pos, heads, head_dim)
-    return dict(outs)
-
-
-def values(run: FamilyRun, which: str, component: str) -> dict[int, Tensor]:
-    """The component's value at every layer on one of the family's batches, computed once per (family, seed)."""
-    if which == "corrupt":
-        corrupt_run(run)  # checks the family can be patched
-    return run.memo(("acts", which, component), lambda: _capture(run, which, component))
-
-
-def at_site(acts: dict[int, Tensor], site: Site) -> Tensor:
-    x = acts[site.layer]
-    return x[:, :, list(site.heads)] if site.component == "head" else x
-
-
-def resid_pre(run: FamilyRun, which: str, layer: int) -> Tensor:
-    """The input of layer `layer` on the clean or corrupt eval batch."""
-    if layer == 0:
-        batch = batch_of(run, which)
-        return part(run.model.module, run.model.arch.embed)(batch.ids).detach()
-    return run.clean_resid(layer - 1) if which == "clean" else corrupt_run(run)[1][layer - 1]
-
-
-# --- methods ----------------------------------------------------------------------------------------------------
 
 def item_generator(seed: int, site: Site, item: int) -> torch.Generator:
     """The generator of one eval item's random draws (resample choice, noise): independent of batching."""
@@ -194,32 +109,6 @@ def clean_to_corrupt(run: FamilyRun, site: Site, base: Tensor, seed: int) -> Ten
     return at_site(values(run, "clean", site.component), site)
 
 
-# --- running an intervention ------------------------------------------------------------------------------------
-
-def patched_logits(run: FamilyRun, which: str, site: Site, value: Tensor) -> Tensor:
-    """Last-position logits of the clean or corrupt eval run with the component at `site` set to `value`."""
-    model, mask = run.model, run.eval_batch.mask
-    start = resid_pre(run, which, site.layer)
-    if site.component == "resid":
-        return run_from(model, value, mask, site.layer + 1)
-    if site.component == "layer":
-        return run_from(model, start + value, mask, site.layer + 1)
-    block = _blocks(model)[site.layer]
-    if site.component == "head":
-        heads = list(site.heads)
-
-        def set_heads(x: Tensor) -> Tensor:
-            x = x.unflatten(-1, (n_heads(model), -1)).clone()
-            x[:, :, heads] = value
-            return x.flatten(-2)
-
-        with replace(part(block, model.arch.attn_out), set_heads, inputs=True):
-            return run_from(model, start, mask, site.layer)
-    module = part(block, model.arch.attn_out if site.component == "attn" else model.arch.mlp)
-    with replace(module, lambda _x: value):
-        return run_from(model, start, mask, site.layer)
-
-
 def ablated_logits(run: FamilyRun, seed: int, site: Site, method_name: str) -> Tensor:
     m = ABLATIONS.get(method_name)
     base = at_site(values(run, m.base, site.component), site)
@@ -227,8 +116,6 @@ def ablated_logits(run: FamilyRun, seed: int, site: Site, method_name: str) -> T
     keep = run.eval_batch.mask.bool().view(*base.shape[:2], *[1] * (base.dim() - 2))
     return patched_logits(run, m.base, site, torch.where(keep, value, base))
 
-
-# --- the kind ---------------------------------------------------------------------------------------------------
 
 def _all_or_list(value):
     return [value] if isinstance(value, (str, int)) else value

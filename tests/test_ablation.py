@@ -4,8 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from interventions.ablation import (ABLATIONS, COMPONENTS, Site, ablated_logits, ablation_trial, item_generator,
-                                    resample_choice)
+from interventions.ablation import ABLATIONS, ablated_logits, ablation_trial, item_generator, resample_choice
+from interventions.components import COMPONENTS, Site, batch_of, corrupt_run
+from interventions.forward import run_from
 from interventions.hooks import count_hooks
 from interventions.metrics import kl
 from tests import oracle
@@ -93,7 +94,6 @@ def test_zero_layer_ablation_makes_resid_post_equal_resid_pre(tiny_model):
     ctx = context(tiny_model)
     run = ctx.family
     got = ablated_logits(run, 0, Site("layer", 2), "zero")
-    from interventions.forward import run_from
     torch.testing.assert_close(got, run_from(tiny_model, run.clean_resid(1), run.eval_batch.mask, 3), atol=1e-6,
                                rtol=0)
 
@@ -103,7 +103,6 @@ def test_patching_the_last_residual_recovers_fully(smollm2):
     last = smollm2.n_layers - 1
     out = ablation_trial(ctx, component="resid", layer=last, method="clean_to_corrupt")
     assert out["recovery"] == pytest.approx(1.0, abs=1e-4) and out["kl"] < 1e-6
-    from interventions.ablation import corrupt_run
     noised = ablated_logits(ctx.family, 0, Site("resid", last), "corrupt_to_clean")
     torch.testing.assert_close(noised, corrupt_run(ctx.family)[0], atol=1e-4, rtol=0)
     one_mlp = ablation_trial(ctx, component="mlp", layer=3, method="clean_to_corrupt")
@@ -116,7 +115,6 @@ def test_patching_clean_into_clean_is_a_no_op(tiny_model):
     for component in COMPONENTS:
         site = Site(component, 1, (0,) if component == "head" else ())
         # corrupt_to_clean with corrupt prompts replaced by the clean ones: the patch copies clean into clean
-        from interventions.ablation import batch_of
         run.memo(("corrupt", "batch"), lambda: run.eval_batch)
         got = ablated_logits(run, 0, site, "corrupt_to_clean")
         assert float(kl(run.clean_logits, got).max()) < 1e-6
