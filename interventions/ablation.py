@@ -12,8 +12,8 @@ import torch
 from pydantic import BeforeValidator, Field
 from torch import Tensor
 
-from interventions.components import (COMPONENTS, Site, at_site, batch_of, corrupt_run, patched_logits,
-                                      values)
+from interventions.components import (COMPONENTS, Site, at_site, batch_of, capture_all, corrupt_run,
+                                      patched_logits, values)
 from interventions.context import FamilyRun, TrialContext, seeded_generator
 from interventions.forward import Batch
 from interventions.kinds import CommonAxes, axis, kind, registered
@@ -55,10 +55,14 @@ def zero(run: FamilyRun, site: Site, base: Tensor, seed: int) -> Tensor:
 
 
 def train_mean(run: FamilyRun, component: str) -> dict[int, Tensor]:
-    """Per layer: the component's mean over every (non-padding) position of the train prompts."""
+    """Per layer: the component's mean over every (non-padding) position of the train prompts.
+
+    Only the means are kept: the captured train values stay in memory only if `resample` needs them.
+    """
     def compute():
         mask = batch_of(run, "train").mask.bool()
-        return {layer: x[mask].double().mean(0).float() for layer, x in values(run, "train", component).items()}
+        acts = run.memo_get(("acts", "train", component)) or capture_all(run, "train", component)
+        return {layer: x[mask].double().mean(0).float() for layer, x in acts.items()}
     return run.memo(("mean", component), compute)
 
 

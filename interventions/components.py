@@ -57,7 +57,7 @@ def corrupt_run(run: FamilyRun) -> tuple[Tensor, dict[int, Tensor]]:
 
 
 @torch.no_grad()
-def _capture(run: FamilyRun, which: str, component: str) -> dict[int, Tensor]:
+def capture_all(run: FamilyRun, which: str, component: str) -> dict[int, Tensor]:
     model, batch = run.model, batch_of(run, which)
     blocks = _blocks(model)
     if component in ("attn", "head"):
@@ -80,7 +80,7 @@ def values(run: FamilyRun, which: str, component: str) -> dict[int, Tensor]:
     """The component's value at every layer on one of the family's batches, computed once per (family, seed)."""
     if which == "corrupt":
         corrupt_run(run)  # checks the family can be patched
-    return run.memo(("acts", which, component), lambda: _capture(run, which, component))
+    return run.memo(("acts", which, component), lambda: capture_all(run, which, component))
 
 
 def at_site(acts: dict[int, Tensor], site: Site) -> Tensor:

@@ -37,6 +37,10 @@ class FamilyRun:
             self._memo[key] = compute()
         return self._memo[key]  # type: ignore[return-value]
 
+    def memo_get(self, key: tuple):
+        """A cached value, or None."""
+        return self._memo.get(key)
+
     def _words(self, items, key: str) -> Tensor:
         return single_token_ids(self.model.tokenizer, [getattr(i, key) for i in items]).to(self.model.device)
 

@@ -1,12 +1,66 @@
 """Command line: `python -m orchestrator sweep SPEC` and `python -m orchestrator ui`."""
 from __future__ import annotations
 
+import socket
 import sys
 
 import click
 from rich.console import Console
 
 from interventions.registry import AtlasError
+
+MAX_TRIALS = 20_000  # a grid larger than this needs --yes: a typo in an axis should not start a week of work
+
+
+def check_address(address: str | None, timeout: float = 3.0) -> None:
+    """Fail fast when the Ray cluster to join does not answer (ray.init would wait for minutes).
+
+    'auto' is resolved the way Ray resolves it (RAY_ADDRESS, then the cluster `ray start` left
+    on this machine); no address at all starts a local Ray, so there is nothing to check.
+    """
+    if address is None or address == "local":
+        return
+    target = address
+    if address == "auto":
+        try:
+            from ray._private.services import get_ray_address_from_environment  # Ray 2.x; private, so guarded
+        except ImportError:
+            return  # leave it to ray.init
+        try:
+            target = get_ray_address_from_environment("auto", None)
+        except ConnectionError:
+            raise AtlasError("--address auto: no running Ray cluster found on this machine (start one with "
+                             "`ray up cluster.yaml` or `ray start --head`, or drop --address for a local Ray)") from None
+    host, sep, port = target.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit():
+        raise AtlasError(f"--address {address}: expected 'auto' or host:port, not {target!r}")
+    try:
+        socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=timeout).close()
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise AtlasError(f"--address {address}: no Ray cluster answered at {host}:{port} ({reason})") from None
+
+
+def check_ledger(loaded, uri: str, points: list, resume: bool, console: Console) -> None:
+    """The experiment as the resume ledger: refuse what would silently mix two specs or two drivers."""
+    from orchestrator.tracking import Tracker
+
+    tracker = Tracker(uri, loaded)
+    name = loaded.spec.name
+    other = tracker.live_driver()
+    if other:
+        raise AtlasError(f"name: sweep {name!r} is being run right now by driver {other}; wait for it or stop it "
+                         "(two drivers of one sweep would run the same grid points twice)")
+    finished = tracker.finished()
+    stale = set(finished) - {p.trial_id for p in points}
+    if stale and not resume and tracker.last_spec_hash() != loaded.spec_hash:  # news since the last invocation
+        raise AtlasError(f"name: experiment {name!r} holds {len(stale)} finished runs that are not grid points of "
+                         "this spec (it changed since they ran); pass --resume to keep them out of the table and run "
+                         "only the new or changed points, or give the sweep a new name")
+    if resume:
+        kept = len(finished) - len(stale)
+        console.print(f"--resume: {kept} of {len(points)} grid points already finished in {name!r}"
+                      + (f"; {len(stale)} finished runs of an earlier spec are kept but not aggregated" if stale else ""))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -20,26 +74,46 @@ def cli() -> None:
 @click.option("--address", help="Ray cluster to join, e.g. 'auto' after `ray up cluster.yaml` (default: a local Ray).")
 @click.option("--dry-run", is_flag=True, help="Validate the spec, print the grid size and per-axis counts; touch nothing.")
 @click.option("--top", default=20, show_default=True, help="Rows of the cross-seed table to print.")
-def sweep(spec: str, tracking_uri: str | None, address: str | None, dry_run: bool, top: int) -> None:
+@click.option("--resume", is_flag=True,
+              help="Continue a sweep whose spec changed: keep its finished runs (those no longer in the grid are not "
+                   "aggregated) and run only the new or changed grid points.")
+@click.option("--max-trials", default=MAX_TRIALS, show_default=True, type=click.IntRange(min=1),
+              help="Refuse a larger grid unless --yes.")
+@click.option("--yes", is_flag=True, help="Run a grid larger than --max-trials.")
+def sweep(spec: str, tracking_uri: str | None, address: str | None, dry_run: bool, top: int, resume: bool,
+          max_trials: int, yes: bool) -> None:
     """Run every grid point of SPEC that has no FINISHED run yet, then print the cross-seed table.
+
+    The sweep's MLflow experiment is the ledger: rerunning the same command after a crash or
+    Ctrl-C runs only the rest. If the experiment holds finished runs that are not grid points
+    of SPEC (the spec changed), the sweep stops unless --resume.
 
     Exit codes: 0 done, 1 some trials failed after retries, 2 bad input, 130 interrupted
     (rerun the same command to finish the rest).
     """
+    from orchestrator.grid import axis_order, expand
     from orchestrator.spec import load_sweep
 
     console = Console(width=None if sys.stdout.isatty() else 160)  # pipes and CI logs get the whole table
     loaded = load_sweep(spec)
+    points = expand(loaded)
     if dry_run:
-        from orchestrator.grid import axis_order, expand
-
         sizes = ", ".join(f"{a}={len(loaded.axes[a])}" for a in axis_order(loaded))
-        console.print(f"{loaded.spec.name}: {len(expand(loaded))} grid points ({sizes}); "
+        console.print(f"{loaded.spec.name}: {len(points)} grid points ({sizes}); "
                       f"model {loaded.spec.model} ({loaded.model.n_layers} layers), kind {loaded.spec.kind}")
         return
+    if len(points) > max_trials and not yes:
+        raise AtlasError(f"--max-trials: the grid has {len(points)} points, more than --max-trials {max_trials}; "
+                         "pass --yes to run them all (or check the axes with --dry-run)")
+    from orchestrator.tracking import check_store, resolve_uri
+
+    uri = resolve_uri(tracking_uri)
+    check_store(uri, tracking_uri)
+    check_address(address)
+    check_ledger(loaded, uri, points, resume, console)
     from orchestrator.runner import run_sweep
 
-    outcome = run_sweep(loaded, tracking_uri=tracking_uri, address=address, console=console, top=top)
+    outcome = run_sweep(loaded, tracking_uri=uri, address=address, console=console, top=top)
     if outcome.interrupted:
         console.print(f"interrupted: {outcome.skipped + outcome.logged} of {outcome.n_points} grid points finished; "
                       "rerun the same command to finish the rest")
@@ -55,9 +129,12 @@ def sweep(spec: str, tracking_uri: str | None, address: str | None, dry_run: boo
 @click.option("--tracking-uri", help="MLflow store to browse (default: the same one `sweep` writes).")
 def ui(host: str, port: int, tracking_uri: str | None) -> None:
     """Browse every sweep's runs in the MLflow UI."""
-    from orchestrator.tracking import resolve_uri, serve_ui
+    from orchestrator.tracking import is_loopback, resolve_uri, serve_ui
 
     uri = resolve_uri(tracking_uri)
+    if not is_loopback(host):
+        click.echo(f"warning: --host {host} is not a loopback address: anyone who can reach this machine on port "
+                   f"{port} can read, change and delete every run (the MLflow UI has no login)", err=True)
     click.echo(f"MLflow UI for {uri} on http://{host}:{port}  (Ctrl-C stops it)")
     sys.exit(serve_ui(uri, host, port))
 
@@ -70,6 +147,9 @@ def main() -> None:
         sys.exit(2)
     except (click.exceptions.Abort, KeyboardInterrupt):
         sys.exit(130)
+    except click.UsageError as exc:  # a bad flag or argument: one line, like every other bad input
+        click.echo(f"error: {exc.format_message()}", err=True)
+        sys.exit(2)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)

@@ -5,14 +5,21 @@ resume ledger: a grid point whose trial_id already has a FINISHED run is not run
 """
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import os
+import random
+import socket
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from mlflow.entities import Metric, Param, RunStatus
 from mlflow.tracking import MlflowClient
@@ -46,6 +53,114 @@ def _default_store(uri: str) -> bool:
     return uri == f"sqlite:///{store_dir() / 'mlflow.db'}"
 
 
+def check_store(uri: str, cli_value: str | None = None, timeout: float = 5.0) -> None:
+    """Fail fast, before anything starts, on a store that cannot answer.
+
+    An http(s) server must answer its /health endpoint within `timeout` (401/403 count: a
+    server behind a login answered; a proxy's 404 or 502 does not); MLflow's own client would
+    otherwise retry for minutes. A SQLite file's folder must exist (MLflow creates the file,
+    never the folder).
+    """
+    where = "--tracking-uri" if cli_value else "MLFLOW_TRACKING_URI"
+    if uri.startswith(("http://", "https://")):
+        try:
+            urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout).close()
+        except urllib.error.HTTPError as exc:
+            if exc.code not in (401, 403):
+                raise AtlasError(f"{where}: no MLflow server answered at {uri} (HTTP {exc.code} from /health)") from None
+        except (OSError, ValueError) as exc:
+            reason = getattr(exc, "reason", None) or exc
+            reason = getattr(reason, "strerror", None) or reason  # 'Connection refused', not '[Errno 111] ...'
+            raise AtlasError(f"{where}: no MLflow server answered at {uri} ({reason})") from None
+    elif uri.startswith("sqlite:///") and not _default_store(uri):
+        folder = Path(uri.removeprefix("sqlite:///")).parent
+        if not folder.is_dir():
+            raise AtlasError(f"{where}: folder {folder} of the SQLite store {uri} does not exist")
+
+
+def _locked(exc: Exception) -> bool:
+    return "database is locked" in str(exc) or "database table is locked" in str(exc)
+
+
+class _RetryOnLock:
+    """An MlflowClient whose calls retry, with jittered backoff, when SQLite says 'database is locked'.
+
+    Two sweeps writing one SQLite file take turns at its write lock; SQLite's own busy wait
+    (5 s) can run out under load, and MLflow then raises. Every write the Tracker makes is one
+    transaction that SQLite rolled back, so repeating it is safe.
+    """
+
+    def __init__(self, client: MlflowClient, attempts: int = 12) -> None:
+        self._client, self._attempts = client, attempts
+
+    def __getattr__(self, name: str):
+        attr = getattr(self._client, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args, **kwargs):
+            delay = 0.1
+            for attempt in range(self._attempts):
+                try:
+                    return attr(*args, **kwargs)
+                except Exception as exc:  # MlflowException or SQLAlchemy's OperationalError
+                    if not _locked(exc) or attempt == self._attempts - 1:
+                        raise
+                    time.sleep(delay * (1 + random.random()))
+                    delay = min(delay * 2, 3.0)
+
+        return call
+
+
+@contextmanager
+def _schema_lock(uri: str) -> Iterator[None]:
+    """One process at a time makes its first contact with a SQLite store.
+
+    The first MlflowClient on a new SQLite file creates its tables by running MLflow's
+    migrations; two sweeps starting at once would run them interleaved and leave a broken
+    schema ("table _alembic_tmp_tags already exists"). An exclusive flock on the store's folder
+    serialises that step; later writes are ordinary transactions (see _RetryOnLock).
+    """
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock; start concurrent sweeps on a new store one after the other
+        yield
+        return
+    fd = os.open(Path(uri.removeprefix("sqlite:///")).parent, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _driver_id() -> str:
+    """host:pid:start-time of this process, so that a later invocation can tell whether it still runs."""
+    return f"{socket.gethostname()}:{os.getpid()}:{_start_time(os.getpid()):.0f}"
+
+
+def _start_time(pid: int) -> float:
+    try:
+        import psutil
+
+        return psutil.Process(pid).create_time()
+    except Exception:  # no psutil, or no such process
+        return -1.0
+
+
+def _driver_alive(driver: str) -> bool:
+    """True if `driver` (a host:pid:start tag) is a process still running on this machine."""
+    host, _, rest = driver.partition(":")
+    pid, _, started = rest.partition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False  # another machine's driver: nothing to check it with
+    now = _start_time(int(pid))
+    return now >= 0 and f"{now:.0f}" == started
+
+
 class Tracker:
     """Reads and writes one sweep's experiment."""
 
@@ -61,8 +176,15 @@ class Tracker:
         if self.client is None:
             if _default_store(self.uri):
                 store_dir().mkdir(exist_ok=True)
-            self.client = MlflowClient(tracking_uri=self.uri)
-            found = self.client.get_experiment_by_name(self.sweep.spec.name)
+            with _schema_lock(self.uri):  # MlflowClient() creates or migrates a new SQLite file's tables
+                try:
+                    self.client = _RetryOnLock(MlflowClient(tracking_uri=self.uri))
+                    found = self.client.get_experiment_by_name(self.sweep.spec.name)
+                except Exception as exc:
+                    if self.uri.startswith("sqlite:"):
+                        raise
+                    first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+                    raise AtlasError(f"tracking URI {self.uri}: the store did not answer as MLflow ({first})") from None
             if found is not None and found.lifecycle_stage == "deleted":
                 raise AtlasError(f"name: experiment {self.sweep.spec.name!r} is deleted in {self.uri}; restore it "
                                  "(mlflow experiments restore) or give the sweep another name")
@@ -85,11 +207,33 @@ class Tracker:
         return {r.data.tags[f"{TAG}trial_id"]: dict(r.data.metrics) for r in runs}
 
     def close_stale(self) -> int:
-        """Runs left RUNNING by an interrupted driver become KILLED (never counted as finished)."""
+        """Runs left RUNNING by an interrupted or killed driver become KILLED (never counted as finished)."""
         stale = list(self._runs("attributes.status = 'RUNNING'"))
         for run in stale:
             self.client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
         return len(stale)
+
+    def last_spec_hash(self) -> str | None:
+        """spec_hash of the newest invocation (parent run) of this sweep, if any."""
+        if self.experiment_id is None:
+            return None
+        runs = self.client.search_runs([self.experiment_id], f"tags.`{TAG}role` = '{ROLE_PARENT}'", max_results=1,
+                                       order_by=["attributes.start_time DESC"])
+        return runs[0].data.tags.get(f"{TAG}spec_hash") if runs else None
+
+    def live_driver(self) -> str | None:
+        """host:pid of another driver on this machine still running this sweep (its parent run RUNNING), if any.
+
+        Two drivers of one sweep would each run the grid points the other has not logged yet,
+        and the second's `close_stale` would mark the first's runs KILLED. A driver on another
+        machine cannot be checked from here.
+        """
+        parents = self._runs(f"attributes.status = 'RUNNING' and tags.`{TAG}role` = '{ROLE_PARENT}'")
+        for run in parents:
+            driver = run.data.tags.get(f"{TAG}driver", "")
+            if _driver_alive(driver) and driver != _driver_id():
+                return driver.rsplit(":", 1)[0]
+        return None
 
     def start_parent(self, n_points: int, n_todo: int) -> str:
         self._connect()
@@ -98,7 +242,7 @@ class Tracker:
             self.experiment_id = self.client.create_experiment(self.sweep.spec.name, artifact_location=location)
         spec = self.sweep.spec
         run = self.client.create_run(self.experiment_id, run_name=f"{spec.name} {time.strftime('%Y-%m-%d %H:%M:%S')}",
-                                     tags={**self.tags, f"{TAG}role": ROLE_PARENT})
+                                     tags={**self.tags, f"{TAG}role": ROLE_PARENT, f"{TAG}driver": _driver_id()})
         params = {"model": spec.model, "kind": spec.kind, "n_train": spec.n_train, "n_eval": spec.n_eval,
                   "grid_size": n_points, "to_run": n_todo, "resources": json.dumps(spec.resources.model_dump())}
         self.client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
@@ -151,6 +295,15 @@ class Tracker:
 
     def end_parent(self, run_id: str, status: str) -> None:
         self.client.set_terminated(run_id, status)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def serve_ui(uri: str, host: str, port: int) -> int:

@@ -40,3 +40,25 @@ def context(model, family="antonyms", seed=0, others=(), n_train=8, n_eval=6) ->
     run = FamilyRun(model, split(model, family, seed, n_train, n_eval))
     other_runs = [FamilyRun(model, split(model, f, seed, n_train, n_eval)) for f in others]
     return TrialContext(model, seed, run, other_runs)
+
+
+def bad_input(tmp_path, monkeypatch, capsys, spec_text: str, files: dict[str, str] | None = None,
+              args: tuple[str, ...] = ()) -> str:
+    """Run `sweep spec.yaml` in-process on a bad spec; assert exit 2, one stderr line, no store; return the line."""
+    import sys
+
+    from orchestrator.__main__ import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    (tmp_path / "spec.yaml").write_text(spec_text)
+    for name, text in (files or {}).items():
+        (tmp_path / name).write_text(text)
+    monkeypatch.setattr(sys, "argv", ["orchestrator", "sweep", "spec.yaml", *args])
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert not (tmp_path / "mlruns").exists()
+    return err

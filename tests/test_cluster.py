@@ -1,11 +1,14 @@
-"""Scheduling on Ray: fractional GPUs pack several model-holding actors on one GPU; a two-node cluster runs a sweep."""
+"""Scheduling on Ray: fractional GPUs pack model-holding actors on one GPU; a two-node cluster runs a sweep;
+cluster.yaml passes Ray's own cluster-launcher validation."""
 from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import ray
+import yaml
 from mlflow.tracking import MlflowClient
 
 from orchestrator.runner import run_sweep
@@ -36,32 +39,123 @@ def fresh_ray():
         ray.shutdown()
 
 
-def test_quarter_gpus_pack_four_actors_on_one_gpu(tmp_path, fresh_ray):
-    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False)  # a fake GPU: Ray only counts it
+def traced_trial(config: dict, splits) -> None:
+    """run_trial, held for a second and timed: a trial takes long enough that concurrent ones overlap.
+
+    Replaces runner.run_trial in the test below; Ray imports it from this module in the actors.
+    """
+    import os
+    import time
+
+    from orchestrator.worker import run_trial
+
+    start = time.time()
+    time.sleep(1.0)
+    run_trial(config, splits)
+    trace = Path(os.environ["ATLAS_TEST_TRACE"]) / f"{os.getpid()}-{start:.6f}"
+    trace.write_text(f"{start} {time.time()}")
+
+
+def most_at_once(trace_dir: Path) -> int:
+    """The largest number of traced trials whose [start, end] intervals overlap at one instant."""
+    events = []
+    for f in trace_dir.iterdir():
+        start, end = map(float, f.read_text().split())
+        events += [(start, 1), (end, -1)]
+    running = peak = 0
+    for _, step in sorted(events, key=lambda e: (e[0], e[1])):  # an end before a start at the same instant
+        running += step
+        peak = max(peak, running)
+    return peak
+
+
+def test_quarter_gpus_run_four_trials_at_once_on_one_gpu_never_five(tmp_path, fresh_ray, monkeypatch):
+    from orchestrator import runner
+
+    trace = tmp_path / "trace"
+    trace.mkdir()
+    monkeypatch.setenv("ATLAS_TEST_TRACE", str(trace))
+    monkeypatch.setenv("PYTHONPATH", str(REPO))  # the actors import traced_trial from tests/
+    monkeypatch.setattr(runner, "run_trial", traced_trial)
+    # A fake GPU (Ray only counts it) and CPUs for 8 quarter-CPU actors: only the GPU limits the packing.
+    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False)
     uri = f"sqlite:///{tmp_path}/m.db"
     outcome = run_sweep(smoke(cpu=0.25, gpu=0.25), tracking_uri=uri, out_dir=tmp_path)
     assert outcome.logged == 32 and not outcome.failed
-    runs = finished_children(uri, "smoke")
     loads = defaultdict(set)
-    for r in runs:
+    for r in finished_children(uri, "smoke"):
         assert r.data.tags["orchestrator.gpu_ids"] == "0"  # every actor was given a share of GPU 0
         loads[r.data.tags["orchestrator.worker"]].add(r.data.tags["orchestrator.model_loads"])
-    assert 2 < len(loads) <= 4  # more actors than CPUs-per-trial alone would allow ... at most 4 per GPU
-    assert all(v == {"1"} for v in loads.values())
+    assert len(list(trace.iterdir())) == 32
+    assert most_at_once(trace) == 4  # four trials at once on the one GPU, never a fifth
+    assert len(loads) == 4 and all(v == {"1"} for v in loads.values())  # four actors, each loaded its model once
 
 
-def test_a_two_node_cluster_runs_the_sweep(tmp_path, fresh_ray):
+def test_a_two_node_gpu_cluster_spreads_the_sweep_over_both_nodes(tmp_path, fresh_ray):
     from ray.cluster_utils import Cluster
 
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
-    cluster.add_node(num_cpus=1)
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 1})
+    cluster.add_node(num_cpus=1, num_gpus=1)
     cluster.wait_for_nodes()
     try:
         uri = f"sqlite:///{tmp_path}/m.db"
-        outcome = run_sweep(load_sweep(SMOKE), tracking_uri=uri, address=cluster.address, out_dir=tmp_path)
+        # one CPU per node holds one actor per node (two actors on a 2-core machine), each with half a GPU
+        outcome = run_sweep(smoke(cpu=1, gpu=0.5), tracking_uri=uri, address=cluster.address, out_dir=tmp_path)
         assert outcome.logged == 32 and not outcome.failed
-        nodes = {r.data.tags["orchestrator.node"] for r in finished_children(uri, "smoke")}
-        assert len(nodes) == 2
+        per_node = defaultdict(set)
+        for r in finished_children(uri, "smoke"):
+            assert r.data.tags["orchestrator.gpu_ids"] == "0"  # each node's own (fake) GPU
+            per_node[r.data.tags["orchestrator.node"]].add(r.data.tags["orchestrator.worker"])
+        assert len(per_node) == 2  # both nodes ran trials
+        assert all(len(workers) == 1 for workers in per_node.values())
     finally:
         ray.shutdown()
         cluster.shutdown()
+
+
+def test_an_actor_places_its_model_where_ray_assigned_it_and_falls_back_to_cpu(monkeypatch):
+    """Ray hides all but the assigned GPUs (CUDA_VISIBLE_DEVICES), so 'cuda' is the actor's share; no CUDA -> CPU."""
+    import torch
+
+    from orchestrator import worker
+
+    sweep = load_sweep(SMOKE)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    monkeypatch.setattr(worker, "_MODEL", {})
+    config = {"model": "tiny-llama", "trust_remote_code": False, "gpu": 0.25, "kind": "steering",
+              "families": sweep.axes["family"], "trial": {"point": {"seed": 0, "family": "antonyms"}}}
+    ctx = worker.trial_context(config, sweep.splits)
+    assert ctx.model.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert worker.trial_context({**config, "gpu": 0}, sweep.splits).model.device.type == "cpu"
+
+
+# --- cluster.yaml: the cloud config and its on-prem variant, validated the way `ray up` validates them ----------------
+
+def cluster_configs() -> tuple[dict, dict]:
+    text = (REPO / "cluster.yaml").read_text()
+    cloud = yaml.safe_load(text)
+    block = text.split("# BEGIN local\n")[1].split("# END local")[0]
+    local = yaml.safe_load("\n".join(line.removeprefix("# ") for line in block.splitlines()))
+    replaced = ("provider", "auth", "available_node_types", "head_node_type")
+    return cloud, {**{k: v for k, v in cloud.items() if k not in replaced}, **local}
+
+
+def test_cluster_yaml_passes_the_cluster_launchers_own_validation():
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    cloud, onprem = cluster_configs()
+    for config in (cloud, onprem):
+        validate_config(prepare_config(config))  # ray up's own steps: defaults merged, then the JSON schema
+    with pytest.raises(Exception, match="setup_command"):
+        validate_config(prepare_config({**cloud, "setup_command": []}))  # the check can fail
+    assert cloud["provider"]["type"] == "aws" and onprem["provider"]["type"] == "local"
+    gpu_types = [t for t in cloud["available_node_types"].values() if t.get("resources", {}).get("GPU")]
+    assert gpu_types and cloud["available_node_types"][cloud["head_node_type"]]["resources"] == {"CPU": 0}
+    prepared = prepare_config(onprem)
+    assert prepared["available_node_types"]["local.cluster.node"]["max_workers"] == len(onprem["provider"]["worker_ips"])
+    setup = " ".join(cloud["setup_commands"])
+    assert "-c ~/causal-atlas/constraints.txt -e ~/causal-atlas" in setup and "--python 3.11" in setup
+    assert cloud["file_mounts"] == {"~/causal-atlas": "."}
+    assert "--dashboard-host=127.0.0.1" in " ".join(cloud["head_start_ray_commands"])  # dashboard not exposed
+    pins = dict(line.split("==") for line in (REPO / "constraints.txt").read_text().split() if "==" in line)
+    assert pins["ray"] == ray.__version__  # the nodes get the driver's Ray

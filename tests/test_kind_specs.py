@@ -3,13 +3,12 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 
 import pytest
 
-from orchestrator.__main__ import main
 from orchestrator.grid import expand
 from orchestrator.spec import load_sweep
+from tests.conftest import bad_input
 
 ABLATION = """\
 name: kinds
@@ -61,19 +60,8 @@ CASES = [
 @pytest.mark.parametrize("spec_text,files,field,reason", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_bad_kind_input_is_one_line_exit_2_and_touches_no_store(tmp_path, monkeypatch, capsys, spec_text, files,
                                                                 field, reason):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    (tmp_path / "spec.yaml").write_text(spec_text)
-    for name, text in files.items():
-        (tmp_path / name).write_text(text)
-    monkeypatch.setattr(sys, "argv", ["orchestrator", "sweep", "spec.yaml"])
-    with pytest.raises(SystemExit) as exit_:
-        main()
-    assert exit_.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1, err
+    err = bad_input(tmp_path, monkeypatch, capsys, spec_text, files)
     assert re.match(rf"^error: spec\.yaml: {re.escape(field)}: .*{re.escape(reason)}", err), err
-    assert not (tmp_path / "mlruns").exists()
 
 
 def test_head_all_expands_to_every_head_and_only_for_head(tmp_path):

@@ -36,8 +36,18 @@ def jsonl(*rows) -> str:
 
 CASES = [
     # (id, spec text edit, extra files, field the message must name, words in the reason)
-    ("unknown key", GOOD + "n_evals: 3\n", {}, "n_evals", "unknown key"),
-    ("unknown axis", GOOD.replace("  seed: [0]", "  seed: [0]\n  layers: [1]"), {}, "axes.layers", "unknown key"),
+    ("unknown key", GOOD + "n_evals: 3\n", {}, "n_evals", "unknown key; did you mean 'n_eval'?"),
+    ("unknown axis", GOOD.replace("  seed: [0]", "  seed: [0]\n  layers: [1]"), {}, "axes.layers",
+     "unknown key; did you mean 'layer'?"),
+    ("unknown resource", GOOD + "resources: {cpu: 1, gpus: 1}\n", {}, "resources.gpus", "did you mean 'gpu'?"),
+    ("unknown key, nothing near", GOOD + "colour: red\n", {}, "colour", "unknown key (known: name, model, kind"),
+    ("wrong type", GOOD.replace("n_train: 4", "n_train: many"), {}, "n_train", "valid integer"),
+    ("wrong type in an axis", GOOD.replace("[1.0]", "[strong]"), {}, "axes.strength.0", "valid number"),
+    ("axes not a mapping", GOOD.split("axes:")[0] + "axes: [seed, layer]\n", {}, "axes", "valid dictionary"),
+    ("negative max_failures", GOOD + "max_failures: -1\n", {}, "max_failures", "greater than or equal to 0"),
+    ("unsafe yaml tag", GOOD + "x: !!python/object/apply:os.system ['touch pwned']\n", {}, "line 12",
+     "not valid YAML"),
+    ("tab-indented yaml", GOOD.replace("  seed: [0]", "\tseed: [0]"), {}, "line 7", "not valid YAML"),
     ("unknown model", GOOD.replace("tiny-llama", "tiny-gpt9"), {}, "model", "unknown model"),
     ("unknown kind", GOOD.replace("kind: steering", "kind: steerng"), {}, "kind", "did you mean 'steering'"),
     ("unknown vector type", GOOD.replace("[mean_diff]", "[mean_dif]"), {}, "axes.vector_type.0", "unknown vector type"),
@@ -86,6 +96,7 @@ def test_bad_input_is_one_line_exit_2_and_touches_no_store(tmp_path, monkeypatch
     assert f"spec.yaml: {field}:" in err, err
     assert reason in err, err
     assert not (tmp_path / "mlruns").exists()
+    assert not (tmp_path / "pwned").exists()  # yaml.safe_load: tags never run code
 
 
 def test_a_good_spec_loads_and_expands(tmp_path):
@@ -137,4 +148,192 @@ def test_a_bare_file_store_is_refused_before_anything_runs(tmp_path, monkeypatch
         main()
     assert exit_.value.code == 2
     assert "error: --tracking-uri: 'mlruns' is a bare file store" in capsys.readouterr().err
+    assert not (tmp_path / "mlruns").exists()
+
+
+# --- bad model folders: caught while validating, before any actor loads weights ------------------------------------
+
+@pytest.fixture(scope="module")
+def model_folders(tmp_path_factory):
+    """A .bin-only folder (a pickle that would leave a mark if loaded) and one that needs its own code."""
+    import pickle
+
+    from interventions.models import _tiny
+
+    root = tmp_path_factory.mktemp("models")
+    config, tokenizer = _tiny("llama", weights=False)
+    for name in ("binonly", "remote"):
+        config.save_pretrained(root / name)
+        tokenizer.save_pretrained(root / name)
+
+    class Mark:
+        def __reduce__(self):
+            return (open, (str(root / "UNPICKLED"), "w"))
+
+    (root / "binonly" / "pytorch_model.bin").write_bytes(pickle.dumps(Mark()))
+    remote = json.loads((root / "remote" / "config.json").read_text())
+    remote.update(model_type="atlas_custom", auto_map={"AutoConfig": "configuration_atlas.AtlasConfig",
+                                                       "AutoModelForCausalLM": "modeling_atlas.AtlasModel"})
+    (root / "remote" / "config.json").write_text(json.dumps(remote))
+    (root / "remote" / "configuration_atlas.py").write_text(f"open({str(root / 'RAN_REMOTE_CODE')!r}, 'w')\n")
+    (root / "remote" / "model.safetensors").write_bytes(b"")  # never read while validating
+    return root
+
+
+MODEL_CASES = [
+    ("missing folder", "./models/none", "no such model folder './models/none'"),
+    ("missing absolute folder", "/nonexistent/atlas/model", "no such model folder"),
+    (".bin only", "{root}/binonly", "has no *.safetensors weights"),
+    ("needs trust_remote_code", "{root}/remote", "set trust_remote_code: true in the spec only if you trust it"),
+]
+
+
+@pytest.mark.parametrize("model,reason", [c[1:] for c in MODEL_CASES], ids=[c[0] for c in MODEL_CASES])
+def test_bad_model_folder_is_one_line_exit_2(tmp_path, monkeypatch, capsys, model_folders, model, reason):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    (tmp_path / "spec.yaml").write_text(GOOD.replace("tiny-llama", model.format(root=model_folders)))
+    monkeypatch.setattr(sys, "argv", ["orchestrator", "sweep", "spec.yaml"])
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    err = capsys.readouterr().err.strip()
+    assert exit_.value.code == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith("error: spec.yaml: model: ") and reason in err, err
+    assert not (tmp_path / "mlruns").exists()
+    assert not (model_folders / "UNPICKLED").exists() and not (model_folders / "RAN_REMOTE_CODE").exists()
+
+
+# --- bad flags and unreachable services: one line naming the flag, exit 2, quickly, nothing written ------------------
+
+def closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # closed again when the with-block ends: nothing listens there
+
+
+FLAG_CASES = [
+    # (id, extra arguments, environment, the flag the message names, words in the reason)
+    ("unreachable tracking server", ["--tracking-uri", "http://127.0.0.1:{port}"], {}, "--tracking-uri",
+     "no MLflow server answered at http://127.0.0.1:{port}"),
+    ("unreachable tracking server from the environment", [], {"MLFLOW_TRACKING_URI": "http://127.0.0.1:{port}"},
+     "MLFLOW_TRACKING_URI", "no MLflow server answered"),
+    ("sqlite store in a missing folder", ["--tracking-uri", "sqlite:///{tmp}/no/such/dir/m.db"], {},
+     "--tracking-uri", "does not exist"),
+    ("bare file store", ["--tracking-uri", "./mlruns"], {}, "--tracking-uri", "bare file store"),
+    ("address with no cluster", ["--address", "127.0.0.1:{port}"], {}, "--address 127.0.0.1:{port}",
+     "no Ray cluster answered"),
+    ("address that is not host:port", ["--address", "my-cluster"], {}, "--address my-cluster", "host:port"),
+    ("grid larger than --max-trials", ["--max-trials", "1"], {}, "--max-trials",
+     "the grid has 2 points, more than --max-trials 1; pass --yes"),
+    ("--max-trials of 0", ["--max-trials", "0"], {}, "'--max-trials'", "0 is not in the range x>=1"),
+    ("misspelt flag", ["--resum"], {}, "--resum", "No such option"),
+    ("--yes lets a large grid through to the next check", ["--max-trials", "1", "--yes", "--tracking-uri",
+     "http://127.0.0.1:{port}"], {}, "--tracking-uri", "no MLflow server answered"),
+]
+
+
+@pytest.mark.parametrize("args,env,flag,reason", [c[1:] for c in FLAG_CASES], ids=[c[0] for c in FLAG_CASES])
+def test_bad_flag_is_one_line_exit_2_fast_and_writes_nothing(tmp_path, monkeypatch, capsys, args, env, flag,
+                                                             reason):
+    import time
+
+    port = closed_port()
+    fill = lambda text: text.format(port=port, tmp=tmp_path)  # noqa: E731
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, fill(value))
+    (tmp_path / "spec.yaml").write_text(GOOD)
+    monkeypatch.setattr(sys, "argv", ["orchestrator", "sweep", "spec.yaml", *map(fill, args)])
+    start = time.monotonic()
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    err = capsys.readouterr().err.strip()
+    assert exit_.value.code == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith(f"error: {fill(flag)}") or fill(flag) in err.split(":")[1], err
+    assert fill(reason) in err, err
+    assert time.monotonic() - start < 20  # neither MLflow's HTTP retries nor Ray's GCS wait (minutes each)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["spec.yaml"]  # no store, no folder, nothing
+
+
+def test_a_missing_spec_file_is_one_line_exit_2(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["orchestrator", "sweep", "nope.yaml"])
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    err = capsys.readouterr().err.strip()
+    assert exit_.value.code == 2 and err == f"error: {tmp_path / 'nope.yaml'}: no such spec file"
+    assert not (tmp_path / "mlruns").exists()
+
+
+# --- secure defaults ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("host,warned", [(None, False), ("127.0.0.1", False), ("localhost", False), ("::1", False),
+                                         ("0.0.0.0", True), ("192.168.1.20", True)])
+def test_ui_binds_loopback_unless_told_and_warns_when_not(tmp_path, monkeypatch, capsys, host, warned):
+    import orchestrator.tracking as tracking
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    served = []
+    monkeypatch.setattr(tracking, "serve_ui", lambda uri, h, port: served.append(h) or 0)
+    monkeypatch.setattr(sys, "argv", ["orchestrator", "ui", *(["--host", host] if host else [])])
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    assert exit_.value.code == 0 and served == [host or "127.0.0.1"]
+    err = capsys.readouterr().err
+    assert ("warning: --host" in err and "not a loopback address" in err) == warned, err
+
+
+def test_no_code_path_unpickles_user_files_or_runs_their_code():
+    """Static guard: yaml.safe_load only; no pickle/torch.load of user files; trust_remote_code only from the spec."""
+    from tests.conftest import REPO
+
+    sources = {p: p.read_text() for d in ("orchestrator", "interventions", "adapters") for p in (REPO / d).rglob("*.py")}
+    for path, text in sources.items():
+        for banned in ("yaml.load(", "yaml.unsafe_load", "pickle.load", "torch.load(", "trust_remote_code=True",
+                       "use_safetensors=False", "weights_only=False"):
+            assert banned not in text, f"{path.name}: {banned}"
+        assert not re.search(r"(?<![\w.])(eval|exec)\(", text), f"{path.name}: eval/exec"
+    assert "use_safetensors=True" in sources[REPO / "interventions" / "models.py"]
+    from orchestrator.spec import SweepSpec
+
+    assert SweepSpec.model_fields["trust_remote_code"].default is False
+
+
+ABLATION = """\
+name: bad_input
+model: tiny-llama
+kind: ablation
+n_train: 4
+n_eval: 2
+axes:
+  seed: [0]
+  family: [antonyms]
+  component: [layer]
+  method: [mean]
+  layer: [0]
+"""
+
+
+@pytest.mark.parametrize("edit,field,reason", [
+    (("[mean]", "[meen]"), "axes.method.0", "did you mean 'mean'"),
+    (("[layer]", "[mlp, atn]"), "axes.component.1", "Input should be 'layer', 'attn'"),
+], ids=["unknown ablation method", "unknown component"])
+def test_bad_ablation_axis_is_one_line_exit_2(tmp_path, monkeypatch, capsys, edit, field, reason):
+    from orchestrator.kinds import KINDS
+
+    if "ablation" not in KINDS:
+        pytest.skip("the ablation kind is not registered")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    (tmp_path / "spec.yaml").write_text(ABLATION.replace(*edit))
+    monkeypatch.setattr(sys, "argv", ["orchestrator", "sweep", "spec.yaml"])
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    err = capsys.readouterr().err.strip()
+    assert exit_.value.code == 2 and len(err.splitlines()) == 1, err
+    assert f"spec.yaml: {field}:" in err and reason in err, err
     assert not (tmp_path / "mlruns").exists()

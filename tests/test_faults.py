@@ -1,0 +1,331 @@
+"""Faults on the real CLI: a trial actor killed with SIGKILL, the driver killed with SIGKILL then --resume,
+a spec changed between runs, two drivers of one sweep; and the determinism those recoveries rely on.
+
+The promise under test: each grid point ends as exactly one FINISHED MLflow run, whatever happens,
+and a crashed sweep continues where it stopped.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pandas as pd
+import psutil
+import pytest
+from mlflow.tracking import MlflowClient
+
+from orchestrator.grid import expand
+from orchestrator.spec import load_sweep
+from tests.conftest import REPO
+
+SMOKE = REPO / "sweeps" / "smoke.yaml"
+N_SMOKE = 32
+
+
+def env() -> dict:
+    full = {**os.environ, "PYTHONPATH": str(REPO)}
+    full.pop("MLFLOW_TRACKING_URI", None)
+    return full
+
+
+def start(cwd: Path, *args: str) -> subprocess.Popen:
+    """The CLI in its own process group, so that everything it started can be found and cleaned up."""
+    return subprocess.Popen([sys.executable, "-m", "orchestrator", *args], cwd=cwd, env=env(), text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def cli(cwd: Path, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "orchestrator", *args], cwd=cwd, env=env(), capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def client(cwd: Path) -> MlflowClient:
+    return MlflowClient(f"sqlite:///{cwd / 'mlruns' / 'mlflow.db'}")
+
+
+def all_runs(cwd: Path, name: str = "smoke"):
+    exp = client(cwd).get_experiment_by_name(name)
+    return client(cwd).search_runs([exp.experiment_id], max_results=10_000)
+
+
+def role(runs, which: str, status: str | None = None):
+    return [r for r in runs if r.data.tags.get("orchestrator.role") == which
+            and (status is None or r.info.status == status)]
+
+
+def finished_now(cwd: Path) -> list[str]:
+    """worker tags of the FINISHED child runs, read-only straight from SQLite (safe while the driver writes)."""
+    try:
+        with sqlite3.connect(f"file:{cwd / 'mlruns' / 'mlflow.db'}?mode=ro", uri=True) as con:
+            return [w for (w,) in con.execute(
+                "select w.value from runs r join tags t on r.run_uuid = t.run_uuid join tags w on "
+                "r.run_uuid = w.run_uuid where t.key = 'orchestrator.role' and t.value = 'trial' and "
+                "w.key = 'orchestrator.worker' and r.status = 'FINISHED'")]
+    except sqlite3.Error:
+        return []
+
+
+def wait_for(cwd: Path, proc: subprocess.Popen, n: int, timeout: float = 240) -> list[str]:
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        workers = finished_now(cwd)
+        if len(workers) >= n:
+            return workers
+        time.sleep(0.2)
+    out = proc.stdout.read() if proc.poll() is not None else ""
+    raise AssertionError(f"never saw {n} finished trials (exit {proc.poll()}): {out[-2000:]}")
+
+
+def descendants(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def reap(procs: list[psutil.Process]) -> None:
+    """Kill, by pid, what a killed driver left behind, so no test leaks processes: most of its Ray processes
+    follow it within a second, but Ray's DashboardAgent and RuntimeEnvAgent stay up, orphaned."""
+    _, alive = psutil.wait_procs(procs, timeout=3)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=15)
+
+
+def exactly_once(cwd: Path, points) -> list:
+    """Every grid point has exactly one FINISHED child run; returns all runs."""
+    runs = all_runs(cwd)
+    ids = Counter(r.data.tags["orchestrator.trial_id"] for r in role(runs, "trial", "FINISHED"))
+    assert set(ids) == {p.trial_id for p in points}, "lost grid points"
+    assert max(ids.values()) == 1, f"duplicated: {[t for t, n in ids.items() if n > 1]}"
+    return runs
+
+
+@pytest.fixture(scope="module")
+def smoke_points():
+    return expand(load_sweep(SMOKE))
+
+
+# --- a trial actor killed with SIGKILL mid-sweep ------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def worker_killed(tmp_path_factory):
+    """smoke.yaml through the CLI; once 4 trials are logged, one actor that ran them is killed with SIGKILL."""
+    cwd = tmp_path_factory.mktemp("worker_kill")
+    proc = start(cwd, "sweep", str(SMOKE))
+    try:
+        workers = wait_for(cwd, proc, 4)
+        pid = int(workers[0].rsplit(":", 1)[1])
+        victim = psutil.Process(pid)
+        assert victim in descendants(proc.pid) and victim.cmdline()[0].startswith("ray::"), victim.cmdline()
+        finished_at_kill = len(finished_now(cwd))
+        victim.kill()  # SIGKILL: no cleanup in the actor, Ray sees the process die
+        out, _ = proc.communicate(timeout=300)
+    finally:
+        leftover = descendants(proc.pid)
+        if proc.poll() is None:
+            proc.kill()
+        reap(leftover)
+    return cwd, proc.returncode, out, pid, finished_at_kill
+
+
+def test_a_trial_actor_killed_with_sigkill_is_retried_and_every_point_logged_once(worker_killed, smoke_points):
+    cwd, code, out, pid, finished_at_kill = worker_killed
+    assert code == 0, out[-3000:]
+    assert finished_at_kill < N_SMOKE, "the sweep was over before the kill: nothing was tested"
+    runs = exactly_once(cwd, smoke_points)
+    workers = Counter(r.data.tags["orchestrator.worker"].rsplit(":", 1)[1] for r in role(runs, "trial", "FINISHED"))
+    assert str(pid) in workers  # the killed actor had logged trials ...
+    assert len(workers) >= 2  # ... and others (a replacement at least) finished the sweep
+    assert [r.info.status for r in role(runs, "parent")] == ["FINISHED"]
+    assert not [r for r in role(runs, "trial") if r.info.status == "RUNNING"]
+
+
+# --- the driver killed with SIGKILL, then --resume ------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def driver_killed(tmp_path_factory):
+    """smoke.yaml through the CLI; once 8 trials are logged the driver gets SIGKILL (no handler runs); then
+    the same command with --resume."""
+    cwd = tmp_path_factory.mktemp("driver_kill")
+    proc = start(cwd, "sweep", str(SMOKE))
+    try:
+        wait_for(cwd, proc, 8)
+        leftover = descendants(proc.pid)
+        proc.kill()
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        reap(leftover)
+    before = all_runs(cwd)
+    resumed = cli(cwd, "sweep", str(SMOKE), "--resume")
+    return cwd, before, resumed
+
+
+def test_a_killed_driver_leaves_a_running_parent_and_resume_loses_and_duplicates_nothing(driver_killed,
+                                                                                          smoke_points):
+    cwd, before, resumed = driver_killed
+    first = len(role(before, "trial", "FINISHED"))
+    assert 8 <= first < N_SMOKE
+    dead_parent = role(before, "parent")
+    assert [r.info.status for r in dead_parent] == ["RUNNING"]  # SIGKILL: nobody closed it
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert f"{first} already finished, running {N_SMOKE - first}" in resumed.stdout
+    runs = exactly_once(cwd, smoke_points)
+    status = {r.info.run_id: r.info.status for r in runs}
+    assert status[dead_parent[0].info.run_id] == "KILLED"  # the dead driver's run, marked by the next driver
+    assert "RUNNING" not in status.values()
+    parents = role(runs, "parent")
+    assert sorted(r.info.status for r in parents) == ["FINISHED", "KILLED"]
+    new_parent = next(r for r in parents if r.info.status == "FINISHED")
+    assert new_parent.data.params["to_run"] == str(N_SMOKE - first)
+    # the aggregate covers every finished run, those of the dead driver included
+    table = pd.read_parquet(cwd / "mlruns" / "reports" / "smoke" / "aggregate.parquet")
+    assert table["ld_delta_n"].sum() == N_SMOKE
+
+
+# --- determinism: the same spec run twice (in other processes, orders and actors) gives bit-identical metrics -------
+
+def metrics_by_trial(cwd: Path) -> dict[str, dict[str, float]]:
+    return {r.data.tags["orchestrator.trial_id"]: r.data.metrics for r in role(all_runs(cwd), "trial", "FINISHED")}
+
+
+def test_the_same_spec_twice_gives_bit_identical_metrics(worker_killed, driver_killed, smoke_points):
+    """Two full runs of smoke.yaml (one with a killed actor, one killed and resumed: different actors, trial
+    orders and processes) agree bit for bit, and so do the same trials run here in reverse order: seeds are
+    set per trial, not per process."""
+    import torch
+
+    from interventions.kinds import run_kind
+    from orchestrator import worker
+
+    a, b = metrics_by_trial(worker_killed[0]), metrics_by_trial(driver_killed[0])
+    assert a.keys() == b.keys() and len(a) == N_SMOKE
+    assert a == b  # exact float equality, every metric of every trial
+    sweep = load_sweep(SMOKE)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in the actors (resources.cpu: 1)
+    try:
+        for point in reversed(smoke_points):
+            config = {"model": sweep.spec.model, "trust_remote_code": False, "gpu": 0, "kind": sweep.kind.name,
+                      "families": sweep.axes["family"], "trial": {"point": point.values, "trial_id": point.trial_id}}
+            result = run_kind(sweep.kind.name, worker.trial_context(config, sweep.splits), point.values)
+            assert {k: float(v) for k, v in result.metrics.items()} == a[point.trial_id], point.values
+    finally:
+        torch.set_num_threads(threads)
+
+
+# --- a changed spec: refused without --resume; with it only new points run and removed ones leave the table ---------
+
+SMALL = """\
+name: faults_small
+model: tiny-llama
+kind: steering
+n_train: 4
+n_eval: 2
+axes:
+  seed: [0]
+  layer: [0, 2]
+  strength: [0.5]
+  vector_type: [mean_diff]
+  family: [antonyms]
+resources: {cpu: 2, gpu: 0}
+"""
+
+
+def run_main(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
+    from orchestrator.__main__ import main
+
+    monkeypatch.setattr(sys, "argv", ["orchestrator", *args])
+    try:
+        main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_a_changed_spec_needs_resume_runs_only_new_points_and_drops_removed_ones(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("PYTHONPATH", str(REPO))  # the local Ray's workers import the package from here, not the cwd
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)  # one Ray for the three sweeps below
+    try:
+        _changed_spec(tmp_path, monkeypatch, capsys)
+    finally:
+        ray.shutdown()
+
+
+def _changed_spec(tmp_path, monkeypatch, capsys):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SMALL)
+    code, out, err = run_main(monkeypatch, capsys, "sweep", str(spec))
+    assert code == 0, out + err
+    old = {p.values["layer"]: p.trial_id for p in expand(load_sweep(spec))}
+
+    spec.write_text(SMALL.replace("layer: [0, 2]", "layer: [2, 3]"))  # layer 0 removed, layer 3 added
+    code, out, err = run_main(monkeypatch, capsys, "sweep", str(spec))
+    assert code == 2 and err.strip().splitlines() == [
+        "error: name: experiment 'faults_small' holds 1 finished runs that are not grid points of this spec (it "
+        "changed since they ran); pass --resume to keep them out of the table and run only the new or changed "
+        "points, or give the sweep a new name"], err
+    assert len(role(all_runs(tmp_path, "faults_small"), "parent")) == 1  # refused before anything was written
+
+    code, out, err = run_main(monkeypatch, capsys, "sweep", str(spec), "--resume")
+    assert code == 0, out + err
+    assert "--resume: 1 of 2 grid points already finished in 'faults_small'; 1 finished runs of an earlier spec" in out
+    runs = all_runs(tmp_path, "faults_small")
+    layers = Counter(r.data.params["layer"] for r in role(runs, "trial", "FINISHED"))
+    assert layers == {"0": 1, "2": 1, "3": 1}  # only layer 3 ran; layer 2 was not run again
+    table = pd.read_parquet(tmp_path / "mlruns" / "reports" / "faults_small" / "aggregate.parquet")
+    assert sorted(table["layer"]) == [2, 3]  # the removed layer 0 is kept in MLflow but not aggregated
+
+    code, out, err = run_main(monkeypatch, capsys, "sweep", str(spec))  # the resumed spec again: nothing to ask
+    assert code == 0 and "running" not in out, out + err
+    assert len(role(all_runs(tmp_path, "faults_small"), "trial", "FINISHED")) == 3
+
+    spec.write_text(SMALL.replace("layer: [0, 2]", "layer: [2, 3]").replace("n_eval: 2", "n_eval: 3"))
+    assert old[2] not in {p.trial_id for p in expand(load_sweep(spec))}  # a result-changing setting: new ids
+    code, out, err = run_main(monkeypatch, capsys, "sweep", str(spec))
+    assert code == 2 and "holds 3 finished runs that are not grid points" in err, err
+
+
+def test_a_second_driver_of_a_running_sweep_is_refused(tmp_path, monkeypatch, capsys):
+    """A RUNNING parent whose driver process is alive on this machine: a second driver would duplicate its work."""
+    from orchestrator.tracking import _driver_id
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    (tmp_path / "spec.yaml").write_text(SMALL)
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / "mlruns").mkdir()
+        store = client(tmp_path)
+        exp = store.create_experiment("faults_small")
+        me = _driver_id()
+        host = me.split(":")[0]
+        started = f"{psutil.Process(other.pid).create_time():.0f}"
+        store.create_run(exp, tags={"orchestrator.role": "parent", "orchestrator.driver": f"{host}:{other.pid}:{started}"})
+        code, out, err = run_main(monkeypatch, capsys, "sweep", "spec.yaml")
+        assert code == 2 and err.strip() == (f"error: name: sweep 'faults_small' is being run right now by driver "
+                                             f"{host}:{other.pid}; wait for it or stop it (two drivers of one sweep "
+                                             "would run the same grid points twice)"), err
+    finally:
+        other.kill()
+        other.wait()
+    assert len(store.search_runs([exp])) == 1  # nothing written
