@@ -10,6 +10,7 @@ import pytest
 from orchestrator.__main__ import main
 from orchestrator.grid import expand
 from orchestrator.spec import load_sweep
+from tests.conftest import bad_input
 
 GOOD = """\
 name: bad_input
@@ -81,21 +82,10 @@ CASES = [
 @pytest.mark.parametrize("spec_text,files,field,reason", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_bad_input_is_one_line_exit_2_and_touches_no_store(tmp_path, monkeypatch, capsys, spec_text, files, field,
                                                            reason):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    (tmp_path / "spec.yaml").write_text(spec_text)
-    for name, text in files.items():
-        (tmp_path / name).write_text(text)
-    monkeypatch.setattr(sys, "argv", ["orchestrator", "sweep", "spec.yaml"])
-    with pytest.raises(SystemExit) as exit_:
-        main()
-    assert exit_.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1, err
+    err = bad_input(tmp_path, monkeypatch, capsys, spec_text, files)
     assert re.match(r"^error: spec\.yaml: [\w.\- ]+: .+", err), err
     assert f"spec.yaml: {field}:" in err, err
     assert reason in err, err
-    assert not (tmp_path / "mlruns").exists()
     assert not (tmp_path / "pwned").exists()  # yaml.safe_load: tags never run code
 
 
@@ -301,39 +291,3 @@ def test_no_code_path_unpickles_user_files_or_runs_their_code():
     from orchestrator.spec import SweepSpec
 
     assert SweepSpec.model_fields["trust_remote_code"].default is False
-
-
-ABLATION = """\
-name: bad_input
-model: tiny-llama
-kind: ablation
-n_train: 4
-n_eval: 2
-axes:
-  seed: [0]
-  family: [antonyms]
-  component: [layer]
-  method: [mean]
-  layer: [0]
-"""
-
-
-@pytest.mark.parametrize("edit,field,reason", [
-    (("[mean]", "[meen]"), "axes.method.0", "did you mean 'mean'"),
-    (("[layer]", "[mlp, atn]"), "axes.component.1", "Input should be 'layer', 'attn'"),
-], ids=["unknown ablation method", "unknown component"])
-def test_bad_ablation_axis_is_one_line_exit_2(tmp_path, monkeypatch, capsys, edit, field, reason):
-    from orchestrator.kinds import KINDS
-
-    if "ablation" not in KINDS:
-        pytest.skip("the ablation kind is not registered")
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    (tmp_path / "spec.yaml").write_text(ABLATION.replace(*edit))
-    monkeypatch.setattr(sys, "argv", ["orchestrator", "sweep", "spec.yaml"])
-    with pytest.raises(SystemExit) as exit_:
-        main()
-    err = capsys.readouterr().err.strip()
-    assert exit_.value.code == 2 and len(err.splitlines()) == 1, err
-    assert f"spec.yaml: {field}:" in err and reason in err, err
-    assert not (tmp_path / "mlruns").exists()
