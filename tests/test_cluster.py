@@ -91,8 +91,16 @@ def test_quarter_gpus_run_four_trials_at_once_on_one_gpu_never_five(tmp_path, fr
     assert len(loads) == 4 and all(v == {"1"} for v in loads.values())  # four actors, each loaded its model once
 
 
-def test_a_two_node_gpu_cluster_spreads_the_sweep_over_both_nodes(tmp_path, fresh_ray):
+def test_a_two_node_gpu_cluster_spreads_the_sweep_over_both_nodes(tmp_path, fresh_ray, monkeypatch):
     from ray.cluster_utils import Cluster
+
+    from orchestrator import runner
+
+    # trials held 1 s each: one actor alone would need 32 s, so a slow-starting second node still gets work
+    (tmp_path / "trace").mkdir()
+    monkeypatch.setenv("ATLAS_TEST_TRACE", str(tmp_path / "trace"))
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    monkeypatch.setattr(runner, "run_trial", traced_trial)
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 1})
     cluster.add_node(num_cpus=1, num_gpus=1)
