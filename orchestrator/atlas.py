@@ -9,7 +9,9 @@ import numpy as np
 import pandas as pd
 from rich.table import Table
 
-HUB_COMPONENT, HUB_METHOD, METRIC = "layer", "mean", "kl"  # DESIGN §6: the hub is the layer / mean-ablation KL peak
+HUB_COMPONENT, HUB_METHOD = "layer", "mean"  # DESIGN §6: the hub is the layer / mean-ablation KL peak
+METRIC = "effect"  # what layers are ranked by: kl, except for denoising (see EFFECT)
+EFFECT = {"clean_to_corrupt": "recovery"}  # patching clean into the corrupt run: a large KL means *no* effect
 
 
 @dataclass
@@ -20,13 +22,21 @@ class Summary:
 
 
 def layer_profiles(frame: pd.DataFrame) -> pd.DataFrame:
-    """Mean KL over families per (component, method, seed, layer); head trials are left out (one head, not a layer)."""
-    rows = frame[frame["component"] != "head"]
+    """Mean effect over families per (component, method, seed, layer); head trials are left out (one head, not a layer).
+
+    The effect is `kl` (how far the ablation moves the clean prediction), and `recovery` for
+    `clean_to_corrupt`, whose KL to the clean run is smallest exactly where the patch matters most.
+    """
+    rows = frame[frame["component"] != "head"].copy()
+    rows[METRIC] = rows["kl"]
+    for method, metric in EFFECT.items():
+        pick = rows["method"] == method
+        rows.loc[pick, METRIC] = rows.loc[pick, metric] if metric in rows else float("nan")
     return rows.groupby(["component", "method", "seed", "layer"], as_index=False)[METRIC].mean()
 
 
 def hub_of(profile: pd.DataFrame) -> pd.Series:
-    """Per seed, the layer with the largest family-mean KL (ties: the lowest layer)."""
+    """Per seed, the layer with the largest family-mean effect (ties: the lowest layer)."""
     ordered = profile.sort_values(["seed", METRIC, "layer"], ascending=[True, False, True])
     return ordered.groupby("seed")["layer"].first()
 
@@ -39,7 +49,7 @@ def mode_and_std(layers: pd.Series) -> tuple[int, float]:
 
 
 def top_layers(profile: pd.DataFrame, k: int = 3) -> list[int]:
-    """The k layers with the largest KL averaged over seeds and families."""
+    """The k layers with the largest effect averaged over seeds and families."""
     return [int(x) for x in profile.groupby("layer")[METRIC].mean().sort_values(ascending=False).index[:k]]
 
 
@@ -99,7 +109,8 @@ def ablation_summary(frame: pd.DataFrame) -> Summary:
         if not math.isnan(std):
             metrics["hub_layer_std"] = std
         metrics.update({f"hub_layer_seed_{seed}": int(layer) for seed, layer in per_seed.items()})
-    view = Table(title="hub per seed: the layer with the largest KL averaged over families", title_justify="left")
+    view = Table(title="hub per seed: the layer with the largest effect (KL; recovery for clean_to_corrupt) "
+                       "averaged over families", title_justify="left")
     for name in ("component", "method", "hub per seed", "mode", "std", "top-3 layers"):
         view.add_column(name)
     for _, r in hubs.iterrows():
@@ -107,7 +118,7 @@ def ablation_summary(frame: pd.DataFrame) -> Summary:
                      r["top3"])
     views = [view]
     if len(stability):
-        ranks = Table(title="rank stability across methods (layer rankings by mean KL)", title_justify="left")
+        ranks = Table(title="rank stability across methods (layers ranked by mean effect)", title_justify="left")
         for name in ("component", "methods", "spearman", "top-3", "top-3 agree"):
             ranks.add_column(name)
         for _, r in stability.iterrows():

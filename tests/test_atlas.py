@@ -61,3 +61,17 @@ def test_no_layer_mean_rows_means_no_hub_metrics_but_a_hub_table():
     out = ablation_summary(table(lambda c, m, s, f, layer: float(layer == 2), methods=("zero",), components=("mlp",)))
     assert out.metrics == {}
     assert out.tables["hubs"].iloc[0]["hub_mode"] == 2
+
+
+def test_denoising_ranks_layers_by_recovery_not_kl():
+    def row(method, layer):
+        # patching clean into corrupt at layer 4 recovers fully, so its KL to the clean run is smallest there
+        return {"component": "layer", "method": method, "seed": 0, "family": "a", "layer": layer,
+                "kl": (0.0 if layer == 4 else 2.0) if method == "clean_to_corrupt" else float(layer == 4),
+                "recovery": float(layer == 4) if method == "clean_to_corrupt" else float("nan")}
+
+    frame = pd.DataFrame([row(m, layer) for m in ("zero", "clean_to_corrupt") for layer in range(6)])
+    out = ablation_summary(frame)
+    hubs = out.tables["hubs"].set_index("method")
+    assert hubs.loc["clean_to_corrupt", "hub_mode"] == 4 == hubs.loc["zero", "hub_mode"]
+    assert out.tables["rank_stability"].iloc[0]["spearman"] == pytest.approx(1)
