@@ -12,6 +12,9 @@ STATS = ("mean", "std", "n", "min", "max")
 def aggregate(rows: list[dict], group_by: list[str], metrics: list[str], primary: str) -> pd.DataFrame:
     """One row per group; `<metric>_<stat>` columns; std has ddof=1; strongest |primary mean| first."""
     frame = pd.DataFrame(rows)
+    for column in group_by:  # an axis that no grid point uses (adapter's keep_rank without rank_truncation)
+        if column not in frame:
+            frame[column] = None
     for metric in metrics:
         if metric not in frame:
             frame[metric] = float("nan")

@@ -11,6 +11,22 @@ from interventions.families import make_split
 
 REPO = Path(__file__).resolve().parents[1]
 
+# A steering spec on the tiny Llama that validates in a second and runs in a few: `.format(name=...)`.
+TINY_SPEC = """\
+name: {name}
+model: tiny-llama
+kind: steering
+n_train: 4
+n_eval: 2
+axes:
+  seed: [0]
+  layer: [0, 2]
+  strength: [0.5]
+  vector_type: [mean_diff]
+  family: [antonyms]
+resources: {{cpu: 2, gpu: 0}}
+"""
+
 
 @pytest.fixture(scope="session")
 def tiny_llama():

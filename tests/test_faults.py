@@ -7,7 +7,6 @@ and a crashed sweep continues where it stopped.
 from __future__ import annotations
 
 import os
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -22,7 +21,7 @@ from mlflow.tracking import MlflowClient
 
 from orchestrator.grid import expand
 from orchestrator.spec import load_sweep
-from tests.conftest import REPO
+from tests.conftest import REPO, TINY_SPEC
 
 SMOKE = REPO / "sweeps" / "smoke.yaml"
 N_SMOKE = 32
@@ -227,20 +226,7 @@ def test_the_same_spec_twice_gives_bit_identical_metrics(worker_killed, driver_k
 
 # --- a changed spec: refused without --resume; with it only new points run and removed ones leave the table ---------
 
-SMALL = """\
-name: faults_small
-model: tiny-llama
-kind: steering
-n_train: 4
-n_eval: 2
-axes:
-  seed: [0]
-  layer: [0, 2]
-  strength: [0.5]
-  vector_type: [mean_diff]
-  family: [antonyms]
-resources: {cpu: 2, gpu: 0}
-"""
+SMALL = TINY_SPEC.format(name="faults_small")
 
 
 def run_main(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:

@@ -17,22 +17,9 @@ from mlflow.tracking import MlflowClient
 
 from orchestrator.grid import expand
 from orchestrator.spec import load_sweep
-from tests.conftest import REPO
+from tests.conftest import REPO, TINY_SPEC
 
-TINY = """\
-name: {name}
-model: tiny-llama
-kind: steering
-n_train: 4
-n_eval: 2
-axes:
-  seed: [0]
-  layer: [0, 2]
-  strength: [0.5]
-  vector_type: [mean_diff]
-  family: [antonyms]
-resources: {{cpu: 2, gpu: 0}}
-"""
+TINY = TINY_SPEC
 
 
 def free_port() -> int:
