@@ -1,4 +1,4 @@
-"""The adapter kind: ADAPTER_OPS (train, norm_profile, layer_ablation, rank_truncation, norm_effect, compat), axes, grid.
+"""The adapter kind: ADAPTER_OPS (train, norm_profile, layer_ablation, rank_truncation, norm_effect, compat).
 
 Every trial gets its adapter (trained once per settings, see `sources.py`), runs one
 operation on the family's eval items, and reports `accuracy_clean` (base model),

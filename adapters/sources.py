@@ -1,4 +1,4 @@
-"""Where a trial's adapter comes from: the axes naming it (training settings, or a peft folder), their checks, the actor's copy.
+"""Where a trial's adapter comes from: the axes naming it (training settings or a peft folder), their checks.
 
 `adapter: train` (the default) trains one LoRA per (model, family, seed, rank, alpha, steps,
 lr, targets); any other value is a peft LoRA folder (adapter_model.safetensors +

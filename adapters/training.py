@@ -84,7 +84,7 @@ def train(model: Model, split: Split, settings: LoraSettings, key: str) -> Adapt
 
 
 def cached_or_trained(model: Model, split: Split, settings: LoraSettings) -> tuple[Adapter, str]:
-    """The adapter for these settings from the disk cache, else trained now and cached; -> (adapter, 'disk'|'trained')."""
+    """The adapter from the disk cache, else trained now and cached; -> (adapter, 'disk' or 'trained')."""
     key = adapter_key(model, split, settings)
     root = adapter_dir()
     folder = root / key

@@ -5,8 +5,10 @@ that the adapters are far from zero), the embedded model for one, and one Ray sw
 """
 from __future__ import annotations
 
+import io
 import re
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -16,8 +18,8 @@ from peft import PeftModel
 from safetensors.torch import load_file
 from scipy import stats
 
-from adapters.kind import adapter_trial
 from adapters.cross_model import cross_model_trial
+from adapters.kind import ADAPTER_OPS, adapter_trial
 from adapters.lora import attached, load_folder, lora_layers, tuner_layers
 from adapters.runs import adapted, layer_effects, layers_ablated
 from adapters.sources import adapter_for, target_names
@@ -30,7 +32,7 @@ from orchestrator.__main__ import main
 from orchestrator.grid import expand
 from orchestrator.spec import load_sweep
 from tests.conftest import context, split
-from tests.test_sweep import children, cli, runs
+from tests.test_sweep import children, cli, runs, store
 
 TRAIN = dict(adapter="train", rank=4, alpha=8.0, steps=4, lr=0.05, targets="default")
 
@@ -51,7 +53,8 @@ def base_logits(model, ctx) -> torch.Tensor:
 def test_a_fresh_lora_changes_nothing(tiny_model):
     ctx = context(tiny_model)
     with attached(tiny_model, None, settings(tiny_model).config()) as peft_model:
-        assert all(float(layer.lora_B["default"].weight.detach().abs().max()) == 0 for layer in lora_layers(peft_model).values())
+        layers = lora_layers(peft_model.base_model.model).values()
+        assert all(float(layer.lora_B["default"].weight.detach().abs().max()) == 0 for layer in layers)
         fresh = base_logits(tiny_model, ctx)
     assert torch.nn.functional.kl_div(fresh.log_softmax(-1), ctx.family.clean_logits.log_softmax(-1), log_target=True,
                                       reduction="batchmean") < 1e-7
@@ -109,7 +112,7 @@ def test_norm_profile_equals_peft_delta_weights(tiny_model):
     for module in ("q_proj", "k_proj", "v_proj", "o_proj"):
         expected = [direct[f"model.layers.{i}.self_attn.{module}"] for i in range(tiny_model.n_layers)]
         assert out.steps[f"norm_{module}"] == pytest.approx(expected, rel=1e-5)
-    table = pd.read_parquet(__import__("io").BytesIO(out.artifacts["norm_profile.parquet"]))
+    table = pd.read_parquet(io.BytesIO(out.artifacts["norm_profile.parquet"]))
     assert len(table) == 4 * tiny_model.n_layers
     assert out.metrics["norm_total"] == pytest.approx(np.sqrt(sum(v * v for v in direct.values())), rel=1e-5)
 
@@ -149,11 +152,12 @@ def test_adapters_never_leak_into_the_actor_model(tiny_llama):
     fresh = models.load("tiny-llama")
     ctx = context(tiny_llama)
     names = [n for n, _ in tiny_llama.module.named_modules()]
-    for operation, extra in [("train", {}), ("norm_profile", {}), ("layer_ablation", {"layer": 0}),
-                             ("rank_truncation", {"keep_rank": 2}), ("norm_effect", {}),
-                             ("compat", {"target_model": "tiny-llama"}), ("compat", {"target_model": "tiny-qwen2"})]:
-        adapter_trial(ctx, operation=operation, **TRAIN, **extra)
-        assert tuner_layers(tiny_llama.module) == 0 and not hasattr(tiny_llama.module, "peft_config")
+    extras = {"layer_ablation": [{"layer": 0}], "rank_truncation": [{"keep_rank": 2}],
+              "compat": [{"target_model": "tiny-llama"}, {"target_model": "tiny-qwen2"}]}
+    for operation in ADAPTER_OPS.names():  # every registered operation, including ones added later
+        for extra in extras.get(operation, [{}]):
+            adapter_trial(ctx, operation=operation, **TRAIN, **extra)
+            assert tuner_layers(tiny_llama.module) == 0 and not hasattr(tiny_llama.module, "peft_config")
     cross_model_trial(ctx, layer=2, **TRAIN)
     with pytest.raises(RuntimeError, match="half-way"):
         with attached(tiny_llama, adapter_for(ctx, **TRAIN)[0]):
@@ -167,6 +171,7 @@ def test_adapters_never_leak_into_the_actor_model(tiny_llama):
     assert torch.equal(next_ctx.family.clean_logits, context(fresh, family="capitalization").family.clean_logits)
 
 
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # transformers' notes from inside PeftModel.from_pretrained
 def test_adapters_are_trained_once_and_saved_as_peft_folders(tiny_llama, tmp_path):
     data, how = split(tiny_llama), []
     for _ in range(2):
@@ -207,7 +212,8 @@ def test_the_embedded_model(smollm2):
     norms = adapter_trial(ctx, operation="norm_profile", **small)
     full = adapter_for(ctx, **small)[0]
     with attached(smollm2, full) as peft_model:
-        direct = {p: float(torch.linalg.norm(x.get_delta_weight("default").detach())) for p, x in lora_layers(peft_model.base_model.model).items()}
+        direct = {p: float(torch.linalg.norm(x.get_delta_weight("default").detach()))
+                  for p, x in lora_layers(peft_model.base_model.model).items()}
     assert norms.steps["norm_v_proj"] == pytest.approx([direct[f"model.layers.{i}.self_attn.v_proj"]
                                                         for i in range(30)], rel=1e-5)
     assert len(norms.steps) == 3  # norm_layer, norm_q_proj, norm_v_proj
@@ -237,7 +243,8 @@ axes:
 
 CASES = [
     # (id, spec text, field the message must name, words in the reason)
-    ("unknown target module", GOOD + "  targets: [q_proj+qq_proj]\n", "axes.targets.0", "unknown target module 'qq_proj'"),
+    ("unknown target module", GOOD + "  targets: [q_proj+qq_proj]\n", "axes.targets.0",
+     "unknown target module 'qq_proj'"),
     ("rank 0", GOOD.replace("rank: [2, 4]", "rank: [0, 4]"), "axes.rank.0", "greater than or equal to 1"),
     ("negative rank", GOOD.replace("rank: [2, 4]", "rank: [-2]"), "axes.rank.0", "greater than or equal to 1"),
     ("keep_rank above rank", GOOD.replace("[0, 2, 4]", "[0, 8]"), "axes.keep_rank.1", "keep_rank 8 > rank 4"),
@@ -311,13 +318,12 @@ def test_an_adapter_sweep_logs_curves_profiles_reasons_and_the_adapter(tmp_path)
     kids = {(r.data.params["operation"], r.data.params.get("target_model")): r
             for r in children(runs(tmp_path, "adapters_e2e"))}
     assert len(kids) == 4
-    from tests.test_sweep import store
     client = store(tmp_path)
     trained = kids[("train", None)]
     loss = client.get_metric_history(trained.info.run_id, "train_loss")
     assert [m.step for m in loss] == [0, 1, 2] and trained.data.metrics["train_loss_last"] == loss[-1].value
     local = client.download_artifacts(trained.info.run_id, "", str(tmp_path / "got"))
-    assert load_folder(__import__("pathlib").Path(local), "x").weights.keys()
+    assert load_folder(Path(local), "x").weights.keys()
     profile = client.get_metric_history(kids[("norm_profile", None)].info.run_id, "norm_layer")
     assert sorted(m.step for m in profile) == [0, 1, 2, 3]
     assert kids[("compat", "tiny-qwen2")].data.tags["orchestrator.compat_reason"].startswith("architecture")
@@ -334,3 +340,17 @@ def test_two_actors_asking_for_the_same_adapter_train_it_once(tiny_llama):
     assert sorted(how for _, how in found) == ["disk", "trained"]
     assert all(torch.equal(found[0][0].weights[k], found[1][0].weights[k]) for k in found[0][0].weights)
     assert tuner_layers(tiny_llama.module) == 0
+
+
+def test_a_brought_adapter_folder_is_found_relative_to_the_spec(tiny_llama, tmp_path, monkeypatch):
+    adapter, _ = cached_or_trained(tiny_llama, split(tiny_llama), settings(tiny_llama))
+    (tmp_path / "sub").mkdir()
+    adapter.save(tmp_path / "sub" / "mine")
+    spec = GOOD.replace("operation: [norm_profile, rank_truncation, layer_ablation]", "operation: [norm_profile]")
+    spec = spec.replace("  keep_rank: [0, 2, 4]\n  layer: [0, 3]\n", "  adapter: [mine, train]\n")
+    (tmp_path / "sub" / "spec.yaml").write_text(spec)
+    monkeypatch.chdir(tmp_path)
+    points = [p.values for p in expand(load_sweep(tmp_path / "sub" / "spec.yaml"))]
+    assert points[0] == {"seed": 0, "family": "antonyms", "operation": "norm_profile",
+                         "adapter": str(tmp_path / "sub" / "mine")}  # no training axes for a brought adapter
+    assert [p.get("rank") for p in points] == [None, 2, 4]
