@@ -38,6 +38,15 @@ def _pm(mean: float, std: float) -> str:
     return f"{mean:+.3g}" if math.isnan(std) else f"{mean:+.3g} ± {std:.2g}"
 
 
+def _axis_cell(value) -> str:
+    """An axis value as written: 4 not 4.0 (a column with absent values is float), '–' where a point has no value."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
 def render(table: pd.DataFrame, axes: list[str], metrics: list[str], primary: str, top: int, title: str) -> Table:
     """The first `top` groups as a rich table: varying axes, then mean ± std of the key metrics."""
     shown_axes = [a for a in axes if a in table and table[a].nunique() > 1] or axes[:1]
@@ -50,7 +59,7 @@ def render(table: pd.DataFrame, axes: list[str], metrics: list[str], primary: st
     for metric in shown:
         out.add_column(metric, justify="right")
     for _, row in table.head(top).iterrows():
-        cells = [str(row[a]) for a in shown_axes] + [str(int(row[f"{primary}_n"]))]
+        cells = [_axis_cell(row[a]) for a in shown_axes] + [str(int(row[f"{primary}_n"]))]
         cells += [_pm(row[f"{m}_mean"], row[f"{m}_std"]) for m in shown]
         out.add_row(*cells)
     return out
