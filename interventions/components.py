@@ -80,7 +80,17 @@ def values(run: FamilyRun, which: str, component: str) -> dict[int, Tensor]:
     """The component's value at every layer on one of the family's batches, computed once per (family, seed)."""
     if which == "corrupt":
         corrupt_run(run)  # checks the family can be patched
+    if which != "train" and component in ("resid", "layer"):  # already captured by the clean / corrupt run
+        return run.memo(("acts", which, component), lambda: _from_residuals(run, which, component))
     return run.memo(("acts", which, component), lambda: capture_all(run, which, component))
+
+
+def _from_residuals(run: FamilyRun, which: str, component: str) -> dict[int, Tensor]:
+    layers = range(len(_blocks(run.model)))
+    post = {i: run.clean_resid(i) if which == "clean" else corrupt_run(run)[1][i] for i in layers}
+    if component == "resid":
+        return post
+    return {i: post[i] - resid_pre(run, which, i) for i in layers}
 
 
 def at_site(acts: dict[int, Tensor], site: Site) -> Tensor:
