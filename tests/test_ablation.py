@@ -60,7 +60,7 @@ def sites(n_layers: int, layer: int):
 
 @pytest.mark.parametrize("method", ABLATIONS.names())
 def test_every_method_on_every_component_matches_hand_hooks_tiny(tiny_model, method):
-    ctx = context(tiny_model, "antonyms", seed=0, n_train=6, n_eval=5)
+    ctx = context(tiny_model, "copying", seed=0, n_train=6, n_eval=5)  # prompts of several lengths
     for layer in (0, 2):
         for site in sites(tiny_model.n_layers, layer):
             got = ablated_logits(ctx.family, SEED, site, method)
