@@ -51,7 +51,7 @@ def cross_model_trial(ctx: TrialContext, *, layer: int, adapter: str = TRAIN, ra
     """One grid point: the trained model's resid_post[layer] through the base model's later layers."""
     found, how = adapter_for(ctx, adapter, rank, alpha, steps, lr, targets)
     run, donor = ctx.family, trained_run(ctx, found)
-    patched = patched_logits(ctx.model, donor.resid[layer], run.eval_batch.mask, layer)
+    patched = patched_logits(ctx.model, donor.resid[layer], run.eval_batch, layer)
     ld_base, ld_trained, ld_patched = (mean(logit_diff(x, run.target, run.distractor))
                                        for x in (run.clean_logits, donor.logits, patched))
     metrics = {"recovery": recovery(ld_patched, ld_base, ld_trained), "kl": mean(kl(donor.logits, patched)),

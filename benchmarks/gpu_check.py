@@ -11,8 +11,14 @@ import torch
 from interventions.context import FamilyRun, TrialContext
 from interventions.families import make_split
 from interventions.hooks import count_hooks
+from interventions.kinds import run_kind
 from interventions.models import load
-from interventions.steering import VECTORS, steering_trial
+from interventions.steering import VECTORS
+
+
+def steering_trial(ctx, **point) -> dict[str, float]:
+    """One grid point through the kind registry, as a worker runs it."""
+    return run_kind("steering", ctx, point).metrics
 
 
 def contexts(name: str, device: str) -> TrialContext:

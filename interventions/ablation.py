@@ -113,12 +113,20 @@ def clean_to_corrupt(run: FamilyRun, site: Site, base: Tensor, seed: int) -> Ten
     return at_site(values(run, "clean", site.component), site)
 
 
+def ablated_many(run: FamilyRun, seed: int, sites: list[tuple[Site, str]]) -> list[Tensor]:
+    """Eval logits for each (site, method), in one batched forward (the sites share a component and layer)."""
+    patches = []
+    for site, name in sites:
+        m = ABLATIONS.get(name)
+        base = at_site(values(run, m.base, site.component), site)
+        value = m.fn(run, site, base, seed)
+        keep = run.eval_batch.mask.bool().view(*base.shape[:2], *[1] * (base.dim() - 2))
+        patches.append((m.base, site, torch.where(keep, value, base)))
+    return patched_logits(run, patches)
+
+
 def ablated_logits(run: FamilyRun, seed: int, site: Site, method_name: str) -> Tensor:
-    m = ABLATIONS.get(method_name)
-    base = at_site(values(run, m.base, site.component), site)
-    value = m.fn(run, site, base, seed)
-    keep = run.eval_batch.mask.bool().view(*base.shape[:2], *[1] * (base.dim() - 2))
-    return patched_logits(run, m.base, site, torch.where(keep, value, base))
+    return ablated_many(run, seed, [(site, method_name)])[0]
 
 
 def _all_or_list(value):
@@ -168,20 +176,24 @@ METRICS = ("kl", "target_prob_drop", "top1_agreement", "ld_drop", "recovery", "a
 
 
 @kind("ablation", axes=AblationAxes, primary="kl", metrics=METRICS, points=ablation_points,
-      check_splits=check_ablation_splits)
-def ablation_trial(ctx: TrialContext, *, component: str, layer: int, method: str, head: int | None = None
-                   ) -> dict[str, float]:
-    """One grid point: replace or patch one component of one layer; metrics against the clean run."""
+      check_splits=check_ablation_splits, pack_axes=("method", "head"))
+def ablation_trials(ctx: TrialContext, points: list[dict]) -> list[dict[str, float]]:
+    """Grid points of one component and layer (any methods and heads): replace or patch the component;
+    metrics against the clean run."""
     run = ctx.family
-    site = Site(component, layer, () if head is None else (head,))
-    out_logits = ablated_logits(run, ctx.seed, site, method)
+    sites = [(Site(p["component"], p["layer"], () if p.get("head") is None else (p["head"],)), p["method"])
+             for p in points]
     clean, target, distractor = run.clean_logits, run.target, run.distractor
-    ld_clean, ld_out = logit_diff(clean, target, distractor), logit_diff(out_logits, target, distractor)
-    out = agreement_metrics(clean, out_logits, target)
-    out.update(target_prob_drop=mean(target_prob(clean, target) - target_prob(out_logits, target)),
-               ld_drop=mean(ld_clean - ld_out))
-    if method == "clean_to_corrupt":
-        ld_corrupt = mean(logit_diff(corrupt_run(run)[0], target, distractor))
-        gap = mean(ld_clean) - ld_corrupt
-        out["recovery"] = (mean(ld_out) - ld_corrupt) / gap if gap != 0 else float("nan")
-    return out
+    ld_clean = logit_diff(clean, target, distractor)
+    results = []
+    for (_site, method_name), out_logits in zip(sites, ablated_many(run, ctx.seed, sites)):
+        ld_out = logit_diff(out_logits, target, distractor)
+        out = agreement_metrics(clean, out_logits, target)
+        out.update(target_prob_drop=mean(target_prob(clean, target) - target_prob(out_logits, target)),
+                   ld_drop=mean(ld_clean - ld_out))
+        if method_name == "clean_to_corrupt":
+            ld_corrupt = mean(logit_diff(corrupt_run(run)[0], target, distractor))
+            gap = mean(ld_clean) - ld_corrupt
+            out["recovery"] = (mean(ld_out) - ld_corrupt) / gap if gap != 0 else float("nan")
+        results.append(out)
+    return results

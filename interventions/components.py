@@ -1,7 +1,8 @@
 """Components of a layer (DESIGN §4): their captured values on a family's batches, and runs with one replaced.
 
 `patched_logits` restarts from the cached resid_pre[L] (attn / mlp / head, with a hook on that
-one module) or resid_post[L] (layer / resid), so the layers before L never run again.
+one module) or resid_post[L] (layer / resid), so the layers before L never run again; several
+patches of one site's layer (methods, heads: a packed trial) share one batched forward.
 """
 from __future__ import annotations
 
@@ -106,25 +107,33 @@ def resid_pre(run: FamilyRun, which: str, layer: int) -> Tensor:
     return run.clean_resid(layer - 1) if which == "clean" else corrupt_run(run)[1][layer - 1]
 
 
-def patched_logits(run: FamilyRun, which: str, site: Site, value: Tensor) -> Tensor:
-    """Last-position logits of the clean or corrupt eval run with the component at `site` set to `value`."""
-    model, mask = run.model, run.eval_batch.mask
-    start = resid_pre(run, which, site.layer)
-    if site.component == "resid":
-        return run_from(model, value, mask, site.layer + 1)
-    if site.component == "layer":
-        return run_from(model, start + value, mask, site.layer + 1)
-    block = _blocks(model)[site.layer]
-    if site.component == "head":
-        heads = list(site.heads)
+Patch = tuple[str, Site, Tensor]  # (the eval run it acts on: "clean" or "corrupt", site, value at the site)
 
+
+def patched_logits(run: FamilyRun, patches: list[Patch]) -> list[Tensor]:
+    """Last-position logits of each patch: the clean or corrupt eval run with the component at its site set to
+    its value. The patches share a component and a layer and go through one batched forward."""
+    model, n = run.model, len(run.eval_batch.mask)
+    component, layer = patches[0][1].component, patches[0][1].layer
+    assert all((s.component, s.layer) == (component, layer) for _, s, _ in patches), "one component and layer"
+    batch = run.eval_batch.repeat(len(patches))
+    start = torch.cat([resid_pre(run, which, layer) for which, _, _ in patches])
+    value = torch.cat([v for _, _, v in patches])
+    block = _blocks(model)[layer]
+    if component == "resid":
+        logits = run_from(model, value, batch, layer + 1)
+    elif component == "layer":
+        logits = run_from(model, start + value, batch, layer + 1)
+    elif component == "head":
         def set_heads(x: Tensor) -> Tensor:
             x = x.unflatten(-1, (n_heads(model), -1)).clone()
-            x[:, :, heads] = value
+            for i, (_, site, v) in enumerate(patches):
+                x[i * n:(i + 1) * n, :, list(site.heads)] = v
             return x.flatten(-2)
 
         with replace(part(block, model.arch.attn_out), set_heads, inputs=True):
-            return run_from(model, start, mask, site.layer)
-    module = part(block, model.arch.attn_out if site.component == "attn" else model.arch.mlp)
-    with replace(module, lambda _x: value):
-        return run_from(model, start, mask, site.layer)
+            logits = run_from(model, start, batch, layer)
+    else:
+        with replace(part(block, model.arch.attn_out if component == "attn" else model.arch.mlp), lambda _x: value):
+            logits = run_from(model, start, batch, layer)
+    return list(logits.split(n))

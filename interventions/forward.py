@@ -1,6 +1,6 @@
 """Batched forward passes: left-padded encoding, clean runs with captured residuals, runs from a layer on.
 
-Only the last position is unembedded. `run_from(model, resid, mask, start)` feeds
+Only the last position is unembedded. `run_from(model, resid, batch, start)` feeds
 `resid` (the input of layer `start`, i.e. `resid_post[start-1]`) through the remaining
 layers, so work before an intervened layer is never repeated.
 """
@@ -24,6 +24,10 @@ class Batch:
 
     def to(self, device) -> "Batch":
         return Batch(self.ids.to(device), self.mask.to(device))
+
+    def repeat(self, k: int) -> "Batch":
+        """k copies stacked along the batch: one forward for k packed trials."""
+        return Batch(self.ids.repeat(k, 1), self.mask.repeat(k, 1))
 
 
 def encode(tokenizer, prompts: list[str], suffix: list[int] | None = None) -> Batch:
@@ -72,25 +76,31 @@ def _masks(model: Model, hidden: Tensor, mask: Tensor, pos: Tensor) -> dict[str,
 
 
 @torch.no_grad()
-def run_from(model: Model, resid: Tensor, mask: Tensor, start: int, skip: frozenset[int] = frozenset()) -> Tensor:
+def run_from(model: Model, resid: Tensor, batch: Batch, start: int, skip: frozenset[int] = frozenset()) -> Tensor:
     """Last-position logits (batch, vocab) of layers start..end applied to resid (batch, pos, d_model).
 
-    Layers in `skip` pass the residual through unchanged.
+    Layers in `skip` pass the residual through unchanged. With `model.prefix_reuse` off, layers
+    0..start-1 first run again on `batch`'s tokens, as a full hooked forward would: what a trial
+    costs without the cached residuals (benchmarks measure it); the result is the same.
     """
+    mask = batch.mask
     pos = position_ids(mask)
     layers = part(model.module, model.arch.layers)
     layer_types = getattr(model.config, "layer_types", None) or ["full_attention"] * len(layers)
-    hidden = resid
-    if start < len(layers):
-        masks = _masks(model, hidden, mask, pos)
-        rotary = part(model.module, model.arch.rotary)(hidden, pos)
-        for index in range(start, len(layers)):
-            if index in skip:
-                continue
-            out = layers[index](hidden, attention_mask=masks[layer_types[index]], position_embeddings=rotary,
-                                position_ids=pos, use_cache=False)
-            hidden = out[0] if isinstance(out, tuple) else out
-    return unembed_last(model, hidden)
+    masks = _masks(model, resid, mask, pos)
+    rotary = part(model.module, model.arch.rotary)(resid, pos)
+
+    def through(hidden: Tensor, indices: range) -> Tensor:
+        for index in indices:
+            if index not in skip:
+                out = layers[index](hidden, attention_mask=masks[layer_types[index]], position_embeddings=rotary,
+                                    position_ids=pos, use_cache=False)
+                hidden = out[0] if isinstance(out, tuple) else out
+        return hidden
+
+    if not model.prefix_reuse and start > 0:
+        through(part(model.module, model.arch.embed)(batch.ids), range(start))  # recomputed, then replaced by resid
+    return unembed_last(model, through(resid, range(start, len(layers))))
 
 
 def unembed_last(model: Model, hidden: Tensor) -> Tensor:

@@ -25,7 +25,8 @@ class TrialResult:
     artifacts: dict[str, bytes] = field(default_factory=dict)  # file name -> content, logged on the child run
 
 
-TrialFn = Callable[..., "dict[str, float] | TrialResult"]
+TrialFn = Callable[..., "dict[str, float] | TrialResult"]  # fn(ctx, **kind_axes)
+PackFn = Callable[[TrialContext, list[dict]], "list[dict[str, float] | TrialResult]"]  # fn(ctx, points)
 PointsFn = Callable[[dict[str, list], ModelInfo], Iterable[dict]]
 SplitsCheck = Callable[[dict[str, list], dict], None]  # (axes, {(family, seed): Split}) -> raise AtlasError
 
@@ -72,7 +73,7 @@ class CommonAxes(BaseModel):
 @dataclass(frozen=True)
 class Kind:
     name: str
-    fn: TrialFn  # fn(ctx: TrialContext, **kind_axes) -> {metric: value}
+    fn: TrialFn | PackFn  # fn(ctx, **kind_axes) -> {metric: value}; with pack_axes, fn(ctx, points) -> [...]
     axes: type[CommonAxes]
     primary: str  # the metric tables are sorted by (largest |mean| first)
     metrics: tuple[str, ...]  # every metric the trial function may return
@@ -80,6 +81,7 @@ class Kind:
     uses_other_families: bool = False  # the trial reads the sweep's other families (collateral)
     points: PointsFn | None = None  # the kind-axis combinations when not the full product (see kind_points)
     check_splits: SplitsCheck | None = None  # item-dependent checks (patching needs corrupt prompts)
+    pack_axes: tuple[str, ...] = ()  # axes along which grid points can share one batched forward
 
 
 KINDS: Registry[Kind] = Registry("experiment kind")
@@ -87,12 +89,17 @@ KINDS: Registry[Kind] = Registry("experiment kind")
 
 def kind(name: str, *, axes: type[CommonAxes], primary: str, metrics: tuple[str, ...],
          layer_axes: tuple[str, ...] = ("layer",), uses_other_families: bool = False,
-         points: PointsFn | None = None, check_splits: SplitsCheck | None = None) -> Callable[[TrialFn], TrialFn]:
-    """Register a trial function as experiment kind `name` with its axes model and metric names."""
+         points: PointsFn | None = None, check_splits: SplitsCheck | None = None,
+         pack_axes: tuple[str, ...] = ()) -> Callable[[TrialFn], TrialFn]:
+    """Register a trial function as experiment kind `name` with its axes model and metric names.
+
+    With `pack_axes`, the function takes a pack: (ctx, points), the points differing only along
+    those axes, and returns one result per point (computed in batched forwards).
+    """
 
     def add(fn: TrialFn) -> TrialFn:
         KINDS.register(name)(Kind(name, fn, axes, primary, metrics, layer_axes, uses_other_families, points,
-                                    check_splits))
+                                    check_splits, pack_axes))
         return fn
 
     return add
@@ -116,11 +123,22 @@ def kind_points(k: Kind, axes: dict[str, list], info: ModelInfo) -> list[dict]:
     return [dict(zip(names, combo)) for combo in product(*(axes[n] for n in names))]
 
 
-def run_kind(name: str, ctx: TrialContext, point: dict) -> TrialResult:
+def run_pack(name: str, ctx: TrialContext, points: list[dict]) -> list[TrialResult]:
+    """Results of grid points that share (seed, family) and differ only along the kind's pack axes."""
     k = KINDS.get(name)
-    out = k.fn(ctx, **{a: point[a] for a in kind_axes(k) if a in point})
-    return out if isinstance(out, TrialResult) else TrialResult(out)
+    own = [{a: p[a] for a in kind_axes(k) if a in p} for p in points]
+    if k.pack_axes:
+        shared = [{a: v for a, v in p.items() if a not in k.pack_axes} for p in own]
+        assert all(s == shared[0] for s in shared), f"a pack may vary only {k.pack_axes}"
+        outs = k.fn(ctx, own)
+    else:
+        outs = [k.fn(ctx, **p) for p in own]
+    return [out if isinstance(out, TrialResult) else TrialResult(out) for out in outs]
+
+
+def run_kind(name: str, ctx: TrialContext, point: dict) -> TrialResult:
+    return run_pack(name, ctx, [point])[0]
 
 
 __all__ = ["KINDS", "Kind", "CommonAxes", "TrialContext", "axis", "TrialResult", "kind", "kind_axes", "kind_points", "registered",
-           "run_kind"]
+           "run_kind", "run_pack"]

@@ -24,7 +24,7 @@ def skipped_logits(run: FamilyRun, skip: frozenset[int]) -> Tensor:
     first = min(skip)
     start = (part(model.module, model.arch.embed)(run.eval_batch.ids) if first == 0
              else run.clean_resid(first - 1))
-    return run_from(model, start, run.eval_batch.mask, first, skip=skip)
+    return run_from(model, start, run.eval_batch, first, skip=skip)
 
 
 def exit_logits(run: FamilyRun, layer: int) -> Tensor:

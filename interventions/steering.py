@@ -86,10 +86,12 @@ def steering_vector(ctx: TrialContext, layer: int, vector_type: str) -> Tensor:
     )
 
 
-def steered_logits(run, layer: int, direction: Tensor, strength: float, resid_norm: float) -> Tensor:
-    """Last-position logits of `run`'s eval items with the vector added at resid_post[layer]."""
-    mask = run.eval_batch.mask
-    return run_from(run.model, steer(run.clean_resid(layer), direction, strength, resid_norm, mask), mask, layer + 1)
+def steered_logits(run, layer: int, steers: list[tuple[Tensor, float]], resid_norm: float) -> list[Tensor]:
+    """Last-position logits of `run`'s eval items with each (direction, strength) added at resid_post[layer],
+    all in one batched forward."""
+    batch, clean = run.eval_batch, run.clean_resid(layer)
+    resid = torch.cat([steer(clean, direction, strength, resid_norm, batch.mask) for direction, strength in steers])
+    return list(run_from(run.model, resid, batch.repeat(len(steers)), layer + 1).split(len(clean)))
 
 
 class SteeringAxes(CommonAxes):
@@ -107,16 +109,24 @@ METRICS = ("ld_delta", "target_prob_clean", "target_prob_steered", "kl", "accura
            "selectivity", "target_logprob_drop", "collateral_logprob_drop")
 
 
-@kind("steering", axes=SteeringAxes, primary="ld_delta", metrics=METRICS, uses_other_families=True)
-def steering_trial(ctx: TrialContext, *, layer: int, strength: float, vector_type: str) -> dict[str, float]:
-    """One grid point: steer the eval items at resid_post[layer]; metrics against the clean run."""
-    direction, r_l = steering_vector(ctx, layer, vector_type), ctx.family.resid_norm(layer)
-    steered = steered_logits(ctx.family, layer, direction, strength, r_l)
-    out = steering_metrics(ctx.family.clean_logits, steered, ctx.family.target, ctx.family.distractor)
-    if strength < 0 and ctx.others:  # knock-out: how much of the drop is specific to this family
-        own = mean(logprob_drop(ctx.family, steered))
-        collateral = mean(torch.cat([logprob_drop(o, steered_logits(o, layer, direction, strength, r_l))
-                                     for o in ctx.others]))
-        out.update(target_logprob_drop=own, collateral_logprob_drop=collateral,
-                   selectivity=selectivity(own, collateral))
-    return out
+@kind("steering", axes=SteeringAxes, primary="ld_delta", metrics=METRICS, uses_other_families=True,
+      pack_axes=("strength", "vector_type"))
+def steering_trials(ctx: TrialContext, points: list[dict]) -> list[dict[str, float]]:
+    """Grid points of one layer (any strengths and vector types): steer the eval items at resid_post[layer];
+    metrics against the clean run. A knock-out (strength < 0) also steers the other families (collateral)."""
+    layer, run = points[0]["layer"], ctx.family
+    r_l = run.resid_norm(layer)
+    steers = [(steering_vector(ctx, layer, p["vector_type"]), p["strength"]) for p in points]
+    steered = steered_logits(run, layer, steers, r_l)
+    knock = [i for i, p in enumerate(points) if p["strength"] < 0] if ctx.others else []
+    collateral = [dict(zip(knock, steered_logits(o, layer, [steers[i] for i in knock], r_l))) for o in ctx.others
+                  ] if knock else []
+    results = []
+    for i, logits in enumerate(steered):
+        out = steering_metrics(run.clean_logits, logits, run.target, run.distractor)
+        if i in knock:  # how much of the drop is specific to this family
+            own = mean(logprob_drop(run, logits))
+            spill = mean(torch.cat([logprob_drop(o, c[i]) for o, c in zip(ctx.others, collateral)]))
+            out.update(target_logprob_drop=own, collateral_logprob_drop=spill, selectivity=selectivity(own, spill))
+        results.append(out)
+    return results

@@ -1,4 +1,4 @@
-"""Command line: `python -m orchestrator sweep SPEC` and `python -m orchestrator ui`."""
+"""Command line: `python -m orchestrator sweep SPEC`, `ui`, `report SWEEP_NAME` and `compare SWEEP_A SWEEP_B`."""
 from __future__ import annotations
 
 import socket
@@ -137,6 +137,56 @@ def ui(host: str, port: int, tracking_uri: str | None) -> None:
                    f"{port} can read, change and delete every run (the MLflow UI has no login)", err=True)
     click.echo(f"MLflow UI for {uri} on http://{host}:{port}  (Ctrl-C stops it)")
     sys.exit(serve_ui(uri, host, port))
+
+
+@cli.command()
+@click.argument("sweep_name")
+@click.option("--tracking-uri", help="MLflow store to read (default: the same one `sweep` writes).")
+@click.option("--out", type=click.Path(file_okay=False), help="Folder for report.html and the PNGs "
+              "(default: mlruns/reports/SWEEP_NAME/).")
+@click.option("--top", default=3, show_default=True, help="Claim cards to print.")
+def report(sweep_name: str, tracking_uri: str | None, out: str | None, top: int) -> None:
+    """Write the HTML report of a sweep's FINISHED runs: figures and ranked, graded claim cards.
+
+    Nothing is recomputed. The page and its PNGs are also logged under `report/` on the
+    sweep's newest parent run.
+    """
+    from pathlib import Path
+
+    from orchestrator.report import write_report
+    from orchestrator.tracking import check_store, resolve_uri
+
+    uri = resolve_uri(tracking_uri)
+    check_store(uri, tracking_uri)
+    done = write_report(uri, sweep_name, Path(out) if out else None)
+    _print_cards(done, top)
+    if done.logged_to:
+        click.echo(f"also logged under report/ on parent run {done.logged_to}")
+
+
+@cli.command()
+@click.argument("sweep_a")
+@click.argument("sweep_b")
+@click.option("--tracking-uri", help="MLflow store holding both sweeps (default: the same one `sweep` writes).")
+@click.option("--out", type=click.Path(file_okay=False), help="Folder for compare.html and the PNG "
+              "(default: mlruns/reports/compare_SWEEP_A_vs_SWEEP_B/).")
+@click.option("--top", default=3, show_default=True, help="Claim cards to print.")
+def compare(sweep_a: str, sweep_b: str, tracking_uri: str | None, out: str | None, top: int) -> None:
+    """Two sweeps of one kind side by side on a depth axis (layer / n_layers), hubs as depth fractions."""
+    from pathlib import Path
+
+    from orchestrator.report import write_compare
+    from orchestrator.tracking import check_store, resolve_uri
+
+    uri = resolve_uri(tracking_uri)
+    check_store(uri, tracking_uri)
+    _print_cards(write_compare(uri, sweep_a, sweep_b, Path(out) if out else None), top)
+
+
+def _print_cards(done, top: int) -> None:
+    click.echo(f"report: {done.html}  ({len(done.figures)} figures, {len(done.cards)} claim cards)")
+    for i, card in enumerate(done.cards[:top], 1):
+        click.echo(f"  #{i} [{card.grade}] {card.claim}")
 
 
 def main() -> None:

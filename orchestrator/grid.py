@@ -1,4 +1,4 @@
-"""Grid expansion: the product of a sweep's axes, in actor-friendly order, each point with a stable trial_id."""
+"""Grid expansion: the product of a sweep's axes, in actor-friendly order, each point with a stable trial_id; packs."""
 from __future__ import annotations
 
 import hashlib
@@ -32,6 +32,21 @@ def trial_id(sweep: Sweep, values: dict, digests: dict[tuple[str, int], str]) ->
 def axis_order(sweep: Sweep) -> list[str]:
     """Seed and family outermost so that consecutive trials share an actor's cached baselines."""
     return ["seed", "family", *[a for a in kind_axes(sweep.kind) if a in sweep.axes]]  # optional axes may be absent
+
+
+def packs(sweep: Sweep, points: list[Point]) -> list[list[Point]]:
+    """Runs of consecutive points that differ only along the kind's pack axes, at most `sweep.pack_size` each:
+    one Ray Tune trial and one batched forward per pack, one MLflow run per point."""
+    free = set(sweep.kind.pack_axes)
+
+    def shared(p: Point) -> str:
+        return json.dumps({a: v for a, v in p.values.items() if a not in free}, sort_keys=True)
+
+    out = []
+    for _, run in itertools.groupby(points, key=shared):
+        run = list(run)
+        out += [run[i:i + sweep.pack_size] for i in range(0, len(run), sweep.pack_size)]
+    return out
 
 
 def expand(sweep: Sweep) -> list[Point]:

@@ -19,13 +19,13 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from interventions.registry import AtlasError
-from orchestrator.grid import Point, expand
+from orchestrator.grid import Point, expand, packs
 from orchestrator.spec import Sweep
 from orchestrator.summary import summarise
 from orchestrator.tracking import Tracker, resolve_uri
 from orchestrator.worker import run_trial
 
-RESULT_TAGS = ("worker", "node", "gpu_ids", "model_loads", "trial_seconds")  # per-trial facts logged as tags, not metrics
+RESULT_TAGS = ("worker", "node", "gpu_ids", "model_loads", "pack_size", "trial_seconds")  # per-trial facts logged as tags, not metrics
 
 
 @dataclass
@@ -103,18 +103,40 @@ class RecordTrials(tune.Callback):
         self.writer.join()
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        trial_id = trial.config["trial"]["trial_id"]
         result = trial.last_result or {}
-        if trial_id in self.done or "trial_id" not in result:
-            return
-        self.done.add(trial_id)
-        metrics = {k: v for k, v in result.items() if k in self.tracker.sweep.kind.metrics}
-        tags = {k: str(result[k]) for k in RESULT_TAGS}
-        self.queue.put((self.points[trial_id], metrics, tags, result.get("extra") or {}))
+        tags = {k: str(result[k]) for k in RESULT_TAGS if k in result}
+        for entry in result.get("results", ()):
+            if entry["trial_id"] in self.done:
+                continue
+            self.done.add(entry["trial_id"])
+            metrics = {k: v for k, v in entry["metrics"].items() if k in self.tracker.sweep.kind.metrics}
+            self.queue.put((self.points[entry["trial_id"]], metrics, tags, entry["extra"]))
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        self.progress.console.print(f"{_pack_name(trial)}: worker failed ({_last_error(trial)}); "
+                                    f"retry {trial.num_failures} of {self.tracker.sweep.spec.max_failures}")
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self.outcome.failed.append(trial.config["trial"]["trial_id"])
-        self.progress.advance()
+        self.progress.console.print(f"{_pack_name(trial)}: failed {trial.num_failures} times, giving up "
+                                    f"({_last_error(trial)})")
+        for entry in trial.config["pack"]:
+            self.outcome.failed.append(entry["trial_id"])
+            self.progress.advance()
+
+
+def _pack_name(trial) -> str:
+    pack = trial.config["pack"]
+    return f"trial {pack[0]['trial_id']}" + (f" (+{len(pack) - 1} packed)" if len(pack) > 1 else "")
+
+
+def _last_error(trial) -> str:
+    """The last line of the error Tune recorded for the trial (the exception, or the actor's death)."""
+    try:
+        text = str(trial.get_error() or "")
+    except Exception:  # noqa: BLE001  (a missing error file must not stop the sweep)
+        text = ""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1][:300] if lines else "no error recorded"
 
 
 def _check_resources(sweep: Sweep) -> None:
@@ -129,22 +151,23 @@ def _check_resources(sweep: Sweep) -> None:
 
 
 def _tune(sweep: Sweep, todo: list[Point], recorder: RecordTrials, storage: str) -> None:
+    """One Ray Tune trial per pack of grid points; reused actors keep the model and baselines."""
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's own console report off: we draw the progress bar
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # no per-trial CSV/JSON/TensorBoard files
     spec = sweep.spec
     constants = {"kind": spec.kind, "model": spec.model, "families": sweep.axes["family"],
                  "threads": max(1, int(spec.resources.cpu)), "gpu": spec.resources.gpu,
-                 "trust_remote_code": spec.trust_remote_code}
-    grid = [{"trial_id": p.trial_id, "point": p.values} for p in todo]
+                 "trust_remote_code": spec.trust_remote_code, "prefix_reuse": spec.execution.prefix_reuse}
+    grid = [[{"trial_id": p.trial_id, "point": p.values} for p in pack] for pack in packs(sweep, todo)]
     trainable = tune.with_resources(tune.with_parameters(run_trial, splits=sweep.splits),
                                     {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
     tuner = tune.Tuner(
         trainable,
-        param_space={**constants, "trial": tune.grid_search(grid)},
+        param_space={**constants, "pack": tune.grid_search(grid)},
         tune_config=tune.TuneConfig(
             reuse_actors=True,
-            trial_name_creator=lambda t: t.config["trial"]["trial_id"],
-            trial_dirname_creator=lambda t: t.config["trial"]["trial_id"],
+            trial_name_creator=lambda t: t.config["pack"][0]["trial_id"],
+            trial_dirname_creator=lambda t: t.config["pack"][0]["trial_id"],
         ),
         run_config=tune.RunConfig(
             name=spec.name, storage_path=storage, callbacks=[recorder], verbose=0,
@@ -152,8 +175,6 @@ def _tune(sweep: Sweep, todo: list[Point], recorder: RecordTrials, storage: str)
         ),
     )
     tuner.fit()
-
-
 
 
 def run_sweep(sweep: Sweep, *, tracking_uri: str | None = None, address: str | None = None,

@@ -33,6 +33,15 @@ class Resources(BaseModel):
     gpu: float = Field(0.0, ge=0)  # 0.25 packs four actors on one GPU
 
 
+class Execution(BaseModel):
+    """How trials are computed, never what: results are equal within float32 noise (tests/test_packing.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+    pack: int = Field(32, ge=1)  # grid points of a kind's pack axes evaluated in one batched forward (1: off)
+    max_batch_rows: int = Field(1024, ge=1)  # memory cap: pack x n_eval prompts in one forward
+    prefix_reuse: bool = True  # start at the cached residual of layer L (off: the layers below run again)
+
+
 class SweepSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: Annotated[str, Field(min_length=1, pattern=r"^[\w.-]+$")]  # the MLflow experiment
@@ -43,6 +52,7 @@ class SweepSpec(BaseModel):
     trust_remote_code: bool = False
     resources: Resources = Resources()
     max_failures: int = Field(2, ge=0)  # Ray Tune retries of a trial whose actor died
+    execution: Execution = Execution()
     axes: dict
 
 
@@ -62,9 +72,17 @@ class Sweep:
         return self.path.parent
 
     @property
+    def pack_size(self) -> int:
+        """Grid points per Ray Tune trial: those sharing one batched forward (1 for kinds without pack axes)."""
+        if not self.kind.pack_axes:
+            return 1
+        return max(1, min(self.spec.execution.pack, self.spec.execution.max_batch_rows // self.spec.n_eval))
+
+    @property
     def spec_hash(self) -> str:
         items = {f"{family}:{seed}": split.digest() for (family, seed), split in self.splits.items()}
-        text = json.dumps({"spec": self.spec.model_dump(), "items": items}, sort_keys=True)
+        spec = self.spec.model_dump(exclude={"execution"})  # how trials run does not change their numbers
+        text = json.dumps({"spec": spec, "items": items}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

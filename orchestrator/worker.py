@@ -18,7 +18,7 @@ from ray import tune
 from interventions.context import FamilyRun, TrialContext
 from interventions.families import Split
 from interventions.hooks import count_hooks
-from interventions.kinds import run_kind
+from interventions.kinds import run_pack
 from interventions.models import Model, load
 from orchestrator.kinds import KINDS
 
@@ -52,7 +52,8 @@ def family_run(model: Model, split: Split) -> FamilyRun:
 def trial_context(config: dict, splits: dict[tuple[str, int], Split]) -> TrialContext:
     device = "cuda" if config["gpu"] > 0 and torch.cuda.is_available() else "cpu"
     model = actor_model(config["model"], config["trust_remote_code"], device)
-    seed, family = config["trial"]["point"]["seed"], config["trial"]["point"]["family"]
+    model.prefix_reuse = config["prefix_reuse"]
+    seed, family = config["pack"][0]["point"]["seed"], config["pack"][0]["point"]["family"]
     others = []
     if KINDS.get(config["kind"]).uses_other_families:
         others = [family_run(model, splits[(f, seed)]) for f in config["families"] if f != family]
@@ -71,22 +72,27 @@ def _crash_once_for_tests() -> None:
 
 
 def run_trial(config: dict, splits: dict[tuple[str, int], Split]) -> None:
-    """One grid point: config = {trial: {point, trial_id}, kind, model, families, threads, gpu, trust_remote_code}."""
+    """One pack of grid points (one, or several sharing a batched forward).
+
+    config = {pack: [{trial_id, point}], kind, model, families, threads, gpu, trust_remote_code, prefix_reuse}.
+    """
     _crash_once_for_tests()
     torch.set_num_threads(config["threads"])
     start = time.perf_counter()
+    pack = config["pack"]
     ctx = trial_context(config, splits)
-    result = run_kind(config["kind"], ctx, config["trial"]["point"])
+    results = run_pack(config["kind"], ctx, [p["point"] for p in pack])
     left = count_hooks(ctx.model.module)
     if left:
-        raise RuntimeError(f"{left} forward hooks left on the model after trial {config['trial']['trial_id']}")
+        raise RuntimeError(f"{left} forward hooks left on the model after trial {pack[0]['trial_id']}")
     tune.report({
-        **result.metrics,
-        "extra": {"steps": result.steps, "tags": result.tags, "artifacts": result.artifacts},
-        "trial_id": config["trial"]["trial_id"],
+        "results": [{"trial_id": p["trial_id"], "metrics": r.metrics,
+                     "extra": {"steps": r.steps, "tags": r.tags, "artifacts": r.artifacts}}
+                    for p, r in zip(pack, results)],
         "worker": f"{socket.gethostname()}:{os.getpid()}",
         "node": ray.get_runtime_context().get_node_id(),
         "gpu_ids": ",".join(map(str, ray.get_gpu_ids())),
         "model_loads": MODEL_LOADS,
-        "trial_seconds": time.perf_counter() - start,
+        "pack_size": len(pack),
+        "trial_seconds": (time.perf_counter() - start) / len(pack),  # the pack's wall time per grid point
     })

@@ -4,13 +4,19 @@ from __future__ import annotations
 import pytest
 import torch
 
-from interventions.ablation import ABLATIONS, ablated_logits, ablation_trial, item_generator, resample_choice
+from interventions.ablation import ABLATIONS, ablated_logits, item_generator, resample_choice
 from interventions.components import COMPONENTS, Site, batch_of, corrupt_run
 from interventions.forward import run_from
 from interventions.hooks import count_hooks
+from interventions.kinds import run_kind
 from interventions.metrics import kl
 from tests import oracle
 from tests.conftest import context
+
+
+def ablation_trial(ctx, **point) -> dict[str, float]:
+    """One grid point through the kind registry, as a worker runs it."""
+    return run_kind("ablation", ctx, point).metrics
 
 SEED = 3
 _VALUES: dict = {}  # the oracle's component values, per (model, prompt, layer, component)
@@ -94,7 +100,7 @@ def test_zero_layer_ablation_makes_resid_post_equal_resid_pre(tiny_model):
     ctx = context(tiny_model)
     run = ctx.family
     got = ablated_logits(run, 0, Site("layer", 2), "zero")
-    torch.testing.assert_close(got, run_from(tiny_model, run.clean_resid(1), run.eval_batch.mask, 3), atol=1e-6,
+    torch.testing.assert_close(got, run_from(tiny_model, run.clean_resid(1), run.eval_batch, 3), atol=1e-6,
                                rtol=0)
 
 

@@ -143,7 +143,7 @@ def test_patching_the_base_into_the_base_changes_nothing(tiny_model):
     run = ctx.family
     ld = lambda x: float((x.gather(-1, run.target[:, None]) - x.gather(-1, run.distractor[:, None])).mean())  # noqa
     for layer in range(tiny_model.n_layers):
-        patched = patched_logits(tiny_model, run.clean_resid(layer), run.eval_batch.mask, layer)
+        patched = patched_logits(tiny_model, run.clean_resid(layer), run.eval_batch, layer)
         assert torch.allclose(patched, run.clean_logits, atol=1e-5)
         assert recovery(ld(patched), ld(run.clean_logits), ld(run.clean_logits) + 3.0) == pytest.approx(0, abs=1e-5)
 

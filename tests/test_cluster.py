@@ -12,7 +12,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from orchestrator.runner import run_sweep
-from orchestrator.spec import Resources, load_sweep
+from orchestrator.spec import Execution, Resources, load_sweep
 from tests.conftest import REPO
 
 SMOKE = REPO / "sweeps" / "smoke.yaml"
@@ -26,8 +26,10 @@ def finished_children(uri: str, name: str):
 
 
 def smoke(cpu: float, gpu: float):
+    """smoke.yaml with these resources, one grid point per Ray Tune trial (no packing: 32 trials to schedule)."""
     sweep = load_sweep(SMOKE)
-    return replace(sweep, spec=sweep.spec.model_copy(update={"resources": Resources(cpu=cpu, gpu=gpu)}))
+    return replace(sweep, spec=sweep.spec.model_copy(update={"resources": Resources(cpu=cpu, gpu=gpu),
+                                                             "execution": Execution(pack=1)}))
 
 
 @pytest.fixture
@@ -131,7 +133,8 @@ def test_an_actor_places_its_model_where_ray_assigned_it_and_falls_back_to_cpu(m
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
     monkeypatch.setattr(worker, "_MODEL", {})
     config = {"model": "tiny-llama", "trust_remote_code": False, "gpu": 0.25, "kind": "steering",
-              "families": sweep.axes["family"], "trial": {"point": {"seed": 0, "family": "antonyms"}}}
+              "families": sweep.axes["family"], "prefix_reuse": True,
+              "pack": [{"point": {"seed": 0, "family": "antonyms"}}]}
     ctx = worker.trial_context(config, sweep.splits)
     assert ctx.model.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
     assert worker.trial_context({**config, "gpu": 0}, sweep.splits).model.device.type == "cpu"

@@ -209,8 +209,9 @@ def test_the_same_spec_twice_gives_bit_identical_metrics(worker_killed, driver_k
     set per trial, not per process."""
     import torch
 
-    from interventions.kinds import run_kind
+    from interventions.kinds import run_pack
     from orchestrator import worker
+    from orchestrator.grid import packs
 
     a, b = metrics_by_trial(worker_killed[0]), metrics_by_trial(driver_killed[0])
     assert a.keys() == b.keys() and len(a) == N_SMOKE
@@ -219,11 +220,13 @@ def test_the_same_spec_twice_gives_bit_identical_metrics(worker_killed, driver_k
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as in the actors (resources.cpu: 1)
     try:
-        for point in reversed(smoke_points):
+        for pack in reversed(packs(sweep, smoke_points)):  # the sweep's packs: batch shapes decide the bits
             config = {"model": sweep.spec.model, "trust_remote_code": False, "gpu": 0, "kind": sweep.kind.name,
-                      "families": sweep.axes["family"], "trial": {"point": point.values, "trial_id": point.trial_id}}
-            result = run_kind(sweep.kind.name, worker.trial_context(config, sweep.splits), point.values)
-            assert {k: float(v) for k, v in result.metrics.items()} == a[point.trial_id], point.values
+                      "families": sweep.axes["family"], "prefix_reuse": True,
+                      "pack": [{"point": p.values, "trial_id": p.trial_id} for p in pack]}
+            results = run_pack(sweep.kind.name, worker.trial_context(config, sweep.splits), [p.values for p in pack])
+            for point, result in zip(pack, results):
+                assert {k: float(v) for k, v in result.metrics.items()} == a[point.trial_id], point.values
     finally:
         torch.set_num_threads(threads)
 

@@ -8,10 +8,15 @@ from interventions.context import FamilyRun, TrainActs, TrialContext, seeded_gen
 from interventions.families import Split
 from interventions.forward import clean_run, encode, run_from
 from interventions.hooks import capture, count_hooks
-from interventions.kinds import KINDS, kind_axes
-from interventions.steering import VECTORS, steer, steering_trial, steering_vector
+from interventions.kinds import KINDS, kind_axes, run_kind
+from interventions.steering import VECTORS, steer, steering_vector
 from tests import oracle
 from tests.conftest import context, split
+
+
+def steering_trial(ctx, **point) -> dict[str, float]:
+    """One grid point through the kind registry, as a worker runs it."""
+    return run_kind("steering", ctx, point).metrics
 
 
 def test_run_from_matches_the_plain_forward(tiny_model):
@@ -20,7 +25,7 @@ def test_run_from_matches_the_plain_forward(tiny_model):
     plain = tiny_model.module(input_ids=batch.ids, attention_mask=batch.mask).logits[:, -1]
     assert torch.allclose(logits, plain, atol=1e-5)
     for layer in range(tiny_model.n_layers):
-        assert torch.allclose(run_from(tiny_model, resid[layer], batch.mask, layer + 1), logits, atol=1e-5)
+        assert torch.allclose(run_from(tiny_model, resid[layer], batch, layer + 1), logits, atol=1e-5)
 
 
 @pytest.mark.parametrize("vector_type", VECTORS.names())
@@ -178,10 +183,13 @@ def test_negative_strength_reports_selectivity_against_the_other_families(tiny_l
     assert "selectivity" not in positive
 
 
-def test_every_kind_takes_exactly_its_axes_as_keywords():
+def test_every_kind_takes_exactly_its_axes_as_keywords_or_a_pack():
     import inspect
 
     for name in KINDS.names():
         k = KINDS.get(name)
         params = [p for p in inspect.signature(k.fn).parameters if p != "ctx"]
-        assert sorted(params) == sorted(kind_axes(k)), name
+        if k.pack_axes:
+            assert params == ["points"] and set(k.pack_axes) <= set(kind_axes(k)), name
+        else:
+            assert sorted(params) == sorted(kind_axes(k)), name

@@ -109,6 +109,25 @@ def test_model_is_loaded_once_per_actor_not_per_trial(smoke_run):
     assert all(loads == {"1"} for loads in per_worker.values())
 
 
+def test_packed_trials_equal_unpacked_trials_without_prefix_reuse(smoke_run, tmp_path):
+    """smoke.yaml packs (strength x vector_type) four points per Tune trial; pack 1 without prefix reuse agrees."""
+    cwd, _ = smoke_run
+    plain = tmp_path / "smoke.yaml"
+    plain.write_text(SMOKE.read_text() + "execution: {pack: 1, prefix_reuse: false}\n")
+    done = cli(tmp_path, "sweep", str(plain))
+    assert done.returncode == 0, done.stdout + done.stderr
+    packed = {r.data.tags["orchestrator.trial_id"]: r for r in children(runs(cwd))}
+    single = {r.data.tags["orchestrator.trial_id"]: r for r in children(runs(tmp_path))}
+    assert packed.keys() == single.keys() and len(packed) == 32  # execution settings do not change trial ids
+    assert {r.data.tags["orchestrator.pack_size"] for r in packed.values()} == {"4"}
+    assert {r.data.tags["orchestrator.pack_size"] for r in single.values()} == {"1"}
+    for trial_id, run in packed.items():
+        other = single[trial_id].data.metrics
+        assert run.data.metrics.keys() == other.keys()
+        for k, v in run.data.metrics.items():
+            assert v == pytest.approx(other[k], abs=1e-4, rel=1e-4, nan_ok=True), (trial_id, k)
+
+
 def test_rerun_resumes_and_duplicates_nothing(smoke_run):
     cwd, _ = smoke_run
     again = cli(cwd, "sweep", str(SMOKE))

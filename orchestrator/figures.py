@@ -1,0 +1,205 @@
+"""Report figures: builders that take tidy DataFrames and return matplotlib Figure objects (Agg, no pyplot state).
+
+Every builder is pure: the same tables give the same figure, nothing is read from MLflow
+and no global figure registry is touched (figures are `matplotlib.figure.Figure`, rendered
+by `png`). Tables come from `sections.py`: cross-seed `mean`, `std` (ddof=1) and `n` per
+point. Markers a test must find carry a gid: "hub" (the hub layer, a vertical line).
+"""
+from __future__ import annotations
+
+import io
+import math
+
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+BAND_ALPHA = 0.25
+
+
+def new_figure(n_panels: int, cols: int | None = None, size=(4.2, 3.2), sharey=False) -> tuple[Figure, list]:
+    """A figure with n_panels axes on a grid (row-major); unused grid cells are removed."""
+    cols = cols or n_panels
+    rows = math.ceil(n_panels / cols)
+    fig = Figure(figsize=(size[0] * cols, size[1] * rows), layout="constrained")
+    grid = fig.subplots(rows, cols, squeeze=False, sharey=sharey)
+    axes = [ax for row in grid for ax in row]
+    for ax in axes[n_panels:]:
+        fig.delaxes(ax)
+    return fig, axes[:n_panels]
+
+
+def png(fig: Figure, dpi: int = 100) -> bytes:
+    FigureCanvasAgg(fig)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    return buffer.getvalue()
+
+
+def band(ax, x, mean, std, label: str | None = None, color=None):
+    """A mean line with a +-std band (no band where std is nan: one seed)."""
+    x, mean, std = np.asarray(x, float), np.asarray(mean, float), np.nan_to_num(np.asarray(std, float))
+    (line,) = ax.plot(x, mean, marker="o", markersize=3, label=label, color=color)
+    ax.fill_between(x, mean - std, mean + std, alpha=BAND_ALPHA, color=line.get_color(), linewidth=0)
+    return line
+
+
+def mark_hub(ax, layer: float, text: str) -> None:
+    ax.axvline(layer, color="black", linestyle="--", linewidth=1, gid="hub")
+    ax.annotate(text, (layer, 1), xycoords=("data", "axes fraction"), xytext=(3, -12), textcoords="offset points",
+                fontsize=8)
+
+
+def steering_heatmaps(cells: pd.DataFrame, control: str = "random") -> Figure:
+    """Layer x strength heatmap of mean ld_delta per vector type (control last), cells annotated mean / +-std."""
+    types = sorted(set(cells["vector_type"]) - {control}) + ([control] if control in set(cells["vector_type"]) else [])
+    fig, axes = new_figure(len(types), cols=min(len(types), 4), size=(3.6, 3.4))
+    limit = float(np.nanmax(np.abs(cells["mean"]))) or 1.0
+    image = None
+    for ax, vtype in zip(axes, types):
+        part = cells[cells["vector_type"] == vtype]
+        mean = part.pivot(index="layer", columns="strength", values="mean").sort_index()
+        std = part.pivot(index="layer", columns="strength", values="std").reindex_like(mean)
+        image = ax.imshow(mean.to_numpy(float), cmap="RdBu", vmin=-limit, vmax=limit, origin="lower", aspect="auto")
+        for (i, j), value in np.ndenumerate(mean.to_numpy(float)):
+            s = std.to_numpy(float)[i, j]
+            text = f"{value:+.2f}" + ("" if math.isnan(s) else f"\n±{s:.2f}")
+            ax.text(j, i, text, ha="center", va="center", fontsize=7,
+                    color="white" if abs(value) > 0.6 * limit else "black")
+        ax.set_xticks(range(mean.shape[1]), [f"{s:g}" for s in mean.columns])
+        ax.set_yticks(range(mean.shape[0]), [str(int(x)) for x in mean.index])
+        ax.set_xlabel("strength (units of r_L)")
+        ax.set_ylabel("layer")
+        ax.set_title(f"{vtype} (control)" if vtype == control else vtype)
+    fig.colorbar(image, ax=axes, label="ld_delta: mean over seeds (cells: mean, ±std)")
+    return fig
+
+
+def layer_profiles(stats: pd.DataFrame, hubs: dict, ylabel: dict | str, panel: str = "panel",
+                   cols: int = 3, sharey: bool = False) -> Figure:
+    """One panel per value of `panel`: mean +- std band over seeds by layer, the panel's hub marked.
+
+    stats: panel, layer, mean, std, n; hubs: panel -> hub layer (cross-seed mode).
+    """
+    names = list(dict.fromkeys(stats[panel]))
+    fig, axes = new_figure(len(names), cols=min(cols, len(names)), sharey=sharey)
+    for ax, name in zip(axes, names):
+        part = stats[stats[panel] == name].sort_values("layer")
+        band(ax, part["layer"], part["mean"], part["std"])
+        if name in hubs:
+            mark_hub(ax, hubs[name], f"hub L{hubs[name]}")
+        ax.set_title(str(name))
+        ax.set_xlabel("layer")
+        ax.set_ylabel(ylabel[name] if isinstance(ylabel, dict) else ylabel)
+    return fig
+
+
+def matrix(values: pd.DataFrame, title: str, label: str, vmin=-1.0, vmax=1.0) -> Figure:
+    """A square annotated matrix (e.g. Spearman of layer rankings between methods)."""
+    fig, (ax,) = new_figure(1, size=(1.1 * len(values) + 2.5, 0.9 * len(values) + 2))
+    image = ax.imshow(values.to_numpy(float), cmap="RdBu", vmin=vmin, vmax=vmax)
+    for (i, j), v in np.ndenumerate(values.to_numpy(float)):
+        ax.text(j, i, "–" if math.isnan(v) else f"{v:.2f}", ha="center", va="center", fontsize=8)
+    ax.set_xticks(range(len(values.columns)), values.columns, rotation=45, ha="right")
+    ax.set_yticks(range(len(values.index)), values.index)
+    ax.set_xlabel("method")
+    ax.set_ylabel("method")
+    ax.set_title(title)
+    fig.colorbar(image, ax=ax, label=label)
+    return fig
+
+
+def agreement_curves(stats: pd.DataFrame, x: str, xlabel: str, hub: int | None = None,
+                     hub_text: str = "") -> Figure:
+    """Two panels by layer: KL, and top-1 / top-5 agreement with the full model (mean +- std over seeds).
+
+    stats: x, metric, mean, std, n with metric in kl, top1_agreement, top5_overlap.
+    """
+    fig, (left, right) = new_figure(2, size=(5.2, 3.4))
+    for ax, metrics, ylabel in ((left, ["kl"], "KL(full || intervened)"),
+                                (right, ["top1_agreement", "top5_overlap"], "agreement with the full model")):
+        for metric in metrics:
+            part = stats[stats["metric"] == metric].sort_values(x)
+            if len(part):
+                band(ax, part[x], part["mean"], part["std"], label=metric)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        if hub is not None:
+            mark_hub(ax, hub, hub_text)
+    right.set_ylim(-0.05, 1.05)
+    right.legend(fontsize=8)
+    left.set_title("KL by layer")
+    right.set_title("top-1 / top-5 agreement by layer")
+    return fig
+
+
+def set_bars(stats: pd.DataFrame, label: str) -> Figure:
+    """Multi-layer skip sets: KL and top-5 overlap per set, bars with +-std error bars."""
+    fig, (left, right) = new_figure(2, size=(5.2, 3.4))
+    for ax, metric, ylabel in ((left, "kl", "KL(full || skipped)"), (right, "top5_overlap", "top-5 overlap")):
+        part = stats[stats["metric"] == metric]
+        ax.bar(range(len(part)), part["mean"], yerr=np.nan_to_num(part["std"].to_numpy(float)), capsize=3)
+        ax.set_xticks(range(len(part)), part[label], rotation=45, ha="right", fontsize=8)
+        ax.set_xlabel("skipped layers")
+        ax.set_ylabel(ylabel)
+        ax.set_title(f"{metric} per skipped set")
+    return fig
+
+
+def lines_by_layer(stats: pd.DataFrame, panel: str, line: str, ylabel: str, cols: int = 3, x: str = "layer",
+                   xlabel: str = "layer") -> Figure:
+    """Small multiples (one per `panel` value), one mean +- std line per `line` value, against `x` (a layer)."""
+    names = list(dict.fromkeys(stats[panel]))
+    fig, axes = new_figure(len(names), cols=min(cols, len(names)))
+    for ax, name in zip(axes, names):
+        part = stats[stats[panel] == name]
+        for value, rows in part.groupby(line, sort=True):
+            rows = rows.sort_values(x)
+            band(ax, rows[x], rows["mean"], rows["std"], label=f"{line} {value}")
+        ax.set_title(str(name))
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.legend(fontsize=7)
+    return fig
+
+
+def scatter_with_r(points: pd.DataFrame, x: str, y: str, group: str, r: float, r_note: str,
+                   xlabel: str, ylabel: str, title: str) -> Figure:
+    """Scatter of y against x, one colour per `group`, the Pearson r of the points in the title."""
+    fig, (ax,) = new_figure(1, size=(5.4, 4.0))
+    for name, rows in points.groupby(group, sort=True):
+        ax.scatter(rows[x], rows[y], s=10, alpha=0.7, label=str(name))
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(f"{title}\nPearson r = {r:.2f} ({r_note})", fontsize=10)
+    ax.legend(fontsize=7, title=group)
+    return fig
+
+
+def depth_compare(profiles: dict[str, pd.DataFrame], hubs: dict[str, float], ylabel: str) -> Figure:
+    """Each sweep's profile against depth (layer / n_layers): one panel per sweep, then both normalised to their peak.
+
+    profiles: sweep -> depth, mean, std; hubs: sweep -> hub depth fraction.
+    """
+    names = list(profiles)
+    fig, axes = new_figure(len(names) + 1, size=(4.4, 3.4))
+    for ax, name in zip(axes, names):
+        part = profiles[name].sort_values("depth")
+        band(ax, part["depth"], part["mean"], part["std"])
+        mark_hub(ax, hubs[name], f"hub {hubs[name]:.2f}")
+        ax.set_title(name)
+    overlay = axes[-1]
+    for name in names:
+        part = profiles[name].sort_values("depth")
+        peak = float(np.nanmax(np.abs(part["mean"]))) or 1.0
+        band(overlay, part["depth"], part["mean"] / peak, part["std"] / peak, label=name)
+    overlay.set_title("both, each scaled to its peak")
+    overlay.legend(fontsize=8)
+    for ax in axes:
+        ax.set_xlabel("depth (layer / n_layers)")
+        ax.set_xlim(-0.02, 1.0)
+    for ax in axes[:-1]:
+        ax.set_ylabel(ylabel)
+    overlay.set_ylabel(f"{ylabel} / peak")
+    return fig

@@ -1,0 +1,170 @@
+"""Reading a sweep back from MLflow: its FINISHED trial runs as one tidy table, plus step-indexed curves.
+
+How this connects: `tracking.py` writes the record (one child run per grid point, params =
+axis values as text); this module is its reader for `report` and `compare`, and only reads,
+except `log_report`, which adds the report files to the sweep's newest parent run. Nothing
+is recomputed: every number a report shows comes from these runs.
+"""
+from __future__ import annotations
+
+import fnmatch
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+from mlflow.tracking import MlflowClient
+
+from interventions.registry import AtlasError
+from orchestrator.tracking import ROLE_CHILD, ROLE_PARENT, TAG, _RetryOnLock
+
+LAYER_COLUMNS = ("layer", "exit_layer")  # axes whose values are layer indices
+
+
+@dataclass
+class SweepRecord:
+    """One sweep as the report sees it."""
+
+    name: str
+    kind: str
+    model: str
+    n_layers: int
+    frame: pd.DataFrame  # one row per FINISHED grid point: run_id, axis columns (typed), metric columns
+    curves: pd.DataFrame  # long: run_id, key, step, value (step-indexed metrics such as norm_layer)
+    axes: list[str] = field(default_factory=list)  # axis columns of `frame` (params but model and kind)
+    parent_id: str | None = None  # the newest invocation's parent run
+    notes: list[str] = field(default_factory=list)  # what the reader had to decide (shown in the report)
+
+
+def parse_column(values: pd.Series) -> pd.Series:
+    """Param text back to values: a column of integers becomes int, of numbers float, anything else stays text.
+
+    JSON lists (skip sets) stay as their text, as the sweep's own table keeps them; a run
+    without the param (an axis only some points use) holds None, or NA in an int column.
+    """
+    present = values.dropna()
+    for cast, dtype in ((int, "Int64"), (float, "float64")):
+        try:
+            present.map(cast)
+        except (TypeError, ValueError):
+            continue
+        out = values.map(lambda v: None if v is None or (isinstance(v, float) and math.isnan(v)) else cast(v))
+        out = out.astype(dtype)
+        return out.astype("int64") if dtype == "Int64" and not out.isna().any() else out
+    return values.astype(object)
+
+
+def is_curve(key: str, patterns: tuple[str, ...]) -> bool:
+    return any(fnmatch.fnmatchcase(key, p) for p in patterns)
+
+
+def tidy(runs: list[dict], curve_keys: tuple[str, ...] = ()) -> tuple[pd.DataFrame, list[str]]:
+    """Runs as {run_id, start_time, params, metrics} -> one row per grid point, and notes.
+
+    A grid point logged twice (a spec whose items changed and ran again under the same axis
+    values) keeps its newest run; the count of superseded runs goes into the notes. Metrics
+    matching a pattern of `curve_keys` (fnmatch) are step-indexed: their latest value means
+    nothing, so they are dropped here.
+    """
+    notes: list[str] = []
+    if not runs:
+        return pd.DataFrame(columns=["run_id"]), notes
+    params = pd.DataFrame([r["params"] for r in runs])
+    axes = list(params.columns)
+    params = params.apply(parse_column)
+    metrics = pd.DataFrame([{k: v for k, v in r["metrics"].items() if not is_curve(k, curve_keys)} for r in runs])
+    frame = pd.concat([pd.DataFrame({"run_id": [r["run_id"] for r in runs],
+                                     "start_time": [r["start_time"] for r in runs]}), params, metrics], axis=1)
+    frame = frame.sort_values("start_time", kind="stable")
+    key = frame[axes].astype(str)
+    duplicated = key.duplicated(keep="last")
+    if duplicated.any():
+        notes.append(f"{int(duplicated.sum())} runs of grid points that ran again later were left out (newest kept)")
+    frame = frame[~duplicated].drop(columns="start_time").reset_index(drop=True)
+    return frame, notes
+
+
+def _client(uri: str) -> MlflowClient:
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise AtlasError(f"--tracking-uri: the store {uri} does not exist (no sweep has been run into it)")
+    return _RetryOnLock(MlflowClient(tracking_uri=uri))
+
+
+def _search(client, experiment_id: str, filter_string: str, order_by=None) -> list:
+    runs, token = [], None
+    while True:
+        page = client.search_runs([experiment_id], filter_string, max_results=10_000, page_token=token,
+                                  order_by=order_by)
+        runs += list(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def n_layers_of(model: str, frame: pd.DataFrame, notes: list[str]) -> int:
+    """The model's layer count from its config; if the config cannot be read here, the largest layer seen + 1."""
+    from interventions.models import describe
+
+    try:
+        return describe(model).n_layers
+    except (AtlasError, OSError, ValueError) as exc:
+        seen = [int(frame[c].max()) for c in LAYER_COLUMNS if c in frame and frame[c].notna().any()]
+        seen += [max(json.loads(s), default=-1) for s in frame.get("skip", pd.Series(dtype=object)).dropna()]
+        notes.append(f"n_layers of {model} taken as the largest layer in the sweep + 1 (config unreadable: "
+                     f"{str(exc).splitlines()[0][:120]})")
+        return max(seen, default=0) + 1
+
+
+def load_record(uri: str, name: str, argument: str = "SWEEP_NAME",
+                curves_for: Callable[[str], tuple[str, ...]] = lambda kind: ()) -> SweepRecord:
+    """Every FINISHED trial run of sweep `name` (never the parent, never FAILED or KILLED runs).
+
+    `curves_for(kind)` names the kind's step-indexed metrics (fnmatch patterns) to read as curves.
+    Bad input (no such store, sweep, or finished run) is an AtlasError that names `argument`.
+    """
+    client = _client(uri)
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None or experiment.lifecycle_stage == "deleted":
+        known = sorted(e.name for e in client.search_experiments() if e.name != "Default")
+        raise AtlasError(f"{argument}: no sweep named {name!r} in {uri} (sweeps there: {', '.join(known) or 'none'})")
+    found = _search(client, experiment.experiment_id,
+                    f"attributes.status = 'FINISHED' and tags.`{TAG}role` = '{ROLE_CHILD}'")
+    if not found:
+        raise AtlasError(f"{argument}: sweep {name!r} has no FINISHED trial runs in {uri}")
+    kinds = sorted({r.data.params.get("kind", "?") for r in found})
+    if len(kinds) != 1:
+        raise AtlasError(f"{argument}: sweep {name!r} mixes experiment kinds {kinds}; one report needs one kind")
+    keys = curves_for(kinds[0])
+    runs = [{"run_id": r.info.run_id, "start_time": r.info.start_time, "params": dict(r.data.params),
+             "metrics": dict(r.data.metrics)} for r in found]
+    frame, notes = tidy(runs, keys)
+    model = str(frame["model"].iloc[0])
+    if frame["model"].nunique() > 1:
+        notes.append(f"runs of several models ({', '.join(map(str, frame['model'].unique()))}); layers are {model}'s")
+    curves = _curves(client, found, keys, set(frame["run_id"]))
+    parents = _search(client, experiment.experiment_id, f"tags.`{TAG}role` = '{ROLE_PARENT}'",
+                      order_by=["attributes.start_time DESC"])
+    axes = [k for k in dict.fromkeys(k for r in runs for k in r["params"]) if k not in ("model", "kind")]
+    return SweepRecord(name, kinds[0], model, n_layers_of(model, frame, notes), frame, curves, axes,
+                       parents[0].info.run_id if parents else None, notes)
+
+
+def _curves(client, found: list, keys: tuple[str, ...], kept: set[str]) -> pd.DataFrame:
+    rows = []
+    for run in found:
+        if run.info.run_id not in kept:
+            continue
+        for key in run.data.metrics:
+            if is_curve(key, keys):
+                rows += [{"run_id": run.info.run_id, "key": key, "step": m.step, "value": m.value}
+                         for m in client.get_metric_history(run.info.run_id, key)]
+    return pd.DataFrame(rows, columns=["run_id", "key", "step", "value"])
+
+
+def log_report(uri: str, parent_id: str, paths: list[Path], folder: str = "report") -> None:
+    """The report's files as artifacts of the sweep's newest parent run (under `report/`)."""
+    client = _client(uri)
+    for path in paths:
+        client.log_artifact(parent_id, str(path), artifact_path=folder)

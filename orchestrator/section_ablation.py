@@ -1,0 +1,160 @@
+"""The ablation report: effect by layer per component / method with the hub, per-family small multiples, Spearman.
+
+The effect and the hub are atlas.py's (KL, recovery for clean_to_corrupt; per seed the layer
+with the largest family-mean effect; cross-seed mode). Cards: the hub of every (component,
+method); the runner-up layers of the main profile (DESIGN's hub: `layer` / `mean`, else the
+first); families whose own hub differs; and, with several methods, whether they rank layers alike.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from orchestrator.atlas import EFFECT, HUB_COMPONENT, HUB_METHOD, METRIC, layer_profiles, rank_stability, spearman, \
+    top_layers
+from orchestrator.claims import ClaimCard, Evidence, card, fmt
+from orchestrator.figures import layer_profiles as profile_figure
+from orchestrator.figures import matrix
+from orchestrator.record import SweepRecord
+from orchestrator.sections import Profile, Section, Shown, location_evidence, over_seeds, peak, peak_card, section
+
+
+def _label(method: str) -> str:
+    return "recovery (family mean)" if method in EFFECT else "KL (family mean)"
+
+
+def _main(profiles: pd.DataFrame) -> tuple[str, str]:
+    pairs = list(dict.fromkeys(zip(profiles["component"], profiles["method"])))
+    return (HUB_COMPONENT, HUB_METHOD) if (HUB_COMPONENT, HUB_METHOD) in pairs else pairs[0]
+
+
+def ablation_profile(record: SweepRecord) -> Profile:
+    profiles = layer_profiles(record.frame)
+    component, method = _main(profiles)
+    main = profiles[(profiles["component"] == component) & (profiles["method"] == method)]
+    return Profile(main[["seed", "layer", METRIC]], f"{component}/{method}: {_label(method)}", peak(main)[2],
+                   "the hub")
+
+
+@section("ablation", profile=ablation_profile)
+def ablation_section(record: SweepRecord) -> Section:
+    profiles = layer_profiles(record.frame)
+    if profiles.empty:
+        return Section("Ablation", notes=["only head trials: no layer profile to draw"])
+    profiles = profiles.assign(panel=profiles["component"] + " / " + profiles["method"])
+    stats = over_seeds(profiles, ["panel", "layer"], METRIC)
+    stats["panel"] = pd.Categorical(stats["panel"], list(dict.fromkeys(profiles["panel"])), ordered=True)
+    stats = stats.sort_values(["panel", "layer"])
+    stats["panel"] = stats["panel"].astype(str)
+    hubs = {name: peak(part)[0] for name, part in profiles.groupby("panel", sort=False)}
+    labels = {name: _label(name.split(" / ")[1]) for name in hubs}
+    seeds = profiles["seed"].nunique()
+    result = Section("Ablation", [Shown(
+        "ablation_profiles", "Ablation effect by layer per component / method",
+        f"Line: mean over {seeds} seeds of the family-mean effect (KL; recovery for clean_to_corrupt); band: ± the "
+        "cross-seed std (ddof=1); dashed: the hub (cross-seed mode of the per-seed peak layer).",
+        profile_figure(stats, hubs, labels))])
+    for (component, method), part in profiles.groupby(["component", "method"], sort=False):
+        result.cards.append(peak_card(
+            part, record.n_layers, f"{component}/{method}: L{{layer}} is the hub ({{depth}} depth), the largest "
+            f"family-mean {_label(method).split(' ')[0]} of any layer, {{mean}} ± {{std}}; peak layer per seed: "
+            "{seeds}.", "ablation_profiles", _label(method), caveats=_hub_caveats(record, component, method)))
+    component, method = _main(profiles)
+    main = profiles[(profiles["component"] == component) & (profiles["method"] == method)]
+    result.cards += _runner_up_cards(main, record.n_layers, f"{component}/{method}", _label(method))
+    result.figures.append(_family_figure(record, component, method, result))
+    result.figures += _spearman(profiles, result)
+    return result
+
+
+def _runner_up_cards(main: pd.DataFrame, n_layers: int, what: str, metric: str) -> list[ClaimCard]:
+    hub = peak(main)[0]
+    cards = []
+    for layer in [x for x in top_layers(main, 3) if x != hub][:2]:
+        ev = location_evidence(main, layer, top=3)
+        values = pd.Series(ev.values)
+        cards.append(card(
+            f"{what}: L{layer} ({layer / n_layers:.0%} depth) is among the three strongest layers: {metric.split(' ')[0]} "
+            f"{fmt(values.mean())} ± {fmt(values.std(ddof=1), 2)} (top 3 in {ev.n_agree} of {ev.n} seeds).",
+            "ablation_profiles", metric, ev, "the median layer of the same profile, per seed", layer=layer))
+    return cards
+
+
+def _family_figure(record: SweepRecord, component: str, method: str, result: Section) -> Shown:
+    """Per-family small multiples of the main profile, each family's hub marked; families whose hub differs get cards."""
+    frame = record.frame
+    rows = frame[(frame["component"] == component) & (frame["method"] == method)]
+    per_family = pd.concat([layer_profiles(part).assign(panel=family)
+                            for family, part in rows.groupby("family", sort=True)], ignore_index=True)
+    stats = over_seeds(per_family, ["panel", "layer"], METRIC)
+    hubs = {family: peak(part)[0] for family, part in per_family.groupby("panel")}
+    overall = peak(layer_profiles(rows))[0]
+    for family, part in per_family.groupby("panel"):
+        if hubs[family] != overall:
+            result.cards.append(_family_card(part, family, hubs[family], overall, record.n_layers, method))
+    return Shown("ablation_families", f"{component}/{method} by family",
+                 f"One panel per task family: mean ± std over seeds of {_label(method).split(' ')[0]} by layer, the "
+                 "family's own hub dashed (one y scale for all panels).",
+                 profile_figure(stats, hubs, _label(method).split(" (")[0], cols=4, sharey=True))
+
+
+def _family_card(part: pd.DataFrame, family: str, hub: int, overall: int, n_layers: int, method: str) -> ClaimCard:
+    pivot = part.pivot(index="seed", columns="layer", values=METRIC)
+    own = location_evidence(part, hub)
+    ev = Evidence(own.values, own.agree, {int(s): float(v) for s, v in pivot[overall].items()}, 1)
+    values = pd.Series(ev.values)
+    return card(f"In {family} the hub is L{hub} ({hub / n_layers:.0%} depth), not the overall hub L{overall}: "
+                f"{_label(method).split(' ')[0]} {fmt(values.mean())} ± {fmt(values.std(ddof=1), 2)} at L{hub} (the family's "
+                f"own peak in {ev.n_agree} of {ev.n} seeds).", "ablation_families", _label(method), ev,
+                f"the same family at the overall hub L{overall}, per seed", layer=hub)
+
+
+def _spearman(profiles: pd.DataFrame, result: Section) -> list[Shown]:
+    shown = []
+    for component, part in profiles.groupby("component", sort=False):
+        methods = list(dict.fromkeys(part["method"]))
+        if len(methods) < 2:
+            continue
+        table = rank_stability(part)
+        values = pd.DataFrame(1.0, index=methods, columns=methods)
+        for _, r in table.iterrows():
+            values.loc[r["method_a"], r["method_b"]] = values.loc[r["method_b"], r["method_a"]] = r["spearman"]
+        fig_id = f"spearman_{component}"
+        shown.append(Shown(fig_id, f"{component}: rank agreement between methods",
+                           "Spearman correlation of the layers ranked by mean effect (over families and seeds).",
+                           matrix(values, f"{component}: Spearman of layer rankings", "Spearman ρ")))
+        result.cards.append(_rank_card(part, component, table, fig_id))
+    return shown
+
+
+def _rank_card(part: pd.DataFrame, component: str, table: pd.DataFrame, fig_id: str) -> ClaimCard:
+    """Per seed: the median over method pairs of the Spearman correlation of that seed's layer profiles."""
+    by = {m: rows.pivot(index="layer", columns="seed", values=METRIC) for m, rows in part.groupby("method")}
+    seeds = sorted(set(part["seed"]))
+    median = {}
+    for seed in seeds:
+        rhos = [spearman(by[a][seed], by[b][seed]) for a, b in zip(table["method_a"], table["method_b"])
+                if seed in by[a] and seed in by[b]]
+        rhos = [r for r in rhos if not pd.isna(r)]
+        if rhos:
+            median[int(seed)] = float(np.median(rhos))
+    sign = 1 if sum(median.values()) >= 0 else -1
+    ev = Evidence(median, {s: sign * v > 0 for s, v in median.items()}, None, sign)
+    pooled = table["spearman"].dropna()
+    return card(f"{component}: the {len(by)} methods rank layers {'alike' if sign > 0 else 'in opposite orders'}: "
+                f"median pairwise Spearman ρ {np.median(pooled):.2f} (range {pooled.min():.2f} to {pooled.max():.2f}) "
+                f"on seed-mean profiles; the top-3 layers agree in {int(table['top3_agree'].sum())} of {len(table)} "
+                "pairs.", fig_id, "median pairwise Spearman ρ per seed", ev,
+                caveats=["no control for a rank correlation: at best B"])
+
+
+def _hub_caveats(record: SweepRecord, component: str, method: str) -> list[str]:
+    frame = record.frame
+    rows = frame[(frame["component"] == component) & (frame["method"] == method)]
+    notes = [f"{rows['family'].nunique()} families, {rows['layer'].nunique()} of {record.n_layers} layers swept"]
+    if "accuracy_clean" in rows:
+        weak = rows.groupby("family")["accuracy_clean"].mean()
+        weak = weak[weak < 0.5]
+        if len(weak):
+            notes.append("clean accuracy below 50% in " + ", ".join(f"{f} ({v:.0%})" for f, v in weak.items()))
+    return notes

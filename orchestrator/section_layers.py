@@ -1,0 +1,122 @@
+"""Skip and early-exit reports: KL and top-1 / top-5 agreement with the full model by layer, and their cards.
+
+Skip: single-layer skip sets become a curve by layer; larger sets are bars. Cards: the most
+and the least harmful single-layer skip (by family-mean KL; control: the median single-layer
+skip of the same seed). Early exit (logit lens): the best exit before the last layer (by
+top-1 agreement; control: the median exit layer before the last) and the layer where top-5
+overlap jumps most (the last layer left out: its logit lens is the full model).
+"""
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+
+from orchestrator.atlas import METRIC
+from orchestrator.figures import agreement_curves, set_bars
+from orchestrator.record import SweepRecord
+from orchestrator.sections import Profile, Section, Shown, as_profile, long_stats, peak, peak_card, section, seed_means
+
+METRICS = ["kl", "top1_agreement", "top5_overlap"]
+
+
+def _seed_table(frame: pd.DataFrame, by: str) -> pd.DataFrame:
+    parts = [seed_means(frame, [by], m) for m in METRICS if m in frame]
+    table = parts[0]
+    for part in parts[1:]:
+        table = table.merge(part, on=["seed", by], how="outer")
+    return table
+
+
+def _single(record: SweepRecord) -> tuple[pd.DataFrame, pd.DataFrame]:
+    sets = record.frame["skip"].map(json.loads)
+    single = record.frame[sets.map(len) == 1].assign(layer=sets[sets.map(len) == 1].map(lambda s: s[0]))
+    return single, record.frame[sets.map(len) != 1]
+
+
+def skip_profile(record: SweepRecord) -> Profile:
+    single, _ = _single(record)
+    profile = as_profile(seed_means(single, ["layer"], "kl"), "layer", "kl")
+    return Profile(profile, "KL of skipping the layer", peak(profile)[2], "the most harmful skip")
+
+
+@section("skip", profile=skip_profile)
+def skip_section(record: SweepRecord) -> Section:
+    single, others = _single(record)
+    result = Section("Layer skipping")
+    if len(single):
+        per_seed = _seed_table(single, "layer")
+        profile = as_profile(per_seed, "layer", "kl")
+        worst = peak(profile)[0]
+        result.figures.append(Shown(
+            "skip_curves", "Skipping one layer: KL and agreement with the full model",
+            f"Mean over {per_seed['seed'].nunique()} seeds of the family-mean metric when only that layer is skipped; "
+            "band: ± cross-seed std; dashed: the skip that hurts most.",
+            agreement_curves(long_stats(per_seed, ["layer"], METRICS), "layer", "skipped layer", worst,
+                             f"worst L{worst}")))
+        result.cards.append(peak_card(
+            profile, record.n_layers, "Skipping L{layer} ({depth} depth) hurts most of the single-layer skips: "
+            "KL {mean} ± {std}; worst skip per seed: {seeds}.", "skip_curves", "KL (family mean)",
+            caveats=[_overlap_note(per_seed, worst)]))
+        best = peak(profile, largest=False)[0]
+        result.cards.append(peak_card(
+            profile, record.n_layers, "Skipping L{layer} ({depth} depth) hurts least of the single-layer skips: "
+            "KL {mean} ± {std}; mildest skip per seed: {seeds}.", "skip_curves", "KL (family mean)", largest=False,
+            caveats=[_overlap_note(per_seed, best)]))
+    if len(others):
+        per_set = _seed_table(others, "skip")
+        stats = long_stats(per_set, ["skip"], ["kl", "top5_overlap"])
+        result.figures.append(Shown("skip_sets", "Skipping sets of layers",
+                                    "Bars: mean over seeds of the family-mean metric; error bars: cross-seed std.",
+                                    set_bars(stats, "skip")))
+    return result
+
+
+def _overlap_note(per_seed: pd.DataFrame, layer: int) -> str:
+    rows = per_seed[per_seed["layer"] == layer]
+    return (f"top-1 agreement {rows['top1_agreement'].mean():.2f}, top-5 overlap {rows['top5_overlap'].mean():.2f} "
+            f"with the full model there (mean over seeds)")
+
+
+def early_exit_profile(record: SweepRecord) -> Profile:
+    per_seed = seed_means(record.frame, ["exit_layer"], "top1_agreement")
+    profile = as_profile(per_seed, "exit_layer", "top1_agreement")
+    before_last = profile[profile["layer"] < record.n_layers - 1]
+    return Profile(profile, "top-1 agreement with the full model", peak(before_last)[2],
+                   "the best early exit")
+
+
+@section("early_exit", profile=early_exit_profile)
+def early_exit_section(record: SweepRecord) -> Section:
+    per_seed = _seed_table(record.frame, "exit_layer")
+    profile = as_profile(per_seed, "exit_layer", "top1_agreement")
+    before_last = profile[profile["layer"] < record.n_layers - 1]
+    result = Section("Early exit (logit lens)")
+    best = peak(before_last)[0] if len(before_last) else None
+    result.figures.append(Shown(
+        "early_exit_curves", "Early exit: KL and agreement with the full model by exit layer",
+        f"Logit lens (final norm and unembedding on resid_post[L]); mean over {per_seed['seed'].nunique()} seeds of "
+        "the family-mean metric, band ± cross-seed std; dashed: the best exit before the last layer.",
+        agreement_curves(long_stats(per_seed.rename(columns={"exit_layer": "layer"}), ["layer"], METRICS), "layer",
+                         "exit layer", best, f"best early exit L{best}" if best is not None else "")))
+    if best is None:
+        result.notes.append("no exit layer before the last in this sweep: no early-exit card")
+        return result
+    rows = per_seed[per_seed["exit_layer"] == best]
+    caveats = [f"KL {rows['kl'].mean():.2f}, top-5 overlap {rows['top5_overlap'].mean():.2f} there (mean over seeds)"]
+    if rows["top1_agreement"].mean() < 0.5:
+        caveats.append("below 0.5: no exit before the last layer agrees with the full model on most items")
+    result.cards.append(peak_card(
+        before_last, record.n_layers, "The best early exit is L{layer} ({depth} depth): top-1 agreement with the full "
+        "model {mean} ± {std}; best exit per seed: {seeds}.", "early_exit_curves", "top-1 agreement (family mean)",
+        caveats=caveats))
+    if "top5_overlap" in per_seed:
+        top5 = as_profile(per_seed, "exit_layer", "top5_overlap").sort_values(["seed", "layer"])
+        jumps = top5.assign(**{METRIC: top5.groupby("seed")[METRIC].diff()}).dropna()
+        jumps = jumps[jumps["layer"] < record.n_layers - 1]  # the last layer is the full model by construction
+        if len(jumps):
+            result.cards.append(peak_card(
+                jumps, record.n_layers, "Top-5 overlap with the full model jumps most at L{layer} ({depth} depth): "
+                "+{mean} ± {std} over the layer before; largest jump per seed: {seeds}.", "early_exit_curves",
+                "top-5 overlap gain over the previous exit layer"))
+    return result

@@ -1,0 +1,139 @@
+"""Report sections: the SECTIONS registry (experiment kind -> figures and claim cards) and the tables they share.
+
+A section builder takes a `SweepRecord` (the sweep's FINISHED runs as a tidy table) and
+returns a `Section`; adding a kind's report is one `@section("kind")` entry in a
+`section_<topic>.py` module (imported at the bottom of this file, so the registry is full).
+Cross-seed numbers follow DESIGN §8: per seed, a metric is first averaged over the task
+families; mean, std (ddof=1) and n are then taken over seeds.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import pandas as pd
+from matplotlib.figure import Figure
+
+from interventions.registry import Registry
+from orchestrator.aggregate import aggregate
+from orchestrator.atlas import METRIC, hub_of, mode_and_std
+from orchestrator.claims import ClaimCard, Evidence, card, fmt
+from orchestrator.record import SweepRecord
+
+
+@dataclass
+class Shown:
+    """A figure in a report: `id` is what claim cards point at, and the PNG's file name."""
+
+    id: str
+    title: str
+    caption: str
+    figure: Figure
+
+
+@dataclass
+class Section:
+    title: str
+    figures: list[Shown] = field(default_factory=list)
+    cards: list[ClaimCard] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Profile:
+    """One number per (seed, layer) for `compare`: columns seed, layer, effect; `hubs`: seed -> the marked layer."""
+
+    frame: pd.DataFrame
+    label: str  # what `effect` is, as an axis label
+    hubs: pd.Series
+    marker: str  # what the marked layer is, as a noun phrase ("the hub"); `hubs` holds it per seed
+
+
+@dataclass(frozen=True)
+class SectionKind:
+    build: Callable[[SweepRecord], Section]
+    curves: tuple[str, ...] = ()  # step-indexed metrics to read (fnmatch patterns), see record.load_record
+    profile: Callable[[SweepRecord], Profile] | None = None  # the layer profile `compare` puts on a depth axis
+
+
+SECTIONS: Registry[SectionKind] = Registry("report section")
+
+
+def section(kind: str, curves: tuple[str, ...] = (), profile: Callable[[SweepRecord], Profile] | None = None):
+    """Register `build(record) -> Section` as the report of experiment kind `kind`."""
+
+    def add(build: Callable[[SweepRecord], Section]) -> Callable[[SweepRecord], Section]:
+        SECTIONS.register(kind)(SectionKind(build, curves, profile))
+        return build
+
+    return add
+
+
+def seed_means(frame: pd.DataFrame, by: list[str], metric: str) -> pd.DataFrame:
+    """Per seed and point of `by`: `metric` averaged over families (runs without the metric left out)."""
+    rows = frame.dropna(subset=[metric])
+    return rows.groupby(["seed", *by], as_index=False, sort=True)[metric].mean()
+
+
+def over_seeds(per_seed: pd.DataFrame, by: list[str], metric: str) -> pd.DataFrame:
+    """Columns *by, mean, std (ddof=1), n over seeds, in `by` order (aggregate.py's statistics)."""
+    table = aggregate(per_seed.to_dict("records"), by, [metric], metric)
+    table = table.rename(columns={f"{metric}_{s}": s for s in ("mean", "std", "n")})
+    return table[[*by, "mean", "std", "n"]].sort_values(by).reset_index(drop=True)
+
+
+def long_stats(per_seed: pd.DataFrame, by: list[str], metrics: list[str]) -> pd.DataFrame:
+    """over_seeds for several metrics stacked: columns *by, metric, mean, std, n."""
+    parts = [over_seeds(per_seed.dropna(subset=[m]), by, m).assign(metric=m) for m in metrics if m in per_seed]
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=[*by, "metric", "mean", "std", "n"])
+
+
+def as_profile(per_seed: pd.DataFrame, layer: str, metric: str) -> pd.DataFrame:
+    """seed, layer, effect: the shape atlas.py's hub functions read."""
+    return per_seed.rename(columns={layer: "layer", metric: METRIC})[["seed", "layer", METRIC]]
+
+
+def location_evidence(profile: pd.DataFrame, layer: int, top: int = 1, largest: bool = True) -> Evidence:
+    """Per seed: the effect at `layer`; the seed agrees if `layer` is its peak (top=1) or among its `top` layers.
+
+    The control is the seed's median layer: a claim that a layer stands out must beat the typical layer.
+    """
+    pivot = profile.pivot(index="seed", columns="layer", values=METRIC)
+    values = pivot[layer].dropna()
+    if top == 1:
+        best = hub_of(profile if largest else profile.assign(**{METRIC: -profile[METRIC]}))
+        agree = {s: int(best[s]) == layer for s in values.index}
+    else:
+        ranks = pivot.rank(axis=1, ascending=not largest, method="min")
+        agree = {s: bool(ranks.loc[s, layer] <= top) for s in values.index}
+    control = pivot.median(axis=1).loc[values.index]
+    return Evidence({int(s): float(v) for s, v in values.items()}, {int(s): a for s, a in agree.items()},
+                    {int(s): float(v) for s, v in control.items()}, 1 if largest else -1)
+
+
+def peak(profile: pd.DataFrame, largest: bool = True) -> tuple[int, float, pd.Series]:
+    """The cross-seed mode of the per-seed peak layer, its std, and the per-seed peaks."""
+    hubs = hub_of(profile if largest else profile.assign(**{METRIC: -profile[METRIC]}))
+    mode, std = mode_and_std(hubs)
+    return mode, std, hubs
+
+
+def peak_card(profile: pd.DataFrame, n_layers: int, claim: str, figure: str, metric: str, largest: bool = True,
+              caveats=()) -> ClaimCard:
+    """A card for 'layer L stands out': L is the mode of the per-seed peaks; `claim` may use {layer}, {depth},
+    {mean}, {std}, {k}, {n}, {layer_std} and {seeds} (the per-seed peaks)."""
+    mode, std, hubs = peak(profile, largest)
+    ev = location_evidence(profile, mode, 1, largest)
+    values = list(ev.values.values())
+    mean = sum(values) / len(values)
+    sd = pd.Series(values).std(ddof=1) if len(values) > 1 else float("nan")
+    text = claim.format(layer=mode, depth=f"{mode / n_layers:.0%}", mean=fmt(mean), std=fmt(sd, 2), k=ev.n_agree,
+                        n=ev.n, layer_std=fmt(std, 2), seeds=", ".join(f"L{int(h)}" for h in hubs))
+    return card(text, figure, metric, ev, "the median layer of the same profile, per seed", caveats,
+                layer=mode, depth=mode / n_layers, layer_std=std)
+
+
+# The entries: imported last, since each module registers into SECTIONS above.
+from orchestrator import section_ablation, section_adapters, section_layers, section_steering  # noqa: E402
+
+ENTRY_MODULES = (section_ablation, section_adapters, section_layers, section_steering)
