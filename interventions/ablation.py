@@ -12,7 +12,7 @@ import torch
 from pydantic import BeforeValidator, Field
 from torch import Tensor
 
-from interventions.components import (COMPONENTS, Site, at_site, batch_of, capture_all, corrupt_run,
+from interventions.components import (COMPONENTS, Site, at_site, batch_of, corrupt_run, masked_means,
                                       patched_logits, values)
 from interventions.context import FamilyRun, TrialContext, seeded_generator
 from interventions.forward import Batch
@@ -57,13 +57,9 @@ def zero(run: FamilyRun, site: Site, base: Tensor, seed: int) -> Tensor:
 def train_mean(run: FamilyRun, component: str) -> dict[int, Tensor]:
     """Per layer: the component's mean over every (non-padding) position of the train prompts.
 
-    Only the means are kept: the captured train values stay in memory only if `resample` needs them.
+    One train forward gives every component's means (summed in the hooks: no activations kept).
     """
-    def compute():
-        mask = batch_of(run, "train").mask.bool()
-        acts = run.memo_get(("acts", "train", component)) or capture_all(run, "train", component)
-        return {layer: x[mask].double().mean(0).float() for layer, x in acts.items()}
-    return run.memo(("mean", component), compute)
+    return run.memo(("means", "train"), lambda: masked_means(run, "train"))[component]
 
 
 @method("mean")

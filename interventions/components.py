@@ -14,7 +14,7 @@ from torch import Tensor
 from interventions.architectures import part
 from interventions.context import FamilyRun
 from interventions.forward import Batch, clean_run, position_ids, run_from
-from interventions.hooks import capture, replace
+from interventions.hooks import capture, observe, replace
 from interventions.registry import AtlasError
 
 COMPONENTS = ("layer", "attn", "mlp", "head", "resid")
@@ -75,6 +75,34 @@ def capture_all(run: FamilyRun, which: str, component: str) -> dict[int, Tensor]
     if component == "head":
         return {i: x.unflatten(-1, (n_heads(model), -1)) for i, x in ins.items()}  # (batch, pos, heads, head_dim)
     return dict(outs)
+
+
+@torch.no_grad()
+def masked_means(run: FamilyRun, which: str) -> dict[str, dict[int, Tensor]]:
+    """Every component's mean over the real (non-padding) positions of a batch, at every layer: one forward,
+    sums taken inside the hooks, so no activations are kept."""
+    model, batch = run.model, batch_of(run, which)
+    mask = batch.mask.bool()
+    sums: dict[str, dict[int, Tensor]] = {c: {} for c in COMPONENTS}
+
+    def add(component: str, layer: int, x: Tensor) -> None:
+        sums[component][layer] = x[mask].double().sum(0)
+
+    def block(i, x_in, x_out):
+        add("layer", i, x_out - x_in)
+        add("resid", i, x_out)
+
+    def attn(i, x_in, x_out):
+        add("attn", i, x_out)
+        add("head", i, x_in.unflatten(-1, (n_heads(model), -1)))
+
+    blocks = dict(enumerate(_blocks(model)))
+    with observe(blocks, block), observe({i: part(b, model.arch.attn_out) for i, b in blocks.items()}, attn), \
+            observe({i: part(b, model.arch.mlp) for i, b in blocks.items()}, lambda i, _x, out: add("mlp", i, out)):
+        model.module(input_ids=batch.ids, attention_mask=batch.mask, position_ids=position_ids(batch.mask),
+                     use_cache=False, logits_to_keep=1)
+    n = int(mask.sum())
+    return {c: {i: (s / n).float() for i, s in layers.items()} for c, layers in sums.items()}
 
 
 def values(run: FamilyRun, which: str, component: str) -> dict[int, Tensor]:

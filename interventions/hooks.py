@@ -41,6 +41,17 @@ def capture(modules: dict[int, nn.Module], inputs: bool = False) -> Iterator[dic
 
 
 @contextmanager
+def observe(modules: dict[int, nn.Module], fn: Callable[[int, Tensor, Tensor], None]) -> Iterator[None]:
+    """While the block runs, call fn(key, first input, output tensor) after each module (reductions that keep
+    no activations)."""
+    handles = [m.register_forward_hook(
+        lambda _m, args, kwargs, out, key=key: fn(key, _first_input(args, kwargs), _output_tensor(out)),
+        with_kwargs=True) for key, m in modules.items()]
+    with _removed_after(handles):
+        yield
+
+
+@contextmanager
 def replace(module: nn.Module, fn: Callable[[Tensor], Tensor], inputs: bool = False) -> Iterator[None]:
     """While the block runs, `module`'s output tensor (or, with inputs=True, its first input) becomes fn(tensor)."""
     if inputs:
