@@ -163,19 +163,19 @@ def check_same(points, ours_metrics, nn_metrics, nn_logits, run: FamilyRun, seed
 
 
 @torch.no_grad()
-def forward_costs(model, split, repeats: int = 3) -> dict[str, float]:
-    """Median seconds of one plain full forward over the eval prompts, unembedding every / the last position."""
+def forward_costs(model, split, repeats: int = 5) -> dict[str, float]:
+    """Median seconds of one plain full forward over the eval prompts, unembedding every / the last position
+    (alternated, so that both see the same load)."""
     ev = encode(model.tokenizer, [i.prompt for i in split.eval])
     kw = {"input_ids": ev.ids, "attention_mask": ev.mask, "position_ids": position_ids(ev.mask)}
-    out = {}
-    for name, extra in (("all", {}), ("last", {"use_cache": False, "logits_to_keep": 1})):
-        times = []
-        for _ in range(repeats):
+    variants = {"all": {}, "last": {"use_cache": False, "logits_to_keep": 1}}
+    times = {name: [] for name in variants}
+    for _ in range(repeats):
+        for name, extra in variants.items():
             start = time.perf_counter()
             model.module(**kw, **extra)
-            times.append(time.perf_counter() - start)
-        out[name] = statistics.median(times)
-    return out
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def main() -> None:
@@ -250,7 +250,7 @@ def main() -> None:
     paired = ", ".join(f"{b / a:.2f}" for a, b in zip(times[ours_name], times[nn_name]))
     print(f"ratio nnsight / ours: {t_nn / t_ours:.2f}x (the same repetition's pair: {paired})")
     saved = 1 - costs["last"] / costs["all"]
-    print("where the time goes, ms per grid point (plain forwards over the eval prompts: median of 3):")
+    print("where the time goes, ms per grid point (plain forwards over the eval prompts: median of 5):")
     for label, seconds in (("full forward, logits at every position (what a trace runs)", costs["all"]),
                            (f"full forward, last-position logits only (saves {saved:.0%})", costs["last"]),
                            ("nnsight, its setup (clean + train traces) and tracing included", t_nn / n),

@@ -35,7 +35,7 @@ def one(sweep, gpu: float) -> tuple[float, int, int]:
         outcome = run_sweep(sweep, tracking_uri=uri, top=0, out_dir=Path(tmp))
         wall = time.perf_counter() - start
         client = MlflowClient(uri)
-        runs = client.search_runs([outcome.experiment_id], "tags.`orchestrator.role` = 'trial'", max_results=100_000)
+        runs = client.search_runs([outcome.experiment_id], "tags.`orchestrator.role` = 'trial'", max_results=50_000)
         actors = Counter(r.data.tags["orchestrator.worker"] for r in runs)
     assert outcome.logged == outcome.n_points and not outcome.failed, outcome
     return wall, outcome.n_points, len(actors)

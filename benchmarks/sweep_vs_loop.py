@@ -11,10 +11,10 @@ loading the model, MLflow store) in three settings:
   reuse      execution {pack: 1}: each trial runs only the layers above L, from the cached residual
   packed     the spec's execution (default pack 32): a layer's strengths x vector types in one forward
 
-and, without Ray or MLflow, the orchestrator's own trial functions called in a loop (`in-process`),
-which separates the scheduling and logging cost from the forward passes.
+and, without Ray or MLflow, the orchestrator's own packed trial functions called in a loop
+(`in-process`), which separates the scheduling and logging cost from the forward passes.
 
-    python benchmarks/sweep_vs_loop.py sweeps/steering_migration.yaml --seeds 1 --families 2 --repeats 3
+    python benchmarks/sweep_vs_loop.py sweeps/steering_migration.yaml --seeds 1 --families 2 --layers 2,14,26
 """
 from __future__ import annotations
 
@@ -112,6 +112,7 @@ def timed(fn, repeats: int) -> float:
         start = time.perf_counter()
         fn()
         walls.append(time.perf_counter() - start)
+    print(f"BENCH walls: {', '.join(f'{w:.1f}' for w in walls)} s", flush=True)
     return statistics.median(walls)
 
 
@@ -134,8 +135,8 @@ def main() -> None:
         "sweep reuse  (pack 1, prefix reuse)": timed(lambda: through_sweep(reuse, points), args.repeats),
         f"sweep packed (pack {sweep.pack_size}, prefix reuse)": timed(lambda: through_sweep(sweep, points),
                                                                      args.repeats),
-        "in-process naive trial functions": timed(lambda: in_process(naive, points), args.repeats),
-        "in-process packed trial functions": timed(lambda: in_process(sweep, points), args.repeats),
+        "in-process packed trial functions (no Ray, no MLflow)": timed(lambda: in_process(sweep, points),
+                                                                        args.repeats),
     }
     loop = walls["plain PyTorch loop (hooked full forward per trial)"]
     print(f"\n{len(points)} trials of {sweep.spec.name} on {sweep.spec.model} (n_eval {sweep.spec.n_eval}), "

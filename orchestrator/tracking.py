@@ -1,6 +1,6 @@
 """MLflow record (DESIGN §7): store, experiment, parent run, one FINISHED child run per trial_id, the UI.
 
-The only module that imports mlflow. Only the driver writes; the store doubles as the
+With record.py (which reads a sweep back for reports), the only module that imports mlflow. Only the driver writes; the store doubles as the
 resume ledger: a grid point whose trial_id already has a FINISHED run is not run again.
 """
 from __future__ import annotations
