@@ -82,6 +82,7 @@ class RecordTrials(tune.Callback):
                  progress: TrialProgress):
         self.tracker, self.parent_id, self.points, self.outcome = tracker, parent_id, points, outcome
         self.progress, self.done = progress, set()
+        self.early: list[str] = []  # trial_ids Tune gave up on before their retries were spent
         self.queue: queue.Queue = queue.Queue()
         self.writer = threading.Thread(target=self._write, name="mlflow-writer", daemon=True)
         self.writer.start()
@@ -117,10 +118,18 @@ class RecordTrials(tune.Callback):
                                     f"retry {trial.num_failures} of {self.tracker.sweep.spec.max_failures}")
 
     def on_trial_error(self, iteration, trials, trial, **info):
+        ids = [entry["trial_id"] for entry in trial.config["pack"]]
+        if trial.num_failures <= self.tracker.sweep.spec.max_failures:
+            # Tune gives up on a trial that fails while PENDING (restarted onto an actor that is dead too),
+            # before its retries are spent: run_sweep runs these points again on fresh actors.
+            self.progress.console.print(f"{_pack_name(trial)}: failed while restarting ({_last_error(trial)}); "
+                                        "it runs again on fresh actors")
+            self.early.extend(ids)
+            return
         self.progress.console.print(f"{_pack_name(trial)}: failed {trial.num_failures} times, giving up "
                                     f"({_last_error(trial)})")
-        for entry in trial.config["pack"]:
-            self.outcome.failed.append(entry["trial_id"])
+        self.outcome.failed.extend(ids)
+        for _ in ids:
             self.progress.advance()
 
 
@@ -131,9 +140,9 @@ def _pack_name(trial) -> str:
 
 def _last_error(trial) -> str:
     """The last line of the error Tune recorded for the trial (the exception, or the actor's death)."""
-    try:
-        text = str(trial.get_error() or "")
-    except Exception:  # noqa: BLE001  (a missing error file must not stop the sweep)
+    try:  # the driver-side copy: Tune writes it before the callbacks run, and syncs it to storage later
+        text = Path(trial.error_file).read_text() if trial.error_file else ""
+    except OSError:  # a missing error file must not stop the sweep
         text = ""
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     return lines[-1][:300] if lines else "no error recorded"
@@ -150,7 +159,7 @@ def _check_resources(sweep: Sweep) -> None:
                          f"{have.get('CPU', 0):g}")
 
 
-def _tune(sweep: Sweep, todo: list[Point], recorder: RecordTrials, storage: str) -> None:
+def _tune(sweep: Sweep, todo: list[Point], recorder: RecordTrials, storage: str, round_: int = 0) -> None:
     """One Ray Tune trial per pack of grid points; reused actors keep the model and baselines."""
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's own console report off: we draw the progress bar
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # no per-trial CSV/JSON/TensorBoard files
@@ -170,7 +179,7 @@ def _tune(sweep: Sweep, todo: list[Point], recorder: RecordTrials, storage: str)
             trial_dirname_creator=lambda t: t.config["pack"][0]["trial_id"],
         ),
         run_config=tune.RunConfig(
-            name=spec.name, storage_path=storage, callbacks=[recorder], verbose=0,
+            name=f"{spec.name}-{round_}", storage_path=storage, callbacks=[recorder], verbose=0,
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
         ),
     )
@@ -209,6 +218,13 @@ def run_sweep(sweep: Sweep, *, tracking_uri: str | None = None, address: str | N
                     recorder = RecordTrials(tracker, parent, {p.trial_id: p for p in todo}, outcome, progress)
                     try:
                         _tune(sweep, todo, recorder, storage)
+                        for round_ in range(1, sweep.spec.max_failures + 1):  # at most max_failures more rounds
+                            again = [p for p in todo if p.trial_id in set(recorder.early)]
+                            if not again:
+                                break
+                            recorder.early.clear()
+                            _tune(sweep, again, recorder, storage, round_)
+                        outcome.failed.extend(recorder.early)
                     finally:
                         recorder.close()
             outcome.interrupted = outcome.logged + len(outcome.failed) < len(todo)

@@ -120,10 +120,10 @@ def smoke_points():
 def worker_killed(tmp_path_factory):
     """smoke.yaml through the CLI; once 4 trials are logged, one actor that ran them is killed with SIGKILL."""
     cwd = tmp_path_factory.mktemp("worker_kill")
-    # A single SIGKILL once made one trial use up the default 2 retries (cause not found; seen once in ~10 runs,
-    # on an idle machine): this test checks retry and exactly-once logging, so it allows more retries.
+    # Default max_failures (2). Ray Tune gives up on a trial that fails again while PENDING (restarted onto an actor
+    # that died too) before its retries are spent; the driver then runs it again on fresh actors (runner.py).
     spec = cwd / "smoke.yaml"
-    spec.write_text(SMOKE.read_text() + "max_failures: 5\n")
+    spec.write_text(SMOKE.read_text())
     proc = start(cwd, "sweep", str(spec))
     try:
         workers = wait_for(cwd, proc, 4)
@@ -143,7 +143,8 @@ def worker_killed(tmp_path_factory):
 
 def test_a_trial_actor_killed_with_sigkill_is_retried_and_every_point_logged_once(worker_killed, smoke_points):
     cwd, code, out, pid, finished_at_kill = worker_killed
-    assert code == 0, out[-3000:]
+    assert code == 0, out[-3000:] + "\n".join(line for line in out.splitlines() if "failed" in line)
+    assert "worker failed (The actor is dead" in out or "failed while restarting" in out  # the driver says why
     assert finished_at_kill < N_SMOKE, "the sweep was over before the kill: nothing was tested"
     runs = exactly_once(cwd, smoke_points)
     workers = Counter(r.data.tags["orchestrator.worker"].rsplit(":", 1)[1] for r in role(runs, "trial", "FINISHED"))
@@ -322,3 +323,47 @@ def test_a_second_driver_of_a_running_sweep_is_refused(tmp_path, monkeypatch, ca
         other.kill()
         other.wait()
     assert len(store.search_runs([exp])) == 1  # nothing written
+
+
+# --- Tune giving up on a trial before its retries are spent: the driver runs it again on fresh actors ---------------
+
+class FakeTrial:
+    def __init__(self, pack, failures=0, result=None):
+        self.config, self.num_failures, self.last_result, self.error_file = {"pack": pack}, failures, result, None
+
+
+def test_points_tune_gave_up_on_early_run_again_and_are_logged_once(tmp_path, monkeypatch):
+    """Ray Tune fails a trial for good when it dies again while PENDING, after 1 failure of max_failures 2: the
+    driver reruns exactly those points in a new Tune run; a trial that spent its retries stays failed."""
+    from orchestrator import runner
+    from orchestrator.grid import packs
+
+    sweep = load_sweep(SMOKE)
+    grid = [[{"trial_id": p.trial_id, "point": p.values} for p in pack] for pack in packs(sweep, expand(sweep))]
+    rounds = []
+
+    def fake_tune(sweep, todo, recorder, storage, round_=0):
+        rounds.append(len(todo))
+        ids = {p.trial_id for p in todo}
+        for pack in (g for g in grid if g[0]["trial_id"] in ids):
+            if round_ == 0 and pack is grid[0]:
+                recorder.on_trial_error(0, [], FakeTrial(pack, failures=1))  # gave up early: runs again
+            elif pack is grid[1]:
+                recorder.on_trial_error(0, [], FakeTrial(pack, failures=3))  # retries spent: failed
+            else:
+                results = [{"trial_id": e["trial_id"], "metrics": {"kl": 0.5, "ld_delta": 1.0}, "extra": {}}
+                           for e in pack]
+                recorder.on_trial_complete(0, [], FakeTrial(pack, result={"results": results, "worker": "w"}))
+
+    monkeypatch.setattr(runner, "_tune", fake_tune)
+    monkeypatch.setattr(runner.ray, "is_initialized", lambda: True)
+    monkeypatch.setattr(runner, "_check_resources", lambda sweep: None)
+    outcome = runner.run_sweep(sweep, tracking_uri=f"sqlite:///{tmp_path}/m.db", out_dir=tmp_path)
+    assert rounds == [32, len(grid[0])]  # a second Tune run for the early pack only
+    assert sorted(outcome.failed) == sorted(e["trial_id"] for e in grid[1]) and outcome.logged == 32 - len(grid[1])
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/m.db")
+    runs = client.search_runs([outcome.experiment_id], max_results=1000)
+    ids = Counter(r.data.tags["orchestrator.trial_id"] for r in role(runs, "trial", "FINISHED"))
+    assert set(ids) == {e["trial_id"] for pack in grid for e in pack} - set(outcome.failed) and max(ids.values()) == 1
