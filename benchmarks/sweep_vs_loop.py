@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from interventions.architectures import part
 from interventions.context import FamilyRun, TrialContext, seeded_generator
 from interventions.forward import position_ids
 from interventions.kinds import run_pack
@@ -44,7 +45,7 @@ def plain_loop(sweep, points) -> None:
     """One hooked full forward per grid point (plus one per other family for a knock-out)."""
     model = load(sweep.spec.model)
     runs = {key: FamilyRun(model, split) for key, split in sweep.splits.items()}
-    layers = model.module.model.layers
+    layers = part(model.module, model.arch.layers)
     vectors = {}
     for point in points:
         v = point.values

@@ -18,7 +18,7 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from interventions.registry import AtlasError
-from orchestrator.tracking import ROLE_CHILD, ROLE_PARENT, TAG, _RetryOnLock
+from orchestrator.tracking import ROLE_CHILD, ROLE_PARENT, TAG, _RetryOnLock, search_all
 
 LAYER_COLUMNS = ("layer", "exit_layer")  # axes whose values are layer indices
 
@@ -92,17 +92,6 @@ def _client(uri: str) -> MlflowClient:
     return _RetryOnLock(MlflowClient(tracking_uri=uri))
 
 
-def _search(client, experiment_id: str, filter_string: str, order_by=None) -> list:
-    runs, token = [], None
-    while True:
-        page = client.search_runs([experiment_id], filter_string, max_results=10_000, page_token=token,
-                                  order_by=order_by)
-        runs += list(page)
-        token = page.token
-        if not token:
-            return runs
-
-
 def n_layers_of(model: str, frame: pd.DataFrame, notes: list[str]) -> int:
     """The model's layer count from its config; if the config cannot be read here, the largest layer seen + 1."""
     from interventions.models import describe
@@ -129,8 +118,8 @@ def load_record(uri: str, name: str, argument: str = "SWEEP_NAME",
     if experiment is None or experiment.lifecycle_stage == "deleted":
         known = sorted(e.name for e in client.search_experiments() if e.name != "Default")
         raise AtlasError(f"{argument}: no sweep named {name!r} in {uri} (sweeps there: {', '.join(known) or 'none'})")
-    found = _search(client, experiment.experiment_id,
-                    f"attributes.status = 'FINISHED' and tags.`{TAG}role` = '{ROLE_CHILD}'")
+    found = list(search_all(client, experiment.experiment_id,
+                            f"attributes.status = 'FINISHED' and tags.`{TAG}role` = '{ROLE_CHILD}'"))
     if not found:
         raise AtlasError(f"{argument}: sweep {name!r} has no FINISHED trial runs in {uri}")
     kinds = sorted({r.data.params.get("kind", "?") for r in found})
@@ -144,8 +133,8 @@ def load_record(uri: str, name: str, argument: str = "SWEEP_NAME",
     if frame["model"].nunique() > 1:
         notes.append(f"runs of several models ({', '.join(map(str, frame['model'].unique()))}); layers are {model}'s")
     curves = _curves(client, found, keys, set(frame["run_id"]))
-    parents = _search(client, experiment.experiment_id, f"tags.`{TAG}role` = '{ROLE_PARENT}'",
-                      order_by=["attributes.start_time DESC"])
+    parents = list(search_all(client, experiment.experiment_id, f"tags.`{TAG}role` = '{ROLE_PARENT}'",
+                              order_by=["attributes.start_time DESC"]))
     axes = [k for k in dict.fromkeys(k for r in runs for k in r["params"]) if k not in ("model", "kind")]
     return SweepRecord(name, kinds[0], model, n_layers_of(model, frame, notes), frame, curves, axes,
                        parents[0].info.run_id if parents else None, notes)

@@ -219,7 +219,8 @@ def run_sweep(sweep: Sweep, *, tracking_uri: str | None = None, address: str | N
                     try:
                         _tune(sweep, todo, recorder, storage)
                         for round_ in range(1, sweep.spec.max_failures + 1):  # at most max_failures more rounds
-                            again = [p for p in todo if p.trial_id in set(recorder.early)]
+                            early = set(recorder.early)
+                            again = [p for p in todo if p.trial_id in early]
                             if not again:
                                 break
                             recorder.early.clear()

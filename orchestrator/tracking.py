@@ -191,15 +191,8 @@ class Tracker:
             self.experiment_id = found.experiment_id if found else None
 
     def _runs(self, filter_string: str):
-        if self.experiment_id is None:
-            return
-        token = None
-        while True:
-            page = self.client.search_runs([self.experiment_id], filter_string, max_results=10_000, page_token=token)
-            yield from page
-            token = page.token
-            if not token:
-                return
+        if self.experiment_id is not None:
+            yield from search_all(self.client, self.experiment_id, filter_string)
 
     def finished(self) -> dict[str, dict[str, float]]:
         """trial_id -> metrics of every FINISHED child run (the resume ledger and the aggregate's input)."""
@@ -295,6 +288,18 @@ class Tracker:
 
     def end_parent(self, run_id: str, status: str) -> None:
         self.client.set_terminated(run_id, status)
+
+
+def search_all(client, experiment_id: str, filter_string: str, order_by=None):
+    """Every run of the experiment that matches, page by page (one search returns at most 10,000)."""
+    token = None
+    while True:
+        page = client.search_runs([experiment_id], filter_string, max_results=10_000, page_token=token,
+                                  order_by=order_by)
+        yield from page
+        token = page.token
+        if not token:
+            return
 
 
 def is_loopback(host: str) -> bool:
