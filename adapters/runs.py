@@ -46,7 +46,7 @@ def _from_layer(ctx: TrialContext, full: Adapted, start: int) -> Tensor:
     batch = ctx.family.eval_batch
     if start == 0:
         return clean_run(ctx.model, batch)[0]
-    return run_from(ctx.model, full.resid[start - 1], batch, start)
+    return run_from(ctx.model, full.resid[start - 1], batch, start, prefix_reuse=ctx.prefix_reuse)
 
 
 def layers_ablated(ctx: TrialContext, adapter: Adapter, layers: set[int]) -> Tensor:

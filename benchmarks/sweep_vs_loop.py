@@ -75,13 +75,12 @@ def plain_loop(sweep, points) -> None:
 def in_process(sweep, points) -> None:
     """The orchestrator's trial functions, pack by pack, in this process: no Ray, no MLflow."""
     model = load(sweep.spec.model)
-    model.prefix_reuse = sweep.spec.execution.prefix_reuse
     runs = {key: FamilyRun(model, split) for key, split in sweep.splits.items()}
     for pack in packs(sweep, points):
         v = pack[0].values
         others = [runs[(f, v["seed"])] for f in sweep.axes["family"] if f != v["family"]]
-        run_pack(sweep.kind.name, TrialContext(model, v["seed"], runs[(v["family"], v["seed"])], others),
-                 [p.values for p in pack])
+        ctx = TrialContext(model, v["seed"], runs[(v["family"], v["seed"])], others, sweep.spec.execution.prefix_reuse)
+        run_pack(sweep.kind.name, ctx, [p.values for p in pack])
 
 
 def through_sweep(sweep, points) -> None:

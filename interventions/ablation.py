@@ -109,7 +109,7 @@ def clean_to_corrupt(run: FamilyRun, site: Site, base: Tensor, seed: int) -> Ten
     return at_site(values(run, "clean", site.component), site)
 
 
-def ablated_many(run: FamilyRun, seed: int, sites: list[tuple[Site, str]]) -> list[Tensor]:
+def ablated_many(run: FamilyRun, seed: int, sites: list[tuple[Site, str]], prefix_reuse: bool = True) -> list[Tensor]:
     """Eval logits for each (site, method), in one batched forward (the sites share a component and layer)."""
     patches = []
     for site, name in sites:
@@ -118,7 +118,7 @@ def ablated_many(run: FamilyRun, seed: int, sites: list[tuple[Site, str]]) -> li
         value = m.fn(run, site, base, seed)
         keep = run.eval_batch.mask.bool().view(*base.shape[:2], *[1] * (base.dim() - 2))
         patches.append((m.base, site, torch.where(keep, value, base)))
-    return patched_logits(run, patches)
+    return patched_logits(run, patches, prefix_reuse)
 
 
 def ablated_logits(run: FamilyRun, seed: int, site: Site, method_name: str) -> Tensor:
@@ -182,7 +182,7 @@ def ablation_trials(ctx: TrialContext, points: list[dict]) -> list[dict[str, flo
     clean, target, distractor = run.clean_logits, run.target, run.distractor
     ld_clean = logit_diff(clean, target, distractor)
     results = []
-    for (_site, method_name), out_logits in zip(sites, ablated_many(run, ctx.seed, sites)):
+    for (_site, method_name), out_logits in zip(sites, ablated_many(run, ctx.seed, sites, ctx.prefix_reuse)):
         ld_out = logit_diff(out_logits, target, distractor)
         out = agreement_metrics(clean, out_logits, target)
         out.update(target_prob_drop=mean(target_prob(clean, target) - target_prob(out_logits, target)),

@@ -138,7 +138,7 @@ def resid_pre(run: FamilyRun, which: str, layer: int) -> Tensor:
 Patch = tuple[str, Site, Tensor]  # (the eval run it acts on: "clean" or "corrupt", site, value at the site)
 
 
-def patched_logits(run: FamilyRun, patches: list[Patch]) -> list[Tensor]:
+def patched_logits(run: FamilyRun, patches: list[Patch], prefix_reuse: bool = True) -> list[Tensor]:
     """Last-position logits of each patch: the clean or corrupt eval run with the component at its site set to
     its value. The patches share a component and a layer and go through one batched forward."""
     model, n = run.model, len(run.eval_batch.mask)
@@ -149,9 +149,9 @@ def patched_logits(run: FamilyRun, patches: list[Patch]) -> list[Tensor]:
     value = torch.cat([v for _, _, v in patches])
     block = _blocks(model)[layer]
     if component == "resid":
-        logits = run_from(model, value, batch, layer + 1)
+        logits = run_from(model, value, batch, layer + 1, prefix_reuse=prefix_reuse)
     elif component == "layer":
-        logits = run_from(model, start + value, batch, layer + 1)
+        logits = run_from(model, start + value, batch, layer + 1, prefix_reuse=prefix_reuse)
     elif component == "head":
         def set_heads(x: Tensor) -> Tensor:
             x = x.unflatten(-1, (n_heads(model), -1)).clone()
@@ -160,8 +160,8 @@ def patched_logits(run: FamilyRun, patches: list[Patch]) -> list[Tensor]:
             return x.flatten(-2)
 
         with replace(part(block, model.arch.attn_out), set_heads, inputs=True):
-            logits = run_from(model, start, batch, layer)
+            logits = run_from(model, start, batch, layer, prefix_reuse=prefix_reuse)
     else:
         with replace(part(block, model.arch.attn_out if component == "attn" else model.arch.mlp), lambda _x: value):
-            logits = run_from(model, start, batch, layer)
+            logits = run_from(model, start, batch, layer, prefix_reuse=prefix_reuse)
     return list(logits.split(n))

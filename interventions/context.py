@@ -98,6 +98,7 @@ class TrialContext:
     seed: int
     family: FamilyRun
     others: list[FamilyRun] = field(default_factory=list)
+    prefix_reuse: bool = True  # runs start at the cached residual of layer L (off: the layers below run again)
 
 
 def seeded_generator(*parts: int) -> torch.Generator:

@@ -76,10 +76,11 @@ def _masks(model: Model, hidden: Tensor, mask: Tensor, pos: Tensor) -> dict[str,
 
 
 @torch.no_grad()
-def run_from(model: Model, resid: Tensor, batch: Batch, start: int, skip: frozenset[int] = frozenset()) -> Tensor:
+def run_from(model: Model, resid: Tensor, batch: Batch, start: int, skip: frozenset[int] = frozenset(), *,
+             prefix_reuse: bool = True) -> Tensor:
     """Last-position logits (batch, vocab) of layers start..end applied to resid (batch, pos, d_model).
 
-    Layers in `skip` pass the residual through unchanged. With `model.prefix_reuse` off, layers
+    Layers in `skip` pass the residual through unchanged. With `prefix_reuse` off, layers
     0..start-1 first run again on `batch`'s tokens, as a full hooked forward would: what a trial
     costs without the cached residuals (benchmarks measure it); the result is the same.
     """
@@ -98,7 +99,7 @@ def run_from(model: Model, resid: Tensor, batch: Batch, start: int, skip: frozen
                 hidden = out[0] if isinstance(out, tuple) else out
         return hidden
 
-    if not model.prefix_reuse and start > 0:
+    if not prefix_reuse and start > 0:
         through(part(model.module, model.arch.embed)(batch.ids), range(start))  # recomputed, then replaced by resid
     return unembed_last(model, through(resid, range(start, len(layers))))
 

@@ -31,7 +31,6 @@ class Model:
     module: nn.Module  # the *ForCausalLM, float32, eval mode
     tokenizer: object
     arch: Architecture
-    prefix_reuse: bool = True  # run_from starts at the cached residual (off: layers before it run again)
 
     @property
     def config(self):

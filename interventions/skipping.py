@@ -16,7 +16,7 @@ from interventions.registry import AtlasError
 METRICS = ("kl", "top1_agreement", "top5_overlap", "accuracy_clean", "accuracy_intervened")
 
 
-def skipped_logits(run: FamilyRun, skip: frozenset[int]) -> Tensor:
+def skipped_logits(run: FamilyRun, skip: frozenset[int], prefix_reuse: bool = True) -> Tensor:
     """Eval logits with the blocks in `skip` passing the residual through; starts at the first skipped layer."""
     model = run.model
     if not skip:
@@ -24,7 +24,7 @@ def skipped_logits(run: FamilyRun, skip: frozenset[int]) -> Tensor:
     first = min(skip)
     start = (part(model.module, model.arch.embed)(run.eval_batch.ids) if first == 0
              else run.clean_resid(first - 1))
-    return run_from(model, start, run.eval_batch, first, skip=skip)
+    return run_from(model, start, run.eval_batch, first, skip=skip, prefix_reuse=prefix_reuse)
 
 
 def exit_logits(run: FamilyRun, layer: int) -> Tensor:
@@ -51,7 +51,7 @@ def skip_points(axes: dict, info) -> list[dict]:
 def skip_trial(ctx: TrialContext, *, skip: list[int]) -> dict[str, float]:
     """One grid point: skip a set of layers; metrics against the full model."""
     run = ctx.family
-    return agreement_metrics(run.clean_logits, skipped_logits(run, frozenset(skip)), run.target)
+    return agreement_metrics(run.clean_logits, skipped_logits(run, frozenset(skip), ctx.prefix_reuse), run.target)
 
 
 class EarlyExitAxes(CommonAxes):

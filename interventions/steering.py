@@ -86,12 +86,14 @@ def steering_vector(ctx: TrialContext, layer: int, vector_type: str) -> Tensor:
     )
 
 
-def steered_logits(run, layer: int, steers: list[tuple[Tensor, float]], resid_norm: float) -> list[Tensor]:
+def steered_logits(run, layer: int, steers: list[tuple[Tensor, float]], resid_norm: float,
+                   prefix_reuse: bool = True) -> list[Tensor]:
     """Last-position logits of `run`'s eval items with each (direction, strength) added at resid_post[layer],
     all in one batched forward."""
     batch, clean = run.eval_batch, run.clean_resid(layer)
     resid = torch.cat([steer(clean, direction, strength, resid_norm, batch.mask) for direction, strength in steers])
-    return list(run_from(run.model, resid, batch.repeat(len(steers)), layer + 1).split(len(clean)))
+    logits = run_from(run.model, resid, batch.repeat(len(steers)), layer + 1, prefix_reuse=prefix_reuse)
+    return list(logits.split(len(clean)))
 
 
 class SteeringAxes(CommonAxes):
@@ -117,9 +119,10 @@ def steering_trials(ctx: TrialContext, points: list[dict]) -> list[dict[str, flo
     layer, run = points[0]["layer"], ctx.family
     r_l = run.resid_norm(layer)
     steers = [(steering_vector(ctx, layer, p["vector_type"]), p["strength"]) for p in points]
-    steered = steered_logits(run, layer, steers, r_l)
+    steered = steered_logits(run, layer, steers, r_l, ctx.prefix_reuse)
     knock = [i for i, p in enumerate(points) if p["strength"] < 0] if ctx.others else []
-    collateral = [dict(zip(knock, steered_logits(o, layer, [steers[i] for i in knock], r_l))) for o in ctx.others
+    collateral = [dict(zip(knock, steered_logits(o, layer, [steers[i] for i in knock], r_l, ctx.prefix_reuse)))
+                  for o in ctx.others
                   ] if knock else []
     results = []
     for i, logits in enumerate(steered):

@@ -52,12 +52,11 @@ def family_run(model: Model, split: Split) -> FamilyRun:
 def trial_context(config: dict, splits: dict[tuple[str, int], Split]) -> TrialContext:
     device = "cuda" if config["gpu"] > 0 and torch.cuda.is_available() else "cpu"
     model = actor_model(config["model"], config["trust_remote_code"], device)
-    model.prefix_reuse = config["prefix_reuse"]
     seed, family = config["pack"][0]["point"]["seed"], config["pack"][0]["point"]["family"]
     others = []
     if KINDS.get(config["kind"]).uses_other_families:
         others = [family_run(model, splits[(f, seed)]) for f in config["families"] if f != family]
-    return TrialContext(model, seed, family_run(model, splits[(family, seed)]), others)
+    return TrialContext(model, seed, family_run(model, splits[(family, seed)]), others, config["prefix_reuse"])
 
 
 def _crash_once_for_tests() -> None:

@@ -82,13 +82,12 @@ def test_without_prefix_reuse_the_prefix_runs_again_and_results_are_equal(tiny_l
     ctx = context(tiny_llama, "copying", n_train=6, n_eval=5)
     for point in KIND_POINTS[kind]:
         run_kind(kind, ctx, point)  # baselines computed with reuse on: below, layer 0 runs only for the trials
-    tiny_llama.prefix_reuse = False
+    ctx.prefix_reuse = False
     calls = []
     handle = part(tiny_llama.module, tiny_llama.arch.layers)[0].register_forward_hook(lambda *_: calls.append(1))
     try:
         without = [run_kind(kind, ctx, p) for p in KIND_POINTS[kind]]
     finally:
-        tiny_llama.prefix_reuse = True
         handle.remove()
     assert_same(without, with_reuse, tol=1e-5)
     assert len(calls) >= len(KIND_POINTS[kind])  # every trial ran layer 0 again

@@ -44,7 +44,7 @@ def test_skipping_nothing_and_exiting_at_the_last_layer_are_the_full_model(smoll
     ctx = context(smollm2, "arithmetic", n_eval=6)
     last = smollm2.n_layers - 1
     for out in (skip_trial(ctx, skip=[]), early_exit_trial(ctx, exit_layer=last)):
-        assert out["kl"] < 1e-8 and out["top1_agreement"] == 1 and out["top5_overlap"] == 1
+        assert out["kl"] < 1e-6 and out["top1_agreement"] == 1 and out["top5_overlap"] == 1
     torch.testing.assert_close(exit_logits(ctx.family, last), ctx.family.clean_logits, atol=1e-4, rtol=0)
     skipped = skip_trial(ctx, skip=[last - 1, last])
     assert skipped["kl"] > 1e-3  # the comparison can fail
