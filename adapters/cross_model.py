@@ -12,6 +12,7 @@ from pydantic import Field
 
 from adapters.lora import Adapter, merged_copy, trim_heap
 from adapters.runs import Adapted
+from adapters.kind import TRAIN_LOSS
 from adapters.sources import TRAIN, SourceAxes, adapter_for, recent, sources, spread
 from interventions.context import TrialContext
 from interventions.forward import clean_run
@@ -44,7 +45,8 @@ def cross_model_points(axes: dict, info) -> list[dict]:
 METRICS = ("recovery", "kl", "ld_gap", "accuracy_clean", "accuracy_trained", "accuracy_patched", "train_loss_last")
 
 
-@kind("cross_model_patch", axes=CrossModelAxes, primary="recovery", metrics=METRICS, points=cross_model_points)
+@kind("cross_model_patch", axes=CrossModelAxes, metrics=METRICS, primary="recovery", shown=("kl", "accuracy_clean"),
+      curves=(TRAIN_LOSS,), points=cross_model_points)
 def cross_model_trial(ctx: TrialContext, *, layer: int, adapter: str = TRAIN, rank: int | None = None,
                       alpha: float | None = None, steps: int | None = None, lr: float | None = None,
                       targets: str | None = None) -> TrialResult:
@@ -62,6 +64,6 @@ def cross_model_trial(ctx: TrialContext, *, layer: int, adapter: str = TRAIN, ra
     if layer == ctx.model.n_layers - 1:  # one run per adapter carries the adapter and its loss curve
         result.artifacts.update(found.files())
         if found.loss:
-            result.steps["train_loss"] = list(found.loss)
+            result.steps[TRAIN_LOSS] = list(found.loss)
             result.metrics["train_loss_last"] = found.loss[-1]
     return result

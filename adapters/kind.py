@@ -17,10 +17,10 @@ from torch import Tensor
 from adapters import runs
 from adapters.lora import Adapter, attached, layer_norms
 from adapters.sources import TRAIN, SourceAxes, adapter_for, source_rank, sources, spread
-from adapters.surgery import compat_problem, norm_table, parquet, pearson, per_layer, spearman, truncated
+from adapters.surgery import compat_problem, norm_table, parquet, per_layer, truncated
 from interventions.context import TrialContext
 from interventions.kinds import TrialResult, axis, kind, registered
-from interventions.metrics import kl, logit_diff, mean, top1_correct
+from interventions.metrics import kl, logit_diff, mean, pearson, spearman, top1_correct
 from interventions.models import describe
 from interventions.registry import AtlasError, Registry
 
@@ -36,6 +36,7 @@ class OpInput:
 
 OpFn = Callable[[OpInput], TrialResult]
 ADAPTER_OPS: Registry[OpFn] = Registry("adapter operation")
+NORM_LAYER, EFFECT_LAYER, TRAIN_LOSS = "norm_layer", "effect_layer", "train_loss"  # step-indexed metrics
 OP_AXES = {"layer_ablation": "layer", "rank_truncation": "keep_rank", "compat": "target_model"}
 OP_AXIS_HELP = {"layer": "layer indices", "keep_rank": "ranks to keep, 0..rank", "target_model": "model names"}
 
@@ -58,7 +59,7 @@ def train_op(op: OpInput) -> TrialResult:
     """The loss curve (step-indexed), first and last loss, and the adapter as a peft folder artifact."""
     loss = list(op.adapter.loss)
     metrics = {"train_loss_first": loss[0], "train_loss_last": loss[-1]} if loss else {}
-    return TrialResult(metrics, steps={"train_loss": loss} if loss else {}, artifacts=op.adapter.files())
+    return TrialResult(metrics, steps={TRAIN_LOSS: loss} if loss else {}, artifacts=op.adapter.files())
 
 
 @ADAPTER_OPS.register("norm_profile")
@@ -72,7 +73,7 @@ def norm_profile_op(op: OpInput) -> TrialResult:
                "norm_peak_depth": max(range(model.n_layers), key=lambda i: layers[i]) / model.n_layers,
                "norm_centroid_depth": sum(i * s for i, s in enumerate(squares)) / total / model.n_layers
                if total > 0 else float("nan")}
-    steps = {"norm_layer": layers}
+    steps = {NORM_LAYER: layers}
     for module, rows in table.groupby("module"):
         steps[f"norm_{module}"] = per_layer(rows, model.n_layers)
     return TrialResult(metrics, steps=steps, artifacts={"norm_profile.parquet": parquet(table)})
@@ -99,7 +100,7 @@ def norm_effect_op(op: OpInput) -> TrialResult:
     effects = runs.layer_effects(op.ctx, op.adapter)
     rows = [{"layer": i, "norm": n, "effect": e} for i, (n, e) in enumerate(zip(layers, effects))]
     return TrialResult({"pearson": pearson(layers, effects), "spearman": spearman(layers, effects)},
-                       steps={"norm_layer": layers, "effect_layer": effects},
+                       steps={NORM_LAYER: layers, EFFECT_LAYER: effects},
                        artifacts={"norm_effect.parquet": parquet(pd.DataFrame(rows))})
 
 
@@ -158,12 +159,14 @@ def adapter_points(axes: dict, info) -> list[dict]:
     return spread(per_source)
 
 
+CURVES = (NORM_LAYER, EFFECT_LAYER, TRAIN_LOSS, "norm_*_proj")  # step = layer (train_loss: step = training step)
 METRICS = ("kl", "ld_drop", "accuracy", "accuracy_clean", "accuracy_adapted", "kl_adapter", "train_loss_first",
            "train_loss_last", "norm_total", "norm_peak_depth", "norm_centroid_depth", "pearson", "spearman",
            "compatible", "accuracy_target")
 
 
-@kind("adapter", axes=AdapterAxes, primary="kl", metrics=METRICS, points=adapter_points)
+@kind("adapter", axes=AdapterAxes, metrics=METRICS, primary="kl", shown=("accuracy_clean",), curves=CURVES,
+      points=adapter_points)
 def adapter_trial(ctx: TrialContext, *, operation: str, adapter: str = TRAIN, rank: int | None = None,
                   alpha: float | None = None, steps: int | None = None, lr: float | None = None,
                   targets: str | None = None, layer: int | None = None, keep_rank: int | None = None,

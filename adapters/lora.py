@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from interventions.models import Model
-from interventions.registry import AtlasError
+from interventions.registry import AtlasError, first_line
 
 WEIGHTS, CONFIG = "adapter_model.safetensors", "adapter_config.json"
 PREFIX = "base_model.model."
@@ -83,7 +83,7 @@ def folder_problem(folder: Path) -> str | None:
             keys = list(f.keys())
         config = json.loads((folder / CONFIG).read_text(encoding="utf-8"))
     except Exception as exc:  # a corrupt file: say which and why, in one line
-        return f"{str(folder)!r}: cannot read ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+        return f"{str(folder)!r}: cannot read ({type(exc).__name__}: {first_line(exc)})"
     if config.get("peft_type") != "LORA":
         return f"{str(folder)!r} is a {config.get('peft_type')!r} adapter, not LORA"
     if config.get("use_dora") or not any(k.endswith(".lora_A.weight") for k in keys):

@@ -7,7 +7,6 @@ adapter_config.json), relative to the spec's folder, and then the training axes 
 from __future__ import annotations
 
 import hashlib
-from collections import OrderedDict
 from functools import lru_cache
 from itertools import product
 from pathlib import Path
@@ -19,6 +18,7 @@ from torch import nn
 
 from adapters.lora import Adapter, folder_problem, load_folder
 from adapters.training import LoraSettings, cached_or_trained
+from interventions.cache import LRU
 from interventions.architectures import ARCHITECTURES, Architecture, part
 from interventions.context import TrialContext
 from interventions.kinds import CommonAxes, axis
@@ -146,16 +146,10 @@ def adapter_for(ctx: TrialContext, adapter: str = TRAIN, rank: int | None = None
     return ctx.family.memo(("adapter", settings), fit), made.get("how", "memory")
 
 
-_RECENT: dict[str, OrderedDict[tuple, object]] = {}
+_RECENT: dict[str, LRU] = {}
 RECENT_SIZE = 2  # per purpose: adapted runs hold every layer's residuals (~30 MB each on the embedded model)
 
 
 def recent(purpose: str, key: tuple, compute: Callable[[], V]) -> V:
     """A small per-process LRU for each purpose (adapted runs, merged runs, other models) of large values."""
-    cache = _RECENT.setdefault(purpose, OrderedDict())
-    if key not in cache:
-        cache[key] = compute()
-        while len(cache) > RECENT_SIZE:
-            cache.popitem(last=False)
-    cache.move_to_end(key)
-    return cache[key]  # type: ignore[return-value]
+    return _RECENT.setdefault(purpose, LRU(RECENT_SIZE)).get(key, compute)

@@ -75,15 +75,3 @@ def compat_problem(adapter: Adapter, source_type: str, target: Model) -> str | N
         if want != have:
             return f"shape: {path} is {have[0]}->{have[1]} in {target.name}, the adapter needs {want[0]}->{want[1]}"
     return None
-
-
-def pearson(x: list[float], y: list[float]) -> float:
-    a, b = torch.tensor(x, dtype=torch.float64), torch.tensor(y, dtype=torch.float64)
-    a, b = a - a.mean(), b - b.mean()
-    denom = float(a.norm() * b.norm())
-    return float(a @ b) / denom if denom > 0 else float("nan")
-
-
-def spearman(x: list[float], y: list[float]) -> float:
-    """Pearson of the ranks (ties get their average rank)."""
-    return pearson(pd.Series(x).rank().tolist(), pd.Series(y).rank().tolist())

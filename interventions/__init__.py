@@ -1,8 +1,8 @@
 """Interventions on a loaded model: models, task families, forward passes, metrics and experiment kinds.
 
-Importing the package fills every registry (KINDS, VECTORS, ABLATIONS, FAMILIES, MODELS, ARCHITECTURES).
+Every registry is complete on import: KINDS imports the modules that declare kinds (adapters' among
+them) on its first lookup.
 """
-from interventions import ablation, skipping, steering  # noqa: F401  (register the kinds, vectors, methods)
 from interventions.ablation import ABLATIONS
 from interventions.architectures import ARCHITECTURES
 from interventions.families import FAMILIES

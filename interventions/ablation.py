@@ -109,6 +109,16 @@ def clean_to_corrupt(run: FamilyRun, site: Site, base: Tensor, seed: int) -> Ten
     return at_site(values(run, "clean", site.component), site)
 
 
+def effect_metric(method_name: str) -> str:
+    """What ranks layers for a method: `kl`, or `recovery` for a method acting on the corrupt run (denoising),
+    whose KL to the clean run is smallest exactly where the patch matters most."""
+    known = method_name in ABLATIONS
+    return "recovery" if known and ABLATIONS.get(method_name).base == "corrupt" else "kl"
+
+
+HUB = ("layer", "mean")  # DESIGN §6: the hub is the layer whose `layer` mean-ablation moves the prediction most
+
+
 def ablated_many(run: FamilyRun, seed: int, sites: list[tuple[Site, str]], prefix_reuse: bool = True) -> list[Tensor]:
     """Eval logits for each (site, method), in one batched forward (the sites share a component and layer)."""
     patches = []
@@ -171,8 +181,8 @@ METRICS = ("kl", "target_prob_drop", "top1_agreement", "ld_drop", "recovery", "a
            "accuracy_intervened")
 
 
-@kind("ablation", axes=AblationAxes, primary="kl", metrics=METRICS, points=ablation_points,
-      check_splits=check_ablation_splits, pack_axes=("method", "head"))
+@kind("ablation", axes=AblationAxes, metrics=METRICS, primary="kl", shown=("accuracy_clean",),
+      pack_axes=("method", "head"), points=ablation_points, check_splits=check_ablation_splits)
 def ablation_trials(ctx: TrialContext, points: list[dict]) -> list[dict[str, float]]:
     """Grid points of one component and layer (any methods and heads): replace or patch the component;
     metrics against the clean run."""
@@ -187,7 +197,7 @@ def ablation_trials(ctx: TrialContext, points: list[dict]) -> list[dict[str, flo
         out = agreement_metrics(clean, out_logits, target)
         out.update(target_prob_drop=mean(target_prob(clean, target) - target_prob(out_logits, target)),
                    ld_drop=mean(ld_clean - ld_out))
-        if method_name == "clean_to_corrupt":
+        if ABLATIONS.get(method_name).base == "corrupt":  # denoising: how much of the clean LD comes back
             ld_corrupt = mean(logit_diff(corrupt_run(run)[0], target, distractor))
             gap = mean(ld_clean) - ld_corrupt
             out["recovery"] = (mean(ld_out) - ld_corrupt) / gap if gap != 0 else float("nan")

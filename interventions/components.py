@@ -43,8 +43,8 @@ def batch_of(run: FamilyRun, which: str) -> Batch:
         return run.eval_batch
     key = (which, "batch")
     if which == "corrupt":
-        return run.memo(key, lambda: run._encode([i.corrupt_prompt for i in run.split.eval]))
-    return run.memo(key, lambda: run._encode([i.prompt for i in run.split.train]))
+        return run.memo(key, lambda: run.encode([i.corrupt_prompt for i in run.split.eval]))
+    return run.memo(key, lambda: run.encode([i.prompt for i in run.split.train]))
 
 
 def corrupt_run(run: FamilyRun) -> tuple[Tensor, dict[int, Tensor]]:

@@ -37,20 +37,17 @@ class FamilyRun:
             self._memo[key] = compute()
         return self._memo[key]  # type: ignore[return-value]
 
-    def memo_get(self, key: tuple):
-        """A cached value, or None."""
-        return self._memo.get(key)
-
     def _words(self, items, key: str) -> Tensor:
         return single_token_ids(self.model.tokenizer, [getattr(i, key) for i in items]).to(self.model.device)
 
-    def _encode(self, prompts: list[str], suffix: Tensor | None = None) -> Batch:
+    def encode(self, prompts: list[str], suffix: Tensor | None = None) -> Batch:
+        """Prompts (and one suffix token each) as a left-padded batch on the model's device."""
         tokens = None if suffix is None else suffix.tolist()
         return encode(self.model.tokenizer, prompts, tokens).to(self.model.device)
 
     @cached_property
     def eval_batch(self) -> Batch:
-        return self._encode([i.prompt for i in self.split.eval])
+        return self.encode([i.prompt for i in self.split.eval])
 
     @cached_property
     def target(self) -> Tensor:
@@ -76,10 +73,10 @@ class FamilyRun:
         train = self.split.train
         prompts = [i.prompt for i in train]
         runs = [
-            clean_run(self.model, self._encode(prompts, suffix))[1]
+            clean_run(self.model, self.encode(prompts, suffix))[1]
             for suffix in (self._words(train, "target"), self._words(train, "distractor"))
         ]
-        runs.append(clean_run(self.model, self._encode(prompts))[1])
+        runs.append(clean_run(self.model, self.encode(prompts))[1])
         return {layer: TrainActs(*(run[layer][:, -1] for run in runs)) for layer in runs[0]}
 
     def train_acts(self, layer: int) -> TrainActs:

@@ -14,7 +14,6 @@ from interventions.models import ModelInfo
 from interventions.registry import Registry
 
 
-
 @dataclass
 class TrialResult:
     """What a trial function may return instead of a bare {metric: value} dict."""
@@ -70,36 +69,42 @@ class CommonAxes(BaseModel):
     family: axis(Annotated[str, AfterValidator(_family_value)])
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Kind:
+    """An experiment kind: its trial function and everything the rest of the tree reads about it.
+
+    The report side (orchestrator/report/sections) adds a kind's figures and summary under the same name.
+    """
+
     name: str
     fn: TrialFn | PackFn  # fn(ctx, **kind_axes) -> {metric: value}; with pack_axes, fn(ctx, points) -> [...]
     axes: type[CommonAxes]
-    primary: str  # the metric tables are sorted by (largest |mean| first)
     metrics: tuple[str, ...]  # every metric the trial function may return
-    layer_axes: tuple[str, ...]  # axes whose values must be layer indices of the model
+    primary: str  # the metric tables are sorted by (largest |mean| first)
+    shown: tuple[str, ...] = ()  # besides `primary`, the metrics the end-of-sweep table prints (when logged)
+    curves: tuple[str, ...] = ()  # step-indexed metrics (fnmatch patterns): a value per step, e.g. per layer
+    layer_axes: tuple[str, ...] = ("layer",)  # axes whose values must be layer indices of the model
+    pack_axes: tuple[str, ...] = ()  # axes along which grid points can share one batched forward
     uses_other_families: bool = False  # the trial reads the sweep's other families (collateral)
     points: PointsFn | None = None  # the kind-axis combinations when not the full product (see kind_points)
     check_splits: SplitsCheck | None = None  # item-dependent checks (patching needs corrupt prompts)
-    pack_axes: tuple[str, ...] = ()  # axes along which grid points can share one batched forward
 
 
-KINDS: Registry[Kind] = Registry("experiment kind")
+# The modules that declare kinds (imported on the first lookup, so KINDS is complete whoever reads it).
+KINDS: Registry[Kind] = Registry("experiment kind", sources=(
+    "interventions.steering", "interventions.ablation", "interventions.skipping", "adapters.kind",
+    "adapters.cross_model"))
 
 
-def kind(name: str, *, axes: type[CommonAxes], primary: str, metrics: tuple[str, ...],
-         layer_axes: tuple[str, ...] = ("layer",), uses_other_families: bool = False,
-         points: PointsFn | None = None, check_splits: SplitsCheck | None = None,
-         pack_axes: tuple[str, ...] = ()) -> Callable[[TrialFn], TrialFn]:
-    """Register a trial function as experiment kind `name` with its axes model and metric names.
+def kind(name: str, **declaration) -> Callable[[TrialFn], TrialFn]:
+    """Register a trial function as experiment kind `name`; `declaration` holds the other Kind fields by keyword.
 
     With `pack_axes`, the function takes a pack: (ctx, points), the points differing only along
     those axes, and returns one result per point (computed in batched forwards).
     """
 
     def add(fn: TrialFn) -> TrialFn:
-        KINDS.register(name)(Kind(name, fn, axes, primary, metrics, layer_axes, uses_other_families, points,
-                                    check_splits, pack_axes))
+        KINDS.register(name)(Kind(name=name, fn=fn, **declaration))
         return fn
 
     return add

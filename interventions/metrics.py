@@ -1,4 +1,4 @@
-"""Next-token metrics on last-position logits (batch, vocab): pure tensor functions, natural logs."""
+"""Next-token metrics on last-position logits (batch, vocab), and the rank correlations reports share: pure functions."""
 from __future__ import annotations
 
 import torch
@@ -72,3 +72,27 @@ def agreement_metrics(clean: Tensor, other: Tensor, target: Tensor) -> dict[str,
 def selectivity(own_drop: float, collateral_drop: float) -> float:
     """Target log-prob drop on this family / mean drop on the other families' items (nan if no collateral)."""
     return own_drop / collateral_drop if collateral_drop != 0 else float("nan")
+
+
+def pearson(x, y) -> float:
+    """Pearson correlation of two equal-length sequences; nan when either is constant (or shorter than 2)."""
+    a, b = torch.as_tensor(x, dtype=torch.float64), torch.as_tensor(y, dtype=torch.float64)
+    a, b = a - a.mean(), b - b.mean()
+    denom = float(a.norm() * b.norm())
+    return float(a @ b) / denom if len(a) > 1 and denom > 0 else float("nan")
+
+
+def average_ranks(x) -> Tensor:
+    """1-based ranks; tied values share the mean of their ranks."""
+    values = torch.as_tensor(x, dtype=torch.float64)
+    ranks = torch.empty_like(values)
+    ranks[values.argsort()] = torch.arange(1, len(values) + 1, dtype=torch.float64)
+    for value in values.unique():
+        tied = values == value
+        ranks[tied] = ranks[tied].mean()
+    return ranks
+
+
+def spearman(x, y) -> float:
+    """Spearman rank correlation: Pearson of the average ranks; nan when either side is constant."""
+    return pearson(average_ranks(x), average_ranks(y))

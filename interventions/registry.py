@@ -1,7 +1,8 @@
-"""Registries: one name -> implementation table per concept, and the one user-error type."""
+"""Registries: one name -> implementation table per concept, the one user-error type, and its one-line messages."""
 from __future__ import annotations
 
 import difflib
+import importlib
 from typing import Callable, Generic, Iterator, TypeVar
 
 T = TypeVar("T")
@@ -11,12 +12,23 @@ class AtlasError(ValueError):
     """Bad input from a user: the CLI prints it as one line and exits 2."""
 
 
-class Registry(Generic[T]):
-    """Name -> implementation for one concept (kind, vector type, task family, model, ...)."""
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first non-empty line of an exception's message (its type name when the message is empty)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0][:limit] if lines else type(exc).__name__
 
-    def __init__(self, concept: str) -> None:
+
+class Registry(Generic[T]):
+    """Name -> implementation for one concept (kind, vector type, task family, model, ...).
+
+    `sources` names the modules that declare entries; they are imported on the first lookup, so
+    the registry is complete whoever reads it first (declaring modules never import their readers).
+    """
+
+    def __init__(self, concept: str, sources: tuple[str, ...] = ()) -> None:
         self.concept = concept
         self._entries: dict[str, T] = {}
+        self._sources, self._loaded = sources, not sources
 
     def register(self, name: str) -> Callable[[T], T]:
         """Decorator: add the decorated object under `name`; a duplicate fails at import."""
@@ -29,18 +41,26 @@ class Registry(Generic[T]):
 
         return add
 
+    def _load(self) -> dict[str, T]:
+        if not self._loaded:
+            self._loaded = True  # before importing: the sources register into this registry
+            for module in self._sources:
+                importlib.import_module(module)
+        return self._entries
+
     def get(self, name: str) -> T:
-        if name in self._entries:
-            return self._entries[name]
-        near = difflib.get_close_matches(str(name), self._entries, n=1)
+        entries = self._load()
+        if name in entries:
+            return entries[name]
+        near = difflib.get_close_matches(str(name), entries, n=1)
         hint = f"; did you mean {near[0]!r}?" if near else ""
         raise AtlasError(f"unknown {self.concept} {name!r} (known: {', '.join(self.names())}){hint}")
 
     def names(self) -> list[str]:
-        return sorted(self._entries)
+        return sorted(self._load())
 
     def __contains__(self, name: object) -> bool:
-        return name in self._entries
+        return name in self._load()
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())

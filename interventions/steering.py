@@ -111,8 +111,8 @@ METRICS = ("ld_delta", "target_prob_clean", "target_prob_steered", "kl", "accura
            "selectivity", "target_logprob_drop", "collateral_logprob_drop")
 
 
-@kind("steering", axes=SteeringAxes, primary="ld_delta", metrics=METRICS, uses_other_families=True,
-      pack_axes=("strength", "vector_type"))
+@kind("steering", axes=SteeringAxes, metrics=METRICS, primary="ld_delta", shown=("kl", "accuracy_clean", "selectivity"),
+      pack_axes=("strength", "vector_type"), uses_other_families=True)
 def steering_trials(ctx: TrialContext, points: list[dict]) -> list[dict[str, float]]:
     """Grid points of one layer (any strengths and vector types): steer the eval items at resid_post[layer];
     metrics against the clean run. A knock-out (strength < 0) also steers the other families (collateral)."""

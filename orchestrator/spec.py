@@ -7,16 +7,16 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Iterator
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from orchestrator.kinds import KINDS
 from interventions.families import Split, family_name, make_split
-from interventions.kinds import Kind, kind_points, registered
+from interventions.kinds import KINDS, Kind, kind_points, registered
 from interventions.models import EMBEDDED, ModelInfo, describe
 from interventions.registry import AtlasError
 
@@ -122,6 +122,17 @@ def _check_layers(path: Path, kind: Kind, axes: dict, info: ModelInfo) -> None:
                                 f"({info.name} has {info.n_layers} layers)")
 
 
+@contextmanager
+def _field(path: Path, prefix: str = "") -> Iterator[None]:
+    """Re-raise an AtlasError inside the block as '<file>: <prefix><reason>'."""
+    try:
+        yield
+    except SpecError:
+        raise
+    except AtlasError as exc:
+        raise SpecError(f"{path.name}: {prefix}{exc}") from None
+
+
 def _load_splits(path: Path, spec: SweepSpec, axes: dict, info: ModelInfo) -> dict[tuple[str, int], Split]:
     names = [family_name(v) for v in axes["family"]]
     if len(set(names)) != len(names):
@@ -129,10 +140,8 @@ def _load_splits(path: Path, spec: SweepSpec, axes: dict, info: ModelInfo) -> di
     splits = {}
     for value in axes["family"]:
         for seed in axes["seed"]:
-            try:
+            with _field(path, "axes.family: "):
                 split = make_split(value, seed, info.tokenizer, spec.n_train, spec.n_eval, path.parent)
-            except AtlasError as exc:
-                raise SpecError(f"{path.name}: axes.family: {exc}") from None
             splits[(split.family, seed)] = split
     return splits
 
@@ -151,20 +160,14 @@ def load_sweep(path: str | Path) -> Sweep:
         axes = {k: v for k, v in validated.model_dump().items() if v is not None}
     except ValidationError as exc:
         raise _field_error(path, exc, ("axes",), kind.axes) from None
-    try:
+    with _field(path, "model: "):
         info = describe(spec.model, spec.trust_remote_code)
-    except AtlasError as exc:
-        raise SpecError(f"{path.name}: model: {exc}") from None
     _check_layers(path, kind, axes, info)
-    try:
+    with _field(path):
         kind_points(kind, axes, info)  # model-dependent checks of the kind's own axes
-    except AtlasError as exc:
-        raise SpecError(f"{path.name}: {exc}") from None
     splits = _load_splits(path, spec, axes, info)
     if kind.check_splits is not None:
-        try:
+        with _field(path):
             kind.check_splits(axes, splits)
-        except AtlasError as exc:
-            raise SpecError(f"{path.name}: {exc}") from None
     axes["family"] = [family_name(v) for v in axes["family"]]
     return Sweep(path, spec, kind, axes, info, splits)

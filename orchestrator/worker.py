@@ -9,23 +9,21 @@ from __future__ import annotations
 import os
 import socket
 import time
-from collections import OrderedDict
 
 import ray
 import torch
 from ray import tune
 
+from interventions.cache import LRU
 from interventions.context import FamilyRun, TrialContext
 from interventions.families import Split
 from interventions.hooks import count_hooks
-from interventions.kinds import run_pack
+from interventions.kinds import KINDS, run_pack
 from interventions.models import Model, load
-from orchestrator.kinds import KINDS
 
 MODEL_LOADS = 0  # per process: the model-load test reads it back from every trial's result
 _MODEL: dict[str, Model] = {}
-_RUNS: OrderedDict[tuple, FamilyRun] = OrderedDict()
-MAX_CACHED_RUNS = 16  # (family, seed) baselines kept per actor; trials come grouped by seed and family
+_RUNS: LRU[FamilyRun] = LRU(16)  # (family, seed) baselines kept per actor; trials come grouped by seed and family
 
 
 def actor_model(name: str, trust_remote_code: bool, device: str) -> Model:
@@ -40,13 +38,7 @@ def actor_model(name: str, trust_remote_code: bool, device: str) -> Model:
 
 
 def family_run(model: Model, split: Split) -> FamilyRun:
-    key = (model.name, split.family, split.seed)
-    if key not in _RUNS:
-        _RUNS[key] = FamilyRun(model, split)
-        while len(_RUNS) > MAX_CACHED_RUNS:
-            _RUNS.popitem(last=False)
-    _RUNS.move_to_end(key)
-    return _RUNS[key]
+    return _RUNS.get((model.name, split.family, split.seed), lambda: FamilyRun(model, split))
 
 
 def trial_context(config: dict, splits: dict[tuple[str, int], Split]) -> TrialContext:
