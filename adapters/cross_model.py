@@ -10,9 +10,9 @@ from typing import Annotated
 
 from pydantic import Field
 
+from adapters.kind import TRAIN_LOSS
 from adapters.lora import Adapter, merged_copy, trim_heap
 from adapters.runs import Adapted
-from adapters.kind import TRAIN_LOSS
 from adapters.sources import TRAIN, SourceAxes, adapter_for, recent, sources, spread
 from interventions.context import TrialContext
 from interventions.forward import clean_run

@@ -18,8 +18,8 @@ from torch import nn
 
 from adapters.lora import Adapter, folder_problem, load_folder
 from adapters.training import LoraSettings, cached_or_trained
-from interventions.cache import LRU
 from interventions.architectures import ARCHITECTURES, Architecture, part
+from interventions.cache import LRU
 from interventions.context import TrialContext
 from interventions.kinds import CommonAxes, axis
 from interventions.models import MODELS, ModelInfo

@@ -5,7 +5,8 @@ Each trial is what `orchestrator.worker.run_trial` does on an actor, minus `tune
 `worker.MAX_CACHED_RUNS`) then the kind's trial function, then a count of the hooks left on the
 model. The grid has 16 trials per (family, seed) pair and goes through 62 pairs in 1,000 trials,
 far more than the actor's cache keeps (16): by the warm-up reading (300 trials) the cache is
-full, and from then on every new pair evicts one, so steady RSS means nothing accumulates. By default the loop runs inside one Ray actor (one process, as in a sweep);
+full, and from then on every new pair evicts one, so steady RSS means nothing accumulates. By default the loop
+runs inside one Ray actor (one process, as in a sweep);
 `--in-process` runs it here without Ray.
 
     python benchmarks/soak.py                 # 1,000 trials in one Ray actor

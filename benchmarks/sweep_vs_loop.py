@@ -61,7 +61,7 @@ def plain_loop(sweep, points) -> None:
         for r in targets:
             mask = r.eval_batch.mask[..., None].float()  # the vector goes on prompt positions, as ours
             handle = layers[v["layer"]].register_forward_hook(
-                lambda m, i, out, mask=mask: (out[0] + add * mask, *out[1:]) if isinstance(out, tuple)
+                lambda m, i, out, mask=mask, add=add: (out[0] + add * mask, *out[1:]) if isinstance(out, tuple)
                 else out + add * mask)
             try:
                 with torch.no_grad():

@@ -12,8 +12,16 @@ import torch
 from pydantic import BeforeValidator, Field
 from torch import Tensor
 
-from interventions.components import (COMPONENTS, Site, at_site, batch_of, corrupt_run, masked_means,
-                                      patched_logits, values)
+from interventions.components import (
+    COMPONENTS,
+    Site,
+    at_site,
+    batch_of,
+    corrupt_run,
+    masked_means,
+    patched_logits,
+    values,
+)
 from interventions.context import FamilyRun, TrialContext, seeded_generator
 from interventions.forward import Batch
 from interventions.kinds import CommonAxes, axis, kind, registered

@@ -68,7 +68,8 @@ def capture_all(run: FamilyRun, which: str, component: str) -> dict[int, Tensor]
     else:
         modules = dict(enumerate(blocks))
     with capture(modules) as outs, capture(modules, inputs=True) as ins:
-        model.module(input_ids=batch.ids, attention_mask=batch.mask, position_ids=position_ids(batch.mask), use_cache=False,
+        model.module(input_ids=batch.ids, attention_mask=batch.mask, position_ids=position_ids(batch.mask),
+                     use_cache=False,
                      logits_to_keep=1)
     if component == "layer":
         return {i: outs[i] - ins[i] for i in outs}

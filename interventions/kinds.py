@@ -145,5 +145,6 @@ def run_kind(name: str, ctx: TrialContext, point: dict) -> TrialResult:
     return run_pack(name, ctx, [point])[0]
 
 
-__all__ = ["KINDS", "Kind", "CommonAxes", "TrialContext", "axis", "TrialResult", "kind", "kind_axes", "kind_points", "registered",
+__all__ = ["KINDS", "Kind", "CommonAxes", "TrialContext", "axis", "TrialResult", "kind", "kind_axes", "kind_points",
+           "registered",
            "run_kind", "run_pack"]

@@ -1,4 +1,4 @@
-"""Next-token metrics on last-position logits (batch, vocab), and the rank correlations reports share: pure functions."""
+"""Next-token metrics on last-position logits (batch, vocab) and the correlations reports share: pure functions."""
 from __future__ import annotations
 
 import torch

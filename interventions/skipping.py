@@ -47,7 +47,8 @@ def skip_points(axes: dict, info) -> list[dict]:
     return [{"skip": sorted(layers)} for layers in axes["skip"]]
 
 
-@kind("skip", axes=SkipAxes, metrics=METRICS, primary="kl", shown=("accuracy_clean",), layer_axes=(), points=skip_points)
+@kind("skip", axes=SkipAxes, metrics=METRICS, primary="kl", shown=("accuracy_clean",), layer_axes=(),
+      points=skip_points)
 def skip_trial(ctx: TrialContext, *, skip: list[int]) -> dict[str, float]:
     """One grid point: skip a set of layers; metrics against the full model."""
     run = ctx.family
@@ -58,7 +59,8 @@ class EarlyExitAxes(CommonAxes):
     exit_layer: axis(Annotated[int, Field(ge=0)])
 
 
-@kind("early_exit", axes=EarlyExitAxes, metrics=METRICS, primary="kl", shown=("accuracy_clean",), layer_axes=("exit_layer",))
+@kind("early_exit", axes=EarlyExitAxes, metrics=METRICS, primary="kl", shown=("accuracy_clean",),
+      layer_axes=("exit_layer",))
 def early_exit_trial(ctx: TrialContext, *, exit_layer: int) -> dict[str, float]:
     """One grid point: read the prediction off resid_post[exit_layer]; metrics against the full model."""
     run = ctx.family

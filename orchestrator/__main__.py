@@ -1,7 +1,6 @@
 """Command line: `python -m orchestrator sweep SPEC`, `ui`, `report SWEEP_NAME` and `compare SWEEP_A SWEEP_B`."""
 from __future__ import annotations
 
-import socket
 import sys
 
 import click
@@ -12,57 +11,6 @@ from interventions.registry import AtlasError
 MAX_TRIALS = 20_000  # a grid larger than this needs --yes: a typo in an axis should not start a week of work
 
 
-def check_address(address: str | None, timeout: float = 3.0) -> None:
-    """Fail fast when the Ray cluster to join does not answer (ray.init would wait for minutes).
-
-    'auto' is resolved the way Ray resolves it (RAY_ADDRESS, then the cluster `ray start` left
-    on this machine); no address at all starts a local Ray, so there is nothing to check.
-    """
-    if address is None or address == "local":
-        return
-    target = address
-    if address == "auto":
-        try:
-            from ray._private.services import get_ray_address_from_environment  # Ray 2.x; private, so guarded
-        except ImportError:
-            return  # leave it to ray.init
-        try:
-            target = get_ray_address_from_environment("auto", None)
-        except ConnectionError:
-            raise AtlasError("--address auto: no running Ray cluster found on this machine (start one with "
-                             "`ray up cluster.yaml` or `ray start --head`, or drop --address for a local Ray)") from None
-    host, sep, port = target.removeprefix("ray://").rpartition(":")
-    if not sep or not port.isdigit():
-        raise AtlasError(f"--address {address}: expected 'auto' or host:port, not {target!r}")
-    try:
-        socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=timeout).close()
-    except OSError as exc:
-        reason = exc.strerror or type(exc).__name__
-        raise AtlasError(f"--address {address}: no Ray cluster answered at {host}:{port} ({reason})") from None
-
-
-def check_ledger(loaded, uri: str, points: list, resume: bool, console: Console) -> None:
-    """The experiment as the resume ledger: refuse what would silently mix two specs or two drivers."""
-    from orchestrator.tracking import Tracker
-
-    tracker = Tracker(uri, loaded)
-    name = loaded.spec.name
-    other = tracker.live_driver()
-    if other:
-        raise AtlasError(f"name: sweep {name!r} is being run right now by driver {other}; wait for it or stop it "
-                         "(two drivers of one sweep would run the same grid points twice)")
-    finished = tracker.finished()
-    stale = set(finished) - {p.trial_id for p in points}
-    if stale and not resume and tracker.last_spec_hash() != loaded.spec_hash:  # news since the last invocation
-        raise AtlasError(f"name: experiment {name!r} holds {len(stale)} finished runs that are not grid points of "
-                         "this spec (it changed since they ran); pass --resume to keep them out of the table and run "
-                         "only the new or changed points, or give the sweep a new name")
-    if resume:
-        kept = len(finished) - len(stale)
-        console.print(f"--resume: {kept} of {len(points)} grid points already finished in {name!r}"
-                      + (f"; {len(stale)} finished runs of an earlier spec are kept but not aggregated" if stale else ""))
-
-
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def cli() -> None:
     """Causal-atlas sweeps: steering (and more kinds) over seeds x layers x ..., run by Ray Tune, logged to MLflow."""
@@ -70,9 +18,11 @@ def cli() -> None:
 
 @cli.command()
 @click.argument("spec", type=click.Path(dir_okay=False))
-@click.option("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlruns/mlflow.db).")
+@click.option("--tracking-uri",
+              help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlruns/mlflow.db).")
 @click.option("--address", help="Ray cluster to join, e.g. 'auto' after `ray up cluster.yaml` (default: a local Ray).")
-@click.option("--dry-run", is_flag=True, help="Validate the spec, print the grid size and per-axis counts; touch nothing.")
+@click.option("--dry-run", is_flag=True,
+              help="Validate the spec, print the grid size and per-axis counts; touch nothing.")
 @click.option("--top", default=20, show_default=True, help="Rows of the cross-seed table to print.")
 @click.option("--resume", is_flag=True,
               help="Continue a sweep whose spec changed: keep its finished runs (those no longer in the grid are not "
@@ -105,13 +55,13 @@ def sweep(spec: str, tracking_uri: str | None, address: str | None, dry_run: boo
     if len(points) > max_trials and not yes:
         raise AtlasError(f"--max-trials: the grid has {len(points)} points, more than --max-trials {max_trials}; "
                          "pass --yes to run them all (or check the axes with --dry-run)")
-    from orchestrator.tracking import check_store, resolve_uri
+    from orchestrator.cluster import check_address
+    from orchestrator.runner import run_sweep
+    from orchestrator.tracking import check_ledger
 
-    uri = resolve_uri(tracking_uri)
-    check_store(uri, tracking_uri)
+    uri = _store(tracking_uri)
     check_address(address)
     check_ledger(loaded, uri, points, resume, console)
-    from orchestrator.runner import run_sweep
 
     outcome = run_sweep(loaded, tracking_uri=uri, address=address, console=console, top=top)
     if outcome.interrupted:
@@ -129,7 +79,8 @@ def sweep(spec: str, tracking_uri: str | None, address: str | None, dry_run: boo
 @click.option("--tracking-uri", help="MLflow store to browse (default: the same one `sweep` writes).")
 def ui(host: str, port: int, tracking_uri: str | None) -> None:
     """Browse every sweep's runs in the MLflow UI."""
-    from orchestrator.tracking import is_loopback, resolve_uri, serve_ui
+    from orchestrator.store import resolve_uri
+    from orchestrator.ui import is_loopback, serve_ui
 
     uri = resolve_uri(tracking_uri)
     if not is_loopback(host):
@@ -154,11 +105,8 @@ def report(sweep_name: str, tracking_uri: str | None, out: str | None, top: int)
     from pathlib import Path
 
     from orchestrator.report import write_report
-    from orchestrator.tracking import check_store, resolve_uri
 
-    uri = resolve_uri(tracking_uri)
-    check_store(uri, tracking_uri)
-    done = write_report(uri, sweep_name, Path(out) if out else None)
+    done = write_report(_store(tracking_uri), sweep_name, Path(out) if out else None)
     _print_cards(done, top)
     if done.logged_to:
         click.echo(f"also logged under report/ on parent run {done.logged_to}")
@@ -175,12 +123,18 @@ def compare(sweep_a: str, sweep_b: str, tracking_uri: str | None, out: str | Non
     """Two sweeps of one kind side by side on a depth axis (layer / n_layers), hubs as depth fractions."""
     from pathlib import Path
 
-    from orchestrator.report import write_compare
-    from orchestrator.tracking import check_store, resolve_uri
+    from orchestrator.report.compare import write_compare
+
+    _print_cards(write_compare(_store(tracking_uri), sweep_a, sweep_b, Path(out) if out else None), top)
+
+
+def _store(tracking_uri: str | None) -> str:
+    """The MLflow store to use, checked to answer before anything starts."""
+    from orchestrator.store import check_store, resolve_uri
 
     uri = resolve_uri(tracking_uri)
     check_store(uri, tracking_uri)
-    _print_cards(write_compare(uri, sweep_a, sweep_b, Path(out) if out else None), top)
+    return uri
 
 
 def _print_cards(done, top: int) -> None:

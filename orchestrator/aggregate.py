@@ -6,6 +6,9 @@ import math
 import pandas as pd
 from rich.table import Table
 
+from interventions.kinds import Kind
+from orchestrator.numbers import pm
+
 STATS = ("mean", "std", "n", "min", "max")
 
 
@@ -32,12 +35,6 @@ def aggregate(rows: list[dict], group_by: list[str], metrics: list[str], primary
     return table.loc[order].reset_index(drop=True)
 
 
-def _pm(mean: float, std: float) -> str:
-    if math.isnan(mean):
-        return "–"
-    return f"{mean:+.3g}" if math.isnan(std) else f"{mean:+.3g} ± {std:.2g}"
-
-
 def _axis_cell(value) -> str:
     """An axis value as written: 4 not 4.0 (a column with absent values is float), '–' where a point has no value."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -47,10 +44,11 @@ def _axis_cell(value) -> str:
     return str(value)
 
 
-def render(table: pd.DataFrame, axes: list[str], metrics: list[str], primary: str, top: int, title: str) -> Table:
-    """The first `top` groups as a rich table: varying axes, then mean ± std of the key metrics."""
+def render(table: pd.DataFrame, axes: list[str], kind: Kind, top: int, title: str) -> Table:
+    """The first `top` groups as a rich table: varying axes, then mean ± std of the kind's primary and shown metrics."""
+    primary = kind.primary
     shown_axes = [a for a in axes if a in table and table[a].nunique() > 1] or axes[:1]
-    shown = [primary, *[m for m in ("kl", "accuracy_clean", "selectivity") if m in metrics and m != primary]]
+    shown = [primary, *[m for m in kind.shown if m != primary]]
     out = Table(title=title, title_justify="left", caption="cells: mean ± std (ddof=1) over seeds",
                 caption_justify="left")
     for name in shown_axes:
@@ -60,6 +58,6 @@ def render(table: pd.DataFrame, axes: list[str], metrics: list[str], primary: st
         out.add_column(metric, justify="right")
     for _, row in table.head(top).iterrows():
         cells = [_axis_cell(row[a]) for a in shown_axes] + [str(int(row[f"{primary}_n"]))]
-        cells += [_pm(row[f"{m}_mean"], row[f"{m}_std"]) for m in shown]
+        cells += [pm(row[f"{m}_mean"], row[f"{m}_std"], "+.3g") for m in shown]
         out.add_row(*cells)
     return out

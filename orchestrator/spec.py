@@ -156,7 +156,8 @@ def load_sweep(path: str | Path) -> Sweep:
         raise _field_error(path, exc, model=SweepSpec) from None
     kind = KINDS.get(spec.kind)
     try:
-        validated = kind.axes.model_validate(spec.axes, context={"base_dir": path.parent})  # paths: relative to the spec
+        # paths are relative to the spec
+        validated = kind.axes.model_validate(spec.axes, context={"base_dir": path.parent})
         axes = {k: v for k, v in validated.model_dump().items() if v is not None}
     except ValidationError as exc:
         raise _field_error(path, exc, ("axes",), kind.axes) from None

@@ -1,4 +1,4 @@
-"""End of a sweep: the cross-seed table of every finished grid point, plus a kind's own summary (hubs), saved and logged."""
+"""End of a sweep: the cross-seed table of every finished grid point and the kind's own summary, saved and logged."""
 from __future__ import annotations
 
 import json
@@ -9,7 +9,6 @@ import pandas as pd
 from rich.console import Console
 
 from orchestrator.aggregate import aggregate, render
-from orchestrator.atlas import KIND_SUMMARIES
 from orchestrator.grid import Point, axis_order
 from orchestrator.spec import Sweep
 from orchestrator.tracking import Tracker
@@ -25,8 +24,7 @@ def summarise(sweep: Sweep, tracker: Tracker, points: list[Point], parent: str, 
     rows = [{"model": sweep.spec.model, "kind": sweep.kind.name, **_hashable(p.values),
              **finished[p.trial_id]} for p in have]
     group_by = ["model", "kind", *[a for a in axis_order(sweep) if a != "seed"]]
-    metrics = list(sweep.kind.metrics)
-    table = aggregate(rows, group_by, metrics, sweep.kind.primary)
+    table = aggregate(rows, group_by, list(sweep.kind.metrics), sweep.kind.primary)
     out_dir = out_dir or Path.cwd() / "mlruns" / "reports" / sweep.spec.name
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "aggregate.parquet"
@@ -37,7 +35,7 @@ def summarise(sweep: Sweep, tracker: Tracker, points: list[Point], parent: str, 
     axes = [a for a in group_by if a not in ("model", "kind")]
     title = (f"{sweep.spec.name}: {len(table)} groups over seeds {sweep.axes['seed']} "
              f"(strongest |{sweep.kind.primary}| first)")
-    console.print(render(table, axes, metrics, sweep.kind.primary, top, title))
+    console.print(render(table, axes, sweep.kind, top, title))
     if len(table) > top:
         console.print(f"... {len(table) - top} more groups in the table file")
     console.print(f"aggregate table: {path}  (also an artifact of parent run {parent})")
@@ -45,8 +43,11 @@ def summarise(sweep: Sweep, tracker: Tracker, points: list[Point], parent: str, 
     if not math.isnan(best):
         tracker.log_summary(parent, {f"best_{sweep.kind.primary}_mean": best, "groups": len(table),
                                      "finished_points": len(have)})
-    if sweep.kind.name in KIND_SUMMARIES:
-        summary = KIND_SUMMARIES[sweep.kind.name](pd.DataFrame(rows))
+    from orchestrator.report.sections import SECTIONS  # the report side: matplotlib, only when a sweep ends
+
+    entry = SECTIONS.get(sweep.kind.name) if sweep.kind.name in SECTIONS else None
+    if entry is not None and entry.summary is not None:
+        summary = entry.summary(pd.DataFrame(rows))
         files = []
         for name, frame in summary.tables.items():
             files.append(out_dir / f"{name}.parquet")

@@ -1,140 +1,36 @@
-"""MLflow record (DESIGN §7): store, experiment, parent run, one FINISHED child run per trial_id, the UI.
+"""The sweep's MLflow writer (DESIGN §7): experiment, parent run, one FINISHED child run per trial_id.
 
-With record.py (which reads a sweep back for reports), the only module that imports mlflow. Only the driver writes; the store doubles as the
-resume ledger: a grid point whose trial_id already has a FINISHED run is not run again.
+Only the driver writes. The store doubles as the resume ledger: a grid point whose trial_id
+already has a FINISHED run is not run again (`check_ledger` refuses what would mix two specs or
+two drivers). The schema the report reads back is in store.py.
 """
 from __future__ import annotations
 
-import ipaddress
 import json
-import logging
 import os
-import random
 import socket
-import subprocess
-import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from mlflow.entities import Metric, Param, RunStatus
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 import orchestrator
-from interventions.registry import AtlasError
+from interventions.registry import AtlasError, first_line
 from orchestrator.grid import Point
 from orchestrator.spec import Sweep
-
-logging.getLogger("mlflow").setLevel(logging.WARNING)  # no INFO lines about creating the SQLite tables
-TAG = "orchestrator."
-ROLE_PARENT, ROLE_CHILD = "parent", "trial"
-
-
-def store_dir() -> Path:
-    return Path.cwd() / "mlruns"
-
-
-def resolve_uri(cli_value: str | None = None) -> str:
-    """--tracking-uri, else MLFLOW_TRACKING_URI, else the project's SQLite store under ./mlruns."""
-    uri = cli_value or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{store_dir() / 'mlflow.db'}"
-    if "://" not in uri or uri.startswith("file:"):
-        where = "--tracking-uri" if cli_value else "MLFLOW_TRACKING_URI"
-        raise AtlasError(f"{where}: {uri!r} is a bare file store, which MLflow 3 rejects; give a database or "
-                         "server URI such as sqlite:////abs/path/mlflow.db or http://host:5000")
-    return uri
-
-
-def _default_store(uri: str) -> bool:
-    return uri == f"sqlite:///{store_dir() / 'mlflow.db'}"
-
-
-def check_store(uri: str, cli_value: str | None = None, timeout: float = 5.0) -> None:
-    """Fail fast, before anything starts, on a store that cannot answer.
-
-    An http(s) server must answer its /health endpoint within `timeout` (401/403 count: a
-    server behind a login answered; a proxy's 404 or 502 does not); MLflow's own client would
-    otherwise retry for minutes. A SQLite file's folder must exist (MLflow creates the file,
-    never the folder).
-    """
-    where = "--tracking-uri" if cli_value else "MLFLOW_TRACKING_URI"
-    if uri.startswith(("http://", "https://")):
-        try:
-            urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout).close()
-        except urllib.error.HTTPError as exc:
-            if exc.code not in (401, 403):
-                raise AtlasError(f"{where}: no MLflow server answered at {uri} (HTTP {exc.code} from /health)") from None
-        except (OSError, ValueError) as exc:
-            reason = getattr(exc, "reason", None) or exc
-            reason = getattr(reason, "strerror", None) or reason  # 'Connection refused', not '[Errno 111] ...'
-            raise AtlasError(f"{where}: no MLflow server answered at {uri} ({reason})") from None
-    elif uri.startswith("sqlite:///") and not _default_store(uri):
-        folder = Path(uri.removeprefix("sqlite:///")).parent
-        if not folder.is_dir():
-            raise AtlasError(f"{where}: folder {folder} of the SQLite store {uri} does not exist")
-
-
-def _locked(exc: Exception) -> bool:
-    return "database is locked" in str(exc) or "database table is locked" in str(exc)
-
-
-class _RetryOnLock:
-    """An MlflowClient whose calls retry, with jittered backoff, when SQLite says 'database is locked'.
-
-    Two sweeps writing one SQLite file take turns at its write lock; SQLite's own busy wait
-    (5 s) can run out under load, and MLflow then raises. Every write the Tracker makes is one
-    transaction that SQLite rolled back, so repeating it is safe.
-    """
-
-    def __init__(self, client: MlflowClient, attempts: int = 12) -> None:
-        self._client, self._attempts = client, attempts
-
-    def __getattr__(self, name: str):
-        attr = getattr(self._client, name)
-        if not callable(attr):
-            return attr
-
-        def call(*args, **kwargs):
-            delay = 0.1
-            for attempt in range(self._attempts):
-                try:
-                    return attr(*args, **kwargs)
-                except Exception as exc:  # MlflowException or SQLAlchemy's OperationalError
-                    if not _locked(exc) or attempt == self._attempts - 1:
-                        raise
-                    time.sleep(delay * (1 + random.random()))
-                    delay = min(delay * 2, 3.0)
-
-        return call
-
-
-@contextmanager
-def _schema_lock(uri: str) -> Iterator[None]:
-    """One process at a time makes its first contact with a SQLite store.
-
-    The first MlflowClient on a new SQLite file creates its tables by running MLflow's
-    migrations; two sweeps starting at once would run them interleaved and leave a broken
-    schema ("table _alembic_tmp_tags already exists"). An exclusive flock on the store's folder
-    serialises that step; later writes are ordinary transactions (see _RetryOnLock).
-    """
-    if not uri.startswith("sqlite:///"):
-        yield
-        return
-    try:
-        import fcntl
-    except ImportError:  # Windows: no flock; start concurrent sweeps on a new store one after the other
-        yield
-        return
-    fd = os.open(Path(uri.removeprefix("sqlite:///")).parent, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # releases the lock
+from orchestrator.store import (
+    ROLE_CHILD,
+    ROLE_PARENT,
+    TAG,
+    RetryOnLock,
+    default_store,
+    schema_lock,
+    search_all,
+    store_dir,
+)
 
 
 def _driver_id() -> str:
@@ -169,22 +65,22 @@ class Tracker:
         self.client, self.experiment_id = None, None
         self.tags = {f"{TAG}kind": sweep.kind.name, f"{TAG}spec_hash": sweep.spec_hash,  # once: hashes every item
                      f"{TAG}version": orchestrator.__version__}
-        if not _default_store(uri) or (store_dir() / "mlflow.db").exists():  # reading never creates a store
+        if not default_store(uri) or (store_dir() / "mlflow.db").exists():  # reading never creates a store
             self._connect()
 
     def _connect(self) -> None:
         if self.client is None:
-            if _default_store(self.uri):
+            if default_store(self.uri):
                 store_dir().mkdir(exist_ok=True)
-            with _schema_lock(self.uri):  # MlflowClient() creates or migrates a new SQLite file's tables
+            with schema_lock(self.uri):  # MlflowClient() creates or migrates a new SQLite file's tables
                 try:
-                    self.client = _RetryOnLock(MlflowClient(tracking_uri=self.uri))
+                    self.client = RetryOnLock(MlflowClient(tracking_uri=self.uri))
                     found = self.client.get_experiment_by_name(self.sweep.spec.name)
                 except Exception as exc:
                     if self.uri.startswith("sqlite:"):
                         raise
-                    first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-                    raise AtlasError(f"tracking URI {self.uri}: the store did not answer as MLflow ({first})") from None
+                    raise AtlasError(f"tracking URI {self.uri}: the store did not answer as MLflow "
+                                     f"({first_line(exc)})") from None
             if found is not None and found.lifecycle_stage == "deleted":
                 raise AtlasError(f"name: experiment {self.sweep.spec.name!r} is deleted in {self.uri}; restore it "
                                  "(mlflow experiments restore) or give the sweep another name")
@@ -231,7 +127,9 @@ class Tracker:
     def start_parent(self, n_points: int, n_todo: int) -> str:
         self._connect()
         if self.experiment_id is None:
-            location = (store_dir() / "artifacts").as_uri() + f"/{self.sweep.spec.name}" if _default_store(self.uri) else None
+            location = None  # the server's or the store's default
+            if default_store(self.uri):
+                location = (store_dir() / "artifacts").as_uri() + f"/{self.sweep.spec.name}"
             self.experiment_id = self.client.create_experiment(self.sweep.spec.name, artifact_location=location)
         spec = self.sweep.spec
         run = self.client.create_run(self.experiment_id, run_name=f"{spec.name} {time.strftime('%Y-%m-%d %H:%M:%S')}",
@@ -290,33 +188,22 @@ class Tracker:
         self.client.set_terminated(run_id, status)
 
 
-def search_all(client, experiment_id: str, filter_string: str, order_by=None):
-    """Every run of the experiment that matches, page by page (one search returns at most 10,000)."""
-    token = None
-    while True:
-        page = client.search_runs([experiment_id], filter_string, max_results=10_000, page_token=token,
-                                  order_by=order_by)
-        yield from page
-        token = page.token
-        if not token:
-            return
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def serve_ui(uri: str, host: str, port: int) -> int:
-    """Run the MLflow UI on the store until interrupted; returns its exit code."""
-    if _default_store(uri):
-        store_dir().mkdir(exist_ok=True)
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
-    if _default_store(uri):
-        cmd += ["--artifacts-destination", str(store_dir() / "artifacts")]
-    return subprocess.call(cmd, env=env)
+def check_ledger(loaded: Sweep, uri: str, points: list[Point], resume: bool, console) -> None:
+    """The experiment as the resume ledger: refuse what would silently mix two specs or two drivers."""
+    tracker = Tracker(uri, loaded)
+    name = loaded.spec.name
+    other = tracker.live_driver()
+    if other:
+        raise AtlasError(f"name: sweep {name!r} is being run right now by driver {other}; wait for it or stop it "
+                         "(two drivers of one sweep would run the same grid points twice)")
+    finished = tracker.finished()
+    stale = set(finished) - {p.trial_id for p in points}
+    if stale and not resume and tracker.last_spec_hash() != loaded.spec_hash:  # news since the last invocation
+        raise AtlasError(f"name: experiment {name!r} holds {len(stale)} finished runs that are not grid points of "
+                         "this spec (it changed since they ran); pass --resume to keep them out of the table and run "
+                         "only the new or changed points, or give the sweep a new name")
+    if resume:
+        kept = len(finished) - len(stale)
+        console.print(f"--resume: {kept} of {len(points)} grid points already finished in {name!r}"
+                      + (f"; {len(stale)} finished runs of an earlier spec are kept but not aggregated" if stale
+                         else ""))

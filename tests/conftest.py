@@ -8,6 +8,11 @@ import pytest
 from interventions import models
 from interventions.context import FamilyRun, TrialContext
 from interventions.families import make_split
+from interventions.kinds import KINDS
+
+# Every kind's module (peft and transformers with them) imported now, before any test captures stderr: a logger
+# whose handler is made during a capsys test would keep writing to that test's closed stream.
+KINDS.names()
 
 REPO = Path(__file__).resolve().parents[1]
 

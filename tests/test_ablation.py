@@ -1,6 +1,8 @@
 """Ablation and patching against an independent computation: one prompt at a time, hand-written hooks."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -60,7 +62,7 @@ def expected(model, run, site: Site, method: str) -> torch.Tensor:
     return torch.stack(rows)
 
 
-def sites(n_layers: int, layer: int):
+def sites(layer: int):
     return [Site(c, layer, (1,) if c == "head" else ()) for c in COMPONENTS]
 
 
@@ -68,7 +70,7 @@ def sites(n_layers: int, layer: int):
 def test_every_method_on_every_component_matches_hand_hooks_tiny(tiny_model, method):
     ctx = context(tiny_model, "copying", seed=0, n_train=6, n_eval=5)  # prompts of several lengths
     for layer in (0, 2):
-        for site in sites(tiny_model.n_layers, layer):
+        for site in sites(layer):
             got = ablated_logits(ctx.family, SEED, site, method)
             want = expected(tiny_model, ctx.family, site, method)
             torch.testing.assert_close(got, want, atol=1e-4, rtol=0, msg=f"{site} {method}")
@@ -78,7 +80,7 @@ def test_every_method_on_every_component_matches_hand_hooks_tiny(tiny_model, met
 @pytest.mark.parametrize("method", ABLATIONS.names())
 def test_every_method_on_every_component_matches_hand_hooks_embedded(smollm2, method):
     ctx = context(smollm2, "factual_recall", seed=0, n_train=4, n_eval=3)
-    for site in sites(smollm2.n_layers, 11):
+    for site in sites(11):
         got = ablated_logits(ctx.family, SEED, site, method)
         want = expected(smollm2, ctx.family, site, method)
         diff = (got.log_softmax(-1) - want.log_softmax(-1)).abs().max()
@@ -129,17 +131,20 @@ def test_patching_clean_into_clean_is_a_no_op(tiny_model):
 
 
 def test_padding_does_not_change_ablation_results(tiny_llama):
-    ctx = context(tiny_llama, "factual_recall", n_train=6, n_eval=6)  # prompts of different lengths
-    lens = ctx.family.eval_batch.mask.sum(-1)
-    assert lens.min() < lens.max()
+    """Lengthening one eval item gives every other item more left padding: their results stay, for every method
+    (resample's and random's draws are keyed by an item's index and length, both unchanged)."""
+    ctx = context(tiny_llama, "factual_recall", n_train=6, n_eval=6)
+    padded = context(tiny_llama, "factual_recall", n_train=6, n_eval=6)
+    split = padded.family.split
+    longest = int(ctx.family.eval_batch.mask.sum(-1).argmax())
+    item = split.eval[longest]
+    prefix = "Some facts about the world, in no particular order. "
+    longer = replace(item, prompt=prefix + item.prompt, corrupt_prompt=prefix + item.corrupt_prompt)
+    padded.family.split = replace(split, eval=(*split.eval[:longest], longer, *split.eval[longest + 1:]))
+    assert padded.family.eval_batch.ids.shape[1] > ctx.family.eval_batch.ids.shape[1]
+    others = [i for i in range(len(split.eval)) if i != longest]
     for method in ABLATIONS.names():
-        batched = ablated_logits(ctx.family, SEED, Site("mlp", 1), method)
-        for i in range(len(lens)):
-            single = context(tiny_llama, "factual_recall", n_train=6, n_eval=6)
-            split = single.family.split
-            from dataclasses import replace
-            single.family.split = replace(split, eval=(split.eval[i],))
-            alone = ablated_logits(single.family, SEED, Site("mlp", 1), method)
-            if method in ("resample", "random"):
-                continue  # their draws are indexed by the item's position in the eval list
-            torch.testing.assert_close(alone[0], batched[i], atol=1e-4, rtol=0)
+        for site in sites(1):
+            want = ablated_logits(ctx.family, SEED, site, method)[others]
+            got = ablated_logits(padded.family, SEED, site, method)[others]
+            torch.testing.assert_close(got, want, atol=1e-4, rtol=0, msg=f"{site} {method}")

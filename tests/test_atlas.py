@@ -6,7 +6,7 @@ import math
 import pandas as pd
 import pytest
 
-from orchestrator.atlas import ablation_summary, mode_and_std, spearman
+from orchestrator.report.hubs import ablation_summary, layer_spearman, mode_and_std
 
 
 def table(kl_of, seeds=(0, 1, 2), layers=range(6), families=("a", "b"), methods=("mean",), components=("layer",)):
@@ -54,7 +54,7 @@ def test_rank_stability_spearman_and_top3():
 
 
 def test_spearman_of_a_constant_ranking_is_nan():
-    assert math.isnan(spearman(pd.Series([1.0, 1.0, 1.0]), pd.Series([1.0, 2.0, 3.0])))
+    assert math.isnan(layer_spearman(pd.Series([1.0, 1.0, 1.0]), pd.Series([1.0, 2.0, 3.0])))
 
 
 def test_no_layer_mean_rows_means_no_hub_metrics_but_a_hub_table():

@@ -7,9 +7,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from orchestrator.claims import ClaimCard, Evidence, card, effect_size, grade, ranked
-from orchestrator.record import SweepRecord
-from orchestrator.sections import SECTIONS
+from orchestrator.report.claims import ClaimCard, Evidence, card, effect_size, grade, ranked
+from orchestrator.report.record import SweepRecord
+from orchestrator.report.sections import SECTIONS
 
 
 def ev(values, agree=None, control=None, direction=1) -> Evidence:

@@ -335,7 +335,7 @@ class FakeTrial:
 def test_points_tune_gave_up_on_early_run_again_and_are_logged_once(tmp_path, monkeypatch):
     """Ray Tune fails a trial for good when it dies again while PENDING, after 1 failure of max_failures 2: the
     driver reruns exactly those points in a new Tune run; a trial that spent its retries stays failed."""
-    from orchestrator import runner
+    from orchestrator import cluster, runner
     from orchestrator.grid import packs
 
     sweep = load_sweep(SMOKE)
@@ -356,8 +356,8 @@ def test_points_tune_gave_up_on_early_run_again_and_are_logged_once(tmp_path, mo
                 recorder.on_trial_complete(0, [], FakeTrial(pack, result={"results": results, "worker": "w"}))
 
     monkeypatch.setattr(runner, "_tune", fake_tune)
-    monkeypatch.setattr(runner.ray, "is_initialized", lambda: True)
-    monkeypatch.setattr(runner, "_check_resources", lambda sweep: None)
+    monkeypatch.setattr(cluster.ray, "is_initialized", lambda: True)
+    monkeypatch.setattr(runner, "check_resources", lambda resources: None)
     outcome = runner.run_sweep(sweep, tracking_uri=f"sqlite:///{tmp_path}/m.db", out_dir=tmp_path)
     assert rounds == [32, len(grid[0])]  # a second Tune run for the early pack only
     assert sorted(outcome.failed) == sorted(e["trial_id"] for e in grid[1]) and outcome.logged == 32 - len(grid[1])

@@ -17,9 +17,11 @@ from mlflow.tracking import MlflowClient
 
 from orchestrator.__main__ import main
 from orchestrator.grid import expand
-from orchestrator.record import SweepRecord, load_record, tidy
-from orchestrator.report import screenshot, write_compare, write_report
-from orchestrator.sections import SECTIONS
+from orchestrator.report.record import SweepRecord, read, tidy
+from orchestrator.report import write_report
+from orchestrator.report.compare import write_compare
+from orchestrator.report.html import screenshot
+from orchestrator.report.sections import SECTIONS
 from orchestrator.spec import load_sweep
 from orchestrator.tracking import Tracker
 
@@ -141,7 +143,7 @@ def test_tidy_types_params_and_keeps_the_newest_run_of_a_point():
 
 def test_the_record_is_the_finished_trial_runs_only(store):
     root, uri, parents = store
-    record = load_record(uri, "abl")
+    record = read(uri, "abl")
     assert len(record.frame) == 3 * 2 * 2 * 4 and record.frame["kl"].max() < 100  # no FAILED / KILLED / parent
     assert (record.kind, record.model, record.n_layers, record.parent_id) == ("ablation", "tiny-llama", 4,
                                                                                parents["abl"])

@@ -263,12 +263,12 @@ def test_a_missing_spec_file_is_one_line_exit_2(tmp_path, monkeypatch, capsys):
 @pytest.mark.parametrize("host,warned", [(None, False), ("127.0.0.1", False), ("localhost", False), ("::1", False),
                                          ("0.0.0.0", True), ("192.168.1.20", True)])
 def test_ui_binds_loopback_unless_told_and_warns_when_not(tmp_path, monkeypatch, capsys, host, warned):
-    import orchestrator.tracking as tracking
+    from orchestrator import ui
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     served = []
-    monkeypatch.setattr(tracking, "serve_ui", lambda uri, h, port: served.append(h) or 0)
+    monkeypatch.setattr(ui, "serve_ui", lambda uri, h, port: served.append(h) or 0)
     monkeypatch.setattr(sys, "argv", ["orchestrator", "ui", *(["--host", host] if host else [])])
     with pytest.raises(SystemExit) as exit_:
         main()

@@ -57,8 +57,8 @@ def family_name(value: str) -> str:
     return Path(value).stem if is_jsonl(value) else value
 
 
-def token_ids(tokenizer, text: str, special: bool = True) -> list[int]:
-    return tokenizer(text, add_special_tokens=special)["input_ids"]
+def token_ids(tokenizer, string: str, special: bool = True) -> list[int]:
+    return tokenizer(string, add_special_tokens=special)["input_ids"]
 
 
 def misfit(item: Item, tokenizer) -> str | None:

@@ -11,10 +11,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from orchestrator.claims import ClaimCard, Evidence, card
-from orchestrator.figures import steering_heatmaps
-from orchestrator.record import SweepRecord
-from orchestrator.sections import Profile, Section, Shown, as_profile, over_seeds, peak, section, seed_means
+from orchestrator.numbers import fmt
+from orchestrator.report.claims import ClaimCard, Evidence, card
+from orchestrator.report.figures import steering_heatmaps
+from orchestrator.report.record import SweepRecord
+from orchestrator.report.sections import Profile, Section, Shown, as_profile, over_seeds, peak, section, seed_means
 
 CONTROL = "random"
 AXES = ["layer", "strength", "vector_type"]
@@ -84,8 +85,8 @@ def _cell_card(record: SweepRecord, per_seed: pd.DataFrame, vtype: str, directio
     verb = "raises" if direction > 0 else "lowers"
     x, c = rows["ld_delta"], rows["control"]
     claim = (f"{vtype} steering at L{layer} ({layer / record.n_layers:.0%} depth), strength {strength:+g}, {verb} "
-             f"the target's logit difference: ld_delta {x.mean():+.2f} ± {_sd(x)}")
-    claim += (f" vs {c.mean():+.2f} ± {_sd(c)} for the random vector" if has_control else "") + "."
+             f"the target's logit difference: ld_delta {x.mean():+.2f} ± {fmt(x.std(ddof=1), '.2f')}")
+    claim += (f" vs {c.mean():+.2f} ± {fmt(c.std(ddof=1), '.2f')} for the random vector" if has_control else "") + "."
     caveats = [f"chosen as the {'boost' if direction > 0 else 'knock-out'} cell furthest from the random vector "
                f"among {len(means)} (layer, strength) cells of {vtype}; the selection favours a large effect"]
     caveats += _cell_notes(record, vtype, layer, strength)
@@ -104,7 +105,3 @@ def _cell_notes(record: SweepRecord, vtype: str, layer: int, strength: float) ->
     if "selectivity" in rows and rows["selectivity"].notna().any():
         notes.append(f"selectivity (own / collateral log-prob drop): {rows['selectivity'].mean():.2f}")
     return notes
-
-
-def _sd(values: pd.Series) -> str:
-    return f"{values.std(ddof=1):.2f}" if len(values) > 1 else "–"

@@ -1,7 +1,7 @@
 """Reading a sweep back from MLflow: its FINISHED trial runs as one tidy table, plus step-indexed curves.
 
 How this connects: `tracking.py` writes the record (one child run per grid point, params =
-axis values as text); this module is its reader for `report` and `compare`, and only reads,
+axis values as text, schema in `store.py`); this module is its reader for `report` and `compare`, and only reads,
 except `log_report`, which adds the report files to the sweep's newest parent run. Nothing
 is recomputed: every number a report shows comes from these runs.
 """
@@ -12,15 +12,13 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
-from interventions.registry import AtlasError
-from orchestrator.tracking import ROLE_CHILD, ROLE_PARENT, TAG, _RetryOnLock, search_all
-
-LAYER_COLUMNS = ("layer", "exit_layer")  # axes whose values are layer indices
+from interventions.kinds import KINDS
+from interventions.registry import AtlasError, first_line
+from orchestrator.store import ROLE_CHILD, ROLE_PARENT, TAG, RetryOnLock, search_all
 
 
 @dataclass
@@ -50,7 +48,8 @@ def parse_column(values: pd.Series) -> pd.Series:
             present.map(cast)
         except (TypeError, ValueError):
             continue
-        out = values.map(lambda v: None if v is None or (isinstance(v, float) and math.isnan(v)) else cast(v))
+        out = values.map(lambda v, cast=cast: None if v is None or (isinstance(v, float) and math.isnan(v))
+                         else cast(v))
         out = out.astype(dtype)
         return out.astype("int64") if dtype == "Int64" and not out.isna().any() else out
     return values.astype(object)
@@ -89,29 +88,29 @@ def tidy(runs: list[dict], curve_keys: tuple[str, ...] = ()) -> tuple[pd.DataFra
 def _client(uri: str) -> MlflowClient:
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
         raise AtlasError(f"--tracking-uri: the store {uri} does not exist (no sweep has been run into it)")
-    return _RetryOnLock(MlflowClient(tracking_uri=uri))
+    return RetryOnLock(MlflowClient(tracking_uri=uri))
 
 
-def n_layers_of(model: str, frame: pd.DataFrame, notes: list[str]) -> int:
+def n_layers_of(model: str, kind: str, frame: pd.DataFrame, notes: list[str]) -> int:
     """The model's layer count from its config; if the config cannot be read here, the largest layer seen + 1."""
     from interventions.models import describe
 
     try:
         return describe(model).n_layers
     except (AtlasError, OSError, ValueError) as exc:
-        seen = [int(frame[c].max()) for c in LAYER_COLUMNS if c in frame and frame[c].notna().any()]
+        layer_axes = KINDS.get(kind).layer_axes if kind in KINDS else ()
+        seen = [int(frame[c].max()) for c in layer_axes if c in frame and frame[c].notna().any()]
         seen += [max(json.loads(s), default=-1) for s in frame.get("skip", pd.Series(dtype=object)).dropna()]
         notes.append(f"n_layers of {model} taken as the largest layer in the sweep + 1 (config unreadable: "
-                     f"{str(exc).splitlines()[0][:120]})")
+                     f"{first_line(exc, 120)})")
         return max(seen, default=0) + 1
 
 
-def load_record(uri: str, name: str, argument: str = "SWEEP_NAME",
-                curves_for: Callable[[str], tuple[str, ...]] = lambda kind: ()) -> SweepRecord:
+def read(uri: str, name: str, argument: str = "SWEEP_NAME") -> SweepRecord:
     """Every FINISHED trial run of sweep `name` (never the parent, never FAILED or KILLED runs).
 
-    `curves_for(kind)` names the kind's step-indexed metrics (fnmatch patterns) to read as curves.
-    Bad input (no such store, sweep, or finished run) is an AtlasError that names `argument`.
+    The kind's step-indexed metrics (`Kind.curves`) are read as curves. Bad input (no such store,
+    sweep, or finished run) is an AtlasError that names `argument`.
     """
     client = _client(uri)
     experiment = client.get_experiment_by_name(name)
@@ -125,7 +124,7 @@ def load_record(uri: str, name: str, argument: str = "SWEEP_NAME",
     kinds = sorted({r.data.params.get("kind", "?") for r in found})
     if len(kinds) != 1:
         raise AtlasError(f"{argument}: sweep {name!r} mixes experiment kinds {kinds}; one report needs one kind")
-    keys = curves_for(kinds[0])
+    keys = KINDS.get(kinds[0]).curves if kinds[0] in KINDS else ()
     runs = [{"run_id": r.info.run_id, "start_time": r.info.start_time, "params": dict(r.data.params),
              "metrics": dict(r.data.metrics)} for r in found]
     frame, notes = tidy(runs, keys)
@@ -136,7 +135,7 @@ def load_record(uri: str, name: str, argument: str = "SWEEP_NAME",
     parents = list(search_all(client, experiment.experiment_id, f"tags.`{TAG}role` = '{ROLE_PARENT}'",
                               order_by=["attributes.start_time DESC"]))
     axes = [k for k in dict.fromkeys(k for r in runs for k in r["params"]) if k not in ("model", "kind")]
-    return SweepRecord(name, kinds[0], model, n_layers_of(model, frame, notes), frame, curves, axes,
+    return SweepRecord(name, kinds[0], model, n_layers_of(model, kinds[0], frame, notes), frame, curves, axes,
                        parents[0].info.run_id if parents else None, notes)
 
 

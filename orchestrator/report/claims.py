@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from orchestrator.numbers import fmt  # noqa: F401  (re-exported: cards and sections format with it)
+
 MARGIN_D = 2.0  # A needs the effect to exceed the control by two pooled standard deviations
 MIN_SEEDS_A = 3
 RANK_CAP = 10.0  # d beyond this does not reorder cards
@@ -138,15 +140,6 @@ def card(claim: str, figure: str, metric: str, ev: Evidence, control: str = "", 
                      float(np.mean(c)) if c else float("nan"), _std(c),
                      D_WITH_CONTROL if ev.control else D_WITHOUT_CONTROL, f"{ev.n_agree} of {ev.n} seeds", why,
                      dict(extra))
-
-
-def fmt(x: float, digits: int = 3) -> str:
-    """A number for a sentence: `digits` significant digits, '–' for undefined, '∞' for infinite."""
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "–"
-    if math.isinf(x):
-        return "∞" if x > 0 else "-∞"
-    return f"{x:.{digits}g}"
 
 
 def ranked(cards: list[ClaimCard]) -> list[ClaimCard]:

@@ -12,13 +12,23 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from orchestrator.atlas import METRIC
-from orchestrator.claims import ClaimCard, Evidence, card, fmt
-from orchestrator.figures import lines_by_layer, scatter_with_r
-from orchestrator.record import SweepRecord
-from orchestrator.sections import Profile, Section, Shown, as_profile, over_seeds, peak, peak_card, section, seed_means
+from adapters.kind import EFFECT_LAYER, NORM_LAYER
+from orchestrator.report.claims import ClaimCard, Evidence, card, fmt
+from orchestrator.report.figures import lines_by_layer, scatter_with_r
+from orchestrator.report.hubs import METRIC
+from orchestrator.report.record import SweepRecord
+from orchestrator.report.sections import (
+    Profile,
+    Section,
+    Shown,
+    as_profile,
+    over_seeds,
+    peak,
+    peak_card,
+    section,
+    seed_means,
+)
 
-CURVES = ("norm_layer", "effect_layer", "train_loss", "norm_*_proj")
 TRUNCATION_SHARE = 0.1  # the smallest keep_rank whose KL is at most this share of removing the adapter
 
 
@@ -32,23 +42,24 @@ def layer_curve(record: SweepRecord, key: str, operation: str) -> pd.DataFrame:
 
 
 def _norms(record: SweepRecord) -> pd.DataFrame:
-    found = layer_curve(record, "norm_layer", "norm_profile")
-    return found if len(found) else layer_curve(record, "norm_layer", "norm_effect")
+    found = layer_curve(record, NORM_LAYER, "norm_profile")
+    return found if len(found) else layer_curve(record, NORM_LAYER, "norm_effect")
 
 
 def adapter_profile(record: SweepRecord) -> Profile:
-    effect = layer_curve(record, "effect_layer", "norm_effect")
+    effect = layer_curve(record, EFFECT_LAYER, "norm_effect")
     profile = as_profile(seed_means(effect, ["layer"], "value"), "layer", "value")
     return Profile(profile, "KL with the adapter off in the layer", peak(profile)[2], "the peak adapter-effect layer")
 
 
-@section("adapter", curves=CURVES, profile=adapter_profile)
+@section("adapter", profile=adapter_profile)
 def adapter_section(record: SweepRecord) -> Section:
     result = Section("Adapters")
-    norms, effect = _norms(record), layer_curve(record, "effect_layer", "norm_effect")
-    for frame, fig_id, title, ylabel in ((norms, "adapter_norms", "Adapter norm profile by layer", "||B A||_F x scaling"),
-                                         (effect, "adapter_effects", "Adapter effect by layer (adapter off in one layer)",
-                                          "KL(adapter || layer off)")):
+    norms, effect = _norms(record), layer_curve(record, EFFECT_LAYER, "norm_effect")
+    panels = ((norms, "adapter_norms", "Adapter norm profile by layer", "||B A||_F x scaling"),
+              (effect, "adapter_effects", "Adapter effect by layer (adapter off in one layer)",
+               "KL(adapter || layer off)"))
+    for frame, fig_id, title, ylabel in panels:
         if len(frame):
             stats = over_seeds(seed_means(frame, ["family", "rank", "layer"], "value"), ["family", "rank", "layer"],
                                "value")
@@ -56,8 +67,9 @@ def adapter_section(record: SweepRecord) -> Section:
                                         "band ± cross-seed std.", lines_by_layer(stats, "family", "rank", ylabel)))
             profile = as_profile(seed_means(frame, ["layer"], "value"), "layer", "value")
             what = "norm" if fig_id == "adapter_norms" else "effect (KL with the adapter off in that layer)"
-            result.cards.append(peak_card(profile, record.n_layers, f"The adapter's per-layer {what} peaks at L{{layer}} "
-                                          "({depth} depth): {mean} ± {std}; peak per seed: {seeds}.", fig_id, ylabel))
+            claim = (f"The adapter's per-layer {what} peaks at L{{layer}} ({{depth}} depth): {{mean}} ± {{std}}; "
+                     "peak per seed: {seeds}.")
+            result.cards.append(peak_card(profile, record.n_layers, claim, fig_id, ylabel))
     if len(effect) and len(norms):
         result.figures.append(_scatter(record, result))
     result.figures += _truncation(record, result)
@@ -66,20 +78,22 @@ def adapter_section(record: SweepRecord) -> Section:
 
 
 def _scatter(record: SweepRecord, result: Section) -> Shown:
-    effect = layer_curve(record, "effect_layer", "norm_effect")
-    norm = layer_curve(record, "norm_layer", "norm_effect")
+    effect = layer_curve(record, EFFECT_LAYER, "norm_effect")
+    norm = layer_curve(record, NORM_LAYER, "norm_effect")
     points = effect.merge(norm, on=["seed", "family", "rank", "layer"], suffixes=("_effect", "_norm"))
     r = float(np.corrcoef(points["value_norm"], points["value_effect"])[0, 1]) if len(points) > 1 else float("nan")
     runs = record.frame[(record.frame["operation"] == "norm_effect")].dropna(subset=["pearson"])
     per_seed = runs.groupby("seed")["pearson"].mean()
-    note = f"per adapter: {runs['pearson'].mean():.2f} ± {fmt(runs['pearson'].std(ddof=1), 2)} over {len(runs)} adapters"
+    pearson = runs["pearson"]
+    note = f"per adapter: {pearson.mean():.2f} ± {fmt(pearson.std(ddof=1), '.2g')} over {len(runs)} adapters"
     sign = 1 if per_seed.mean() >= 0 else -1
     ev = Evidence({int(s): float(v) for s, v in per_seed.items()}, {int(s): sign * v > 0 for s, v in per_seed.items()},
                   None, sign)
     result.cards.append(card(
         f"Per-layer adapter norm and per-layer effect correlate {'positively' if sign > 0 else 'negatively'}: "
         f"Pearson r "
-        f"{per_seed.mean():.2f} ± {fmt(per_seed.std(ddof=1), 2)} (per seed, the mean over its {len(runs) // max(len(per_seed), 1)} "
+        f"{per_seed.mean():.2f} ± {fmt(per_seed.std(ddof=1), '.2g')} (per seed, the mean over its "
+        f"{len(runs) // max(len(per_seed), 1)} "
         f"adapters; all points pooled: r = {r:.2f}).", "adapter_norm_effect", "Pearson r (seed mean)", ev,
         caveats=["no control for a correlation: at best B"]))
     return Shown("adapter_norm_effect", "Adapter norm vs effect per layer",
@@ -118,7 +132,8 @@ def _truncation_card(pivot: pd.DataFrame, top: int) -> ClaimCard:
                   {int(s): bool(values[s] < control[s]) for s in values.index},
                   {int(s): float(v) for s, v in control.items()}, -1)
     return card(f"Rank-{top} adapters cut to rank {keep} stay close to the full adapter: KL {fmt(values.mean())} ± "
-                f"{fmt(values.std(ddof=1), 2)}, against {fmt(control.mean())} for removing the adapter (keep_rank 0).",
+                f"{fmt(values.std(ddof=1), '.2g')}, against {fmt(control.mean())} for removing the adapter "
+                "(keep_rank 0).",
                 "adapter_truncation", "KL(full || truncated), family mean", ev, "the adapter removed (keep_rank 0)",
                 [f"{'smallest keep_rank' if small else 'largest keep_rank below the rank'}"
                  f"{f' with at most {TRUNCATION_SHARE:.0%} of the control KL' if small else ''}"])
@@ -144,7 +159,7 @@ def _jumps(profile: pd.DataFrame) -> pd.DataFrame:
     return ordered.assign(**{METRIC: ordered.groupby("seed")[METRIC].diff()}).dropna()
 
 
-@section("cross_model_patch", curves=("train_loss",), profile=cross_model_profile)
+@section("cross_model_patch", profile=cross_model_profile)
 def cross_model_section(record: SweepRecord) -> Section:
     ranks = record.frame["rank"].astype(str) if "rank" in record.frame else "folder"
     frame = record.frame.assign(panel="rank " + ranks)

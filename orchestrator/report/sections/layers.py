@@ -12,10 +12,20 @@ import json
 
 import pandas as pd
 
-from orchestrator.atlas import METRIC
-from orchestrator.figures import agreement_curves, set_bars
-from orchestrator.record import SweepRecord
-from orchestrator.sections import Profile, Section, Shown, as_profile, long_stats, peak, peak_card, section, seed_means
+from orchestrator.report.figures import agreement_curves, set_bars
+from orchestrator.report.hubs import METRIC
+from orchestrator.report.record import SweepRecord
+from orchestrator.report.sections import (
+    Profile,
+    Section,
+    Shown,
+    as_profile,
+    long_stats,
+    peak,
+    peak_card,
+    section,
+    seed_means,
+)
 
 METRICS = ["kl", "top1_agreement", "top5_overlap"]
 

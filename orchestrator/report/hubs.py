@@ -3,19 +3,21 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable
 
-import numpy as np
 import pandas as pd
 from rich.table import Table
 
-HUB_COMPONENT, HUB_METHOD = "layer", "mean"  # DESIGN §6: the hub is the layer / mean-ablation KL peak
-METRIC = "effect"  # what layers are ranked by: kl, except for denoising (see EFFECT)
-EFFECT = {"clean_to_corrupt": "recovery"}  # patching clean into the corrupt run: a large KL means *no* effect
+from interventions.ablation import HUB, effect_metric
+from interventions.metrics import spearman
+from orchestrator.numbers import fmt
+
+METRIC = "effect"  # what layers are ranked by: interventions.ablation.effect_metric of each method
 
 
 @dataclass
 class Summary:
+    """What a kind adds at the end of a sweep, after the cross-seed table."""
+
     tables: dict[str, pd.DataFrame]  # name -> table, saved as <name>.parquet and logged on the parent run
     metrics: dict[str, float]  # parent-run metrics
     views: list[Table] = field(default_factory=list)  # printed after the aggregate table
@@ -24,13 +26,14 @@ class Summary:
 def layer_profiles(frame: pd.DataFrame) -> pd.DataFrame:
     """Mean effect over families per (component, method, seed, layer); head trials are left out (one head, not a layer).
 
-    The effect is `kl` (how far the ablation moves the clean prediction), and `recovery` for
-    `clean_to_corrupt`, whose KL to the clean run is smallest exactly where the patch matters most.
+    The effect is `kl` (how far the ablation moves the clean prediction), and `recovery` for a
+    method acting on the corrupt run (denoising), whose KL to the clean run is smallest exactly
+    where the patch matters most.
     """
     rows = frame[frame["component"] != "head"].copy()
-    rows[METRIC] = rows["kl"]
-    for method, metric in EFFECT.items():
-        pick = rows["method"] == method
+    rows[METRIC] = float("nan")
+    for method in rows["method"].unique():
+        pick, metric = rows["method"] == method, effect_metric(method)
         rows.loc[pick, METRIC] = rows.loc[pick, metric] if metric in rows else float("nan")
     return rows.groupby(["component", "method", "seed", "layer"], as_index=False)[METRIC].mean()
 
@@ -53,15 +56,10 @@ def top_layers(profile: pd.DataFrame, k: int = 3) -> list[int]:
     return [int(x) for x in profile.groupby("layer")[METRIC].mean().sort_values(ascending=False).index[:k]]
 
 
-def spearman(a: pd.Series, b: pd.Series) -> float:
-    """Spearman rank correlation of two per-layer series (average ranks for ties; nan if one is constant)."""
+def layer_spearman(a: pd.Series, b: pd.Series) -> float:
+    """Spearman correlation of two per-layer series over the layers both have (nan if one is constant)."""
     joined = pd.concat([a, b], axis=1, join="inner").dropna()
-    if len(joined) < 2:
-        return float("nan")
-    ranks = joined.rank().to_numpy()
-    if ranks[:, 0].std() == 0 or ranks[:, 1].std() == 0:
-        return float("nan")
-    return float(np.corrcoef(ranks[:, 0], ranks[:, 1])[0, 1])
+    return spearman(joined.iloc[:, 0].tolist(), joined.iloc[:, 1].tolist())
 
 
 def hub_table(profiles: pd.DataFrame) -> pd.DataFrame:
@@ -86,14 +84,10 @@ def rank_stability(profiles: pd.DataFrame) -> pd.DataFrame:
             for b in methods[i + 1:]:
                 top_a, top_b = list(means[a].nlargest(3).index), list(means[b].nlargest(3).index)
                 rows.append({"component": component, "method_a": a, "method_b": b,
-                             "spearman": spearman(means[a], means[b]), "top3_a": ",".join(map(str, top_a)),
+                             "spearman": layer_spearman(means[a], means[b]), "top3_a": ",".join(map(str, top_a)),
                              "top3_b": ",".join(map(str, top_b)), "top3_agree": set(top_a) == set(top_b)})
     return pd.DataFrame(rows, columns=["component", "method_a", "method_b", "spearman", "top3_a", "top3_b",
                                        "top3_agree"])
-
-
-def _fmt(x: float) -> str:
-    return "–" if isinstance(x, float) and math.isnan(x) else f"{x:.2f}"
 
 
 def ablation_summary(frame: pd.DataFrame) -> Summary:
@@ -101,7 +95,7 @@ def ablation_summary(frame: pd.DataFrame) -> Summary:
     profiles = layer_profiles(frame)
     hubs, stability = hub_table(profiles), rank_stability(profiles)
     metrics: dict[str, float] = {}
-    main = profiles[(profiles["component"] == HUB_COMPONENT) & (profiles["method"] == HUB_METHOD)]
+    main = profiles[(profiles["component"] == HUB[0]) & (profiles["method"] == HUB[1])]
     if len(main):
         per_seed = hub_of(main)
         mode, std = mode_and_std(per_seed)
@@ -109,12 +103,12 @@ def ablation_summary(frame: pd.DataFrame) -> Summary:
         if not math.isnan(std):
             metrics["hub_layer_std"] = std
         metrics.update({f"hub_layer_seed_{seed}": int(layer) for seed, layer in per_seed.items()})
-    view = Table(title="hub per seed: the layer with the largest effect (KL; recovery for clean_to_corrupt) "
+    view = Table(title="hub per seed: the layer with the largest effect (KL; recovery for denoising) "
                        "averaged over families", title_justify="left")
     for name in ("component", "method", "hub per seed", "mode", "std", "top-3 layers"):
         view.add_column(name)
     for _, r in hubs.iterrows():
-        view.add_row(r["component"], r["method"], r["hub_per_seed"], f"L{r['hub_mode']}", _fmt(r["hub_std"]),
+        view.add_row(r["component"], r["method"], r["hub_per_seed"], f"L{r['hub_mode']}", fmt(r["hub_std"], ".2f"),
                      r["top3"])
     views = [view]
     if len(stability):
@@ -122,10 +116,8 @@ def ablation_summary(frame: pd.DataFrame) -> Summary:
         for name in ("component", "methods", "spearman", "top-3", "top-3 agree"):
             ranks.add_column(name)
         for _, r in stability.iterrows():
-            ranks.add_row(r["component"], f"{r['method_a']} vs {r['method_b']}", _fmt(r["spearman"]),
+            ranks.add_row(r["component"], f"{r['method_a']} vs {r['method_b']}", fmt(r["spearman"], ".2f"),
                           f"{r['top3_a']} | {r['top3_b']}", "yes" if r["top3_agree"] else "no")
         views.append(ranks)
     return Summary({"hubs": hubs, "rank_stability": stability}, metrics, views)
 
-
-KIND_SUMMARIES: dict[str, Callable[[pd.DataFrame], Summary]] = {"ablation": ablation_summary}

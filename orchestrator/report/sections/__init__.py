@@ -1,8 +1,10 @@
-"""Report sections: the SECTIONS registry (experiment kind -> figures and claim cards) and the tables they share.
+"""Report sections: the SECTIONS registry (experiment kind -> figures, claim cards, end-of-sweep summary) and the
+tables they share.
 
 A section builder takes a `SweepRecord` (the sweep's FINISHED runs as a tidy table) and
-returns a `Section`; adding a kind's report is one `@section("kind")` entry in a
-`section_<topic>.py` module (imported at the bottom of this file, so the registry is full).
+returns a `Section`; a kind's report is one `@section("kind", ...)` entry in a module of this
+package (listed in SECTIONS' sources). A kind without one gets `generic_section`: its primary
+metric by layer (if it has a layer axis) and no cards.
 Cross-seed numbers follow DESIGN §8: per seed, a metric is first averaged over the task
 families; mean, std (ddof=1) and n are then taken over seeds.
 """
@@ -16,9 +18,9 @@ from matplotlib.figure import Figure
 
 from interventions.registry import Registry
 from orchestrator.aggregate import aggregate
-from orchestrator.atlas import METRIC, hub_of, mode_and_std
-from orchestrator.claims import ClaimCard, Evidence, card, fmt
-from orchestrator.record import SweepRecord
+from orchestrator.report.claims import ClaimCard, Evidence, card, fmt
+from orchestrator.report.hubs import METRIC, Summary, hub_of, mode_and_std
+from orchestrator.report.record import SweepRecord
 
 
 @dataclass
@@ -49,24 +51,33 @@ class Profile:
     marker: str  # what the marked layer is, as a noun phrase ("the hub"); `hubs` holds it per seed
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SectionKind:
-    build: Callable[[SweepRecord], Section]
-    curves: tuple[str, ...] = ()  # step-indexed metrics to read (fnmatch patterns), see record.load_record
+    """The orchestrator's side of an experiment kind (interventions.KINDS holds the rest)."""
+
+    build: Callable[[SweepRecord], Section]  # the report section
     profile: Callable[[SweepRecord], Profile] | None = None  # the layer profile `compare` puts on a depth axis
+    summary: Callable[[pd.DataFrame], Summary] | None = None  # printed and logged at the end of a sweep
 
 
-SECTIONS: Registry[SectionKind] = Registry("report section")
+SECTIONS: Registry[SectionKind] = Registry("report section", sources=(
+    "orchestrator.report.sections.steering", "orchestrator.report.sections.ablation",
+    "orchestrator.report.sections.layers", "orchestrator.report.sections.adapters"))
 
 
-def section(kind: str, curves: tuple[str, ...] = (), profile: Callable[[SweepRecord], Profile] | None = None):
-    """Register `build(record) -> Section` as the report of experiment kind `kind`."""
+def section(kind: str, **declaration):
+    """Register `build(record) -> Section` as the report of experiment kind `kind` (with `profile`, `summary`)."""
 
     def add(build: Callable[[SweepRecord], Section]) -> Callable[[SweepRecord], Section]:
-        SECTIONS.register(kind)(SectionKind(build, curves, profile))
+        SECTIONS.register(kind)(SectionKind(build=build, **declaration))
         return build
 
     return add
+
+
+def build(record: SweepRecord) -> Section:
+    """The report section of the record's kind; `generic_section` for a kind without its own."""
+    return SECTIONS.get(record.kind).build(record) if record.kind in SECTIONS else generic_section(record)
 
 
 def seed_means(frame: pd.DataFrame, by: list[str], metric: str) -> pd.DataFrame:
@@ -127,13 +138,26 @@ def peak_card(profile: pd.DataFrame, n_layers: int, claim: str, figure: str, met
     values = list(ev.values.values())
     mean = sum(values) / len(values)
     sd = pd.Series(values).std(ddof=1) if len(values) > 1 else float("nan")
-    text = claim.format(layer=mode, depth=f"{mode / n_layers:.0%}", mean=fmt(mean), std=fmt(sd, 2), k=ev.n_agree,
-                        n=ev.n, layer_std=fmt(std, 2), seeds=", ".join(f"L{int(h)}" for h in hubs))
+    text = claim.format(layer=mode, depth=f"{mode / n_layers:.0%}", mean=fmt(mean), std=fmt(sd, '.2g'), k=ev.n_agree,
+                        n=ev.n, layer_std=fmt(std, '.2g'), seeds=", ".join(f"L{int(h)}" for h in hubs))
     return card(text, figure, metric, ev, "the median layer of the same profile, per seed", caveats,
                 layer=mode, depth=mode / n_layers, layer_std=std)
 
 
-# The entries: imported last, since each module registers into SECTIONS above.
-from orchestrator import section_ablation, section_adapters, section_layers, section_steering  # noqa: E402
+def generic_section(record: SweepRecord) -> Section:
+    """Any kind: its primary metric against each layer axis (mean ± std over seeds of the family mean); no cards."""
+    from interventions.kinds import KINDS
+    from orchestrator.report.figures import lines_by_layer
 
-ENTRY_MODULES = (section_ablation, section_adapters, section_layers, section_steering)
+    kind = KINDS.get(record.kind)
+    result = Section(kind.name)
+    for axis in (a for a in kind.layer_axes if a in record.frame):
+        per_seed = seed_means(record.frame.assign(panel=kind.primary, line="all families"),
+                              ["panel", "line", axis], kind.primary)
+        stats = over_seeds(per_seed, ["panel", "line", axis], kind.primary)
+        result.figures.append(Shown(f"{kind.name}_{axis}", f"{kind.primary} by {axis}",
+                                    "Mean over seeds of the family-mean value; band ± cross-seed std (ddof=1).",
+                                    lines_by_layer(stats, "panel", "line", kind.primary, x=axis, xlabel=axis)))
+    if not result.figures:
+        result.notes.append(f"kind {kind.name} has no layer axis and no report section: see the aggregate table")
+    return result

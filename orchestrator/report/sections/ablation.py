@@ -1,6 +1,6 @@
 """The ablation report: effect by layer per component / method with the hub, per-family small multiples, Spearman.
 
-The effect and the hub are atlas.py's (KL, recovery for clean_to_corrupt; per seed the layer
+The effect and the hub are hubs.py's (KL, recovery for denoising; per seed the layer
 with the largest family-mean effect; cross-seed mode). Cards: the hub of every (component,
 method); the runner-up layers of the main profile (DESIGN's hub: `layer` / `mean`, else the
 first); families whose own hub differs; and, with several methods, whether they rank layers alike.
@@ -10,22 +10,38 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from orchestrator.atlas import EFFECT, HUB_COMPONENT, HUB_METHOD, METRIC, layer_profiles, rank_stability, spearman, \
-    top_layers
-from orchestrator.claims import ClaimCard, Evidence, card, fmt
-from orchestrator.figures import layer_profiles as profile_figure
-from orchestrator.figures import matrix
-from orchestrator.record import SweepRecord
-from orchestrator.sections import Profile, Section, Shown, location_evidence, over_seeds, peak, peak_card, section
+from interventions.ablation import HUB, effect_metric
+from orchestrator.report.claims import ClaimCard, Evidence, card, fmt
+from orchestrator.report.figures import layer_profiles as profile_figure
+from orchestrator.report.figures import matrix
+from orchestrator.report.hubs import (
+    METRIC,
+    ablation_summary,
+    layer_profiles,
+    layer_spearman,
+    rank_stability,
+    top_layers,
+)
+from orchestrator.report.record import SweepRecord
+from orchestrator.report.sections import (
+    Profile,
+    Section,
+    Shown,
+    location_evidence,
+    over_seeds,
+    peak,
+    peak_card,
+    section,
+)
 
 
 def _label(method: str) -> str:
-    return "recovery (family mean)" if method in EFFECT else "KL (family mean)"
+    return "recovery (family mean)" if effect_metric(method) == "recovery" else "KL (family mean)"
 
 
 def _main(profiles: pd.DataFrame) -> tuple[str, str]:
     pairs = list(dict.fromkeys(zip(profiles["component"], profiles["method"])))
-    return (HUB_COMPONENT, HUB_METHOD) if (HUB_COMPONENT, HUB_METHOD) in pairs else pairs[0]
+    return HUB if HUB in pairs else pairs[0]
 
 
 def ablation_profile(record: SweepRecord) -> Profile:
@@ -36,7 +52,7 @@ def ablation_profile(record: SweepRecord) -> Profile:
                    "the hub")
 
 
-@section("ablation", profile=ablation_profile)
+@section("ablation", profile=ablation_profile, summary=ablation_summary)
 def ablation_section(record: SweepRecord) -> Section:
     profiles = layer_profiles(record.frame)
     if profiles.empty:
@@ -74,14 +90,16 @@ def _runner_up_cards(main: pd.DataFrame, n_layers: int, what: str, metric: str) 
         ev = location_evidence(main, layer, top=3)
         values = pd.Series(ev.values)
         cards.append(card(
-            f"{what}: L{layer} ({layer / n_layers:.0%} depth) is among the three strongest layers: {metric.split(' ')[0]} "
-            f"{fmt(values.mean())} ± {fmt(values.std(ddof=1), 2)} (top 3 in {ev.n_agree} of {ev.n} seeds).",
+            f"{what}: L{layer} ({layer / n_layers:.0%} depth) is among the three strongest layers: "
+            f"{metric.split(' ')[0]} "
+            f"{fmt(values.mean())} ± {fmt(values.std(ddof=1), '.2g')} (top 3 in {ev.n_agree} of {ev.n} seeds).",
             "ablation_profiles", metric, ev, "the median layer of the same profile, per seed", layer=layer))
     return cards
 
 
 def _family_figure(record: SweepRecord, component: str, method: str, result: Section) -> Shown:
-    """Per-family small multiples of the main profile, each family's hub marked; families whose hub differs get cards."""
+    """Per-family small multiples of the main profile, each family's hub marked; a family whose hub differs gets
+    a card."""
     frame = record.frame
     rows = frame[(frame["component"] == component) & (frame["method"] == method)]
     per_family = pd.concat([layer_profiles(part).assign(panel=family)
@@ -104,7 +122,8 @@ def _family_card(part: pd.DataFrame, family: str, hub: int, overall: int, n_laye
     ev = Evidence(own.values, own.agree, {int(s): float(v) for s, v in pivot[overall].items()}, 1)
     values = pd.Series(ev.values)
     return card(f"In {family} the hub is L{hub} ({hub / n_layers:.0%} depth), not the overall hub L{overall}: "
-                f"{_label(method).split(' ')[0]} {fmt(values.mean())} ± {fmt(values.std(ddof=1), 2)} at L{hub} (the family's "
+                f"{_label(method).split(' ')[0]} {fmt(values.mean())} ± {fmt(values.std(ddof=1), '.2g')} at L{hub} "
+                "(the family's "
                 f"own peak in {ev.n_agree} of {ev.n} seeds).", "ablation_families", _label(method), ev,
                 f"the same family at the overall hub L{overall}, per seed", layer=hub)
 
@@ -133,7 +152,7 @@ def _rank_card(part: pd.DataFrame, component: str, table: pd.DataFrame, fig_id: 
     seeds = sorted(set(part["seed"]))
     median = {}
     for seed in seeds:
-        rhos = [spearman(by[a][seed], by[b][seed]) for a, b in zip(table["method_a"], table["method_b"])
+        rhos = [layer_spearman(by[a][seed], by[b][seed]) for a, b in zip(table["method_a"], table["method_b"])
                 if seed in by[a] and seed in by[b]]
         rhos = [r for r in rhos if not pd.isna(r)]
         if rhos:

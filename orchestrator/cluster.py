@@ -1,0 +1,68 @@
+"""Ray for a sweep: checking that the cluster to join answers, starting or joining it, and its resources."""
+from __future__ import annotations
+
+import socket
+from contextlib import contextmanager
+from typing import Iterator
+
+import ray
+
+from interventions.registry import AtlasError, first_line
+from orchestrator.spec import Resources
+
+
+def check_address(address: str | None, timeout: float = 3.0) -> None:
+    """Fail fast when the Ray cluster to join does not answer (ray.init would wait for minutes).
+
+    'auto' is resolved the way Ray resolves it (RAY_ADDRESS, then the cluster `ray start` left
+    on this machine); no address at all starts a local Ray, so there is nothing to check.
+    """
+    if address is None or address == "local":
+        return
+    target = address
+    if address == "auto":
+        try:
+            from ray._private.services import get_ray_address_from_environment  # Ray 2.x; private, so guarded
+        except ImportError:
+            return  # leave it to ray.init
+        try:
+            target = get_ray_address_from_environment("auto", None)
+        except ConnectionError:
+            raise AtlasError("--address auto: no running Ray cluster found on this machine (start one with `ray up "
+                             "cluster.yaml` or `ray start --head`, or drop --address for a local Ray)") from None
+    host, sep, port = target.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit():
+        raise AtlasError(f"--address {address}: expected 'auto' or host:port, not {target!r}")
+    try:
+        socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=timeout).close()
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise AtlasError(f"--address {address}: no Ray cluster answered at {host}:{port} ({reason})") from None
+
+
+@contextmanager
+def ray_session(address: str | None, needed: bool = True) -> Iterator[None]:
+    """Ray for the block: joined at `address`, or started here; shut down afterwards only if started here."""
+    started = False
+    if needed and not ray.is_initialized():
+        try:
+            ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+        except ConnectionError as exc:
+            raise AtlasError(f"--address {address}: no Ray cluster answered ({first_line(exc)})") from None
+        started = True
+    try:
+        yield
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def check_resources(want: Resources) -> None:
+    """The cluster can place one trial: its CPUs and GPUs are at least what a trial asks for."""
+    have = ray.cluster_resources()
+    if want.gpu > 0 and have.get("GPU", 0) < want.gpu:
+        raise AtlasError(f"resources.gpu: {want.gpu} GPU per trial requested but the Ray cluster has "
+                         f"{have.get('GPU', 0):g} GPUs")
+    if have.get("CPU", 0) < want.cpu:
+        raise AtlasError(f"resources.cpu: {want.cpu} CPUs per trial requested but the Ray cluster has "
+                         f"{have.get('CPU', 0):g}")

@@ -1,0 +1,122 @@
+"""Tune's trial events -> MLflow: each finished point written once by one writer thread; failures kept for reruns.
+
+`Writer` keeps MLflow's SQLite commits off Tune's scheduling loop. `RecordTrials` is the Tune
+callback: a finished pack's points go to the writer, a failed pack's points to `Retries` (run
+again on fresh actors when Tune gave up before their retries were spent, failed otherwise). A
+result still queued when the driver dies is simply run again on resume: nothing is logged twice.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from ray import tune
+
+from orchestrator.grid import Point
+from orchestrator.tracking import Tracker
+
+RESULT_TAGS = ("worker", "node", "gpu_ids", "model_loads", "pack_size", "trial_seconds")  # per-trial facts, as tags
+
+
+class Writer:
+    """One thread that logs finished points to MLflow in arrival order; `close` waits until all are in the store."""
+
+    def __init__(self, tracker: Tracker, parent_id: str, on_written: Callable[[], None] = lambda: None) -> None:
+        self.tracker, self.parent_id, self.on_written = tracker, parent_id, on_written
+        self.written = 0
+        self._queue: queue.Queue = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="mlflow-writer", daemon=True)
+        self._thread.start()
+
+    def put(self, point: Point, metrics: dict[str, float], tags: dict[str, str], extra: dict) -> None:
+        self._queue.put((point, metrics, tags, extra))
+
+    def _run(self) -> None:
+        while (job := self._queue.get()) is not None:
+            point, metrics, tags, extra = job
+            self.tracker.log_trial(self.parent_id, point, metrics, {**tags, **extra.get("tags", {})},
+                                   steps=extra.get("steps", {}), artifacts=extra.get("artifacts", {}))
+            self.written += 1
+            self.on_written()
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+
+    def __enter__(self) -> Writer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+@dataclass
+class Retries:
+    """Points of failed packs: `early` ones Tune gave up on before their retries were spent, `failed` ones after."""
+
+    max_failures: int
+    early: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+
+    def take_early(self, todo: list[Point]) -> list[Point]:
+        """The points to run again in a new Tune run (and forget them here)."""
+        early, self.early = set(self.early), []
+        return [p for p in todo if p.trial_id in early]
+
+
+class RecordTrials(tune.Callback):
+    """Tune callback: finished packs -> the writer, one run per point (never twice); failed packs -> `retries`."""
+
+    def __init__(self, writer: Writer, points: dict[str, Point], metrics: tuple[str, ...], retries: Retries,
+                 say: Callable[[str], None], skip: Callable[[], None]) -> None:
+        self.writer, self.points, self.metrics, self.retries = writer, points, metrics, retries
+        self.say, self.skip = say, skip  # print a line; count a point that will never be written
+        self.done: set[str] = set()
+
+    def __getstate__(self) -> dict:
+        return {}  # Tune pickles its run config to disk; the live callback stays in this process
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        result = trial.last_result or {}
+        tags = {k: str(result[k]) for k in RESULT_TAGS if k in result}
+        for entry in result.get("results", ()):
+            if entry["trial_id"] not in self.done:
+                self.done.add(entry["trial_id"])
+                metrics = {k: v for k, v in entry["metrics"].items() if k in self.metrics}
+                self.writer.put(self.points[entry["trial_id"]], metrics, tags, entry["extra"])
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        self.say(f"{_pack_name(trial)}: worker failed ({_last_error(trial)}); "
+                 f"retry {trial.num_failures} of {self.retries.max_failures}")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        ids = [entry["trial_id"] for entry in trial.config["pack"]]
+        if trial.num_failures <= self.retries.max_failures:
+            # Tune gives up on a trial that fails while PENDING (restarted onto an actor that is dead too),
+            # before its retries are spent: the driver runs these points again on fresh actors.
+            self.say(f"{_pack_name(trial)}: failed while restarting ({_last_error(trial)}); it runs again on "
+                     "fresh actors")
+            self.retries.early.extend(ids)
+            return
+        self.say(f"{_pack_name(trial)}: failed {trial.num_failures} times, giving up ({_last_error(trial)})")
+        self.retries.failed.extend(ids)
+        for _ in ids:
+            self.skip()
+
+
+def _pack_name(trial) -> str:
+    pack = trial.config["pack"]
+    return f"trial {pack[0]['trial_id']}" + (f" (+{len(pack) - 1} packed)" if len(pack) > 1 else "")
+
+
+def _last_error(trial) -> str:
+    """The last line of the error Tune recorded for the trial (the exception, or the actor's death)."""
+    try:  # the driver-side copy: Tune writes it before the callbacks run, and syncs it to storage later
+        text = Path(trial.error_file).read_text() if trial.error_file else ""
+    except OSError:  # a missing error file must not stop the sweep
+        text = ""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1][:300] if lines else "no error recorded"

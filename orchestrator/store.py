@@ -1,0 +1,141 @@
+"""The MLflow record's shared schema (DESIGN §7): store location, tags and roles, paged search, SQLite retries.
+
+The writer (tracking.py) and the reader (report/record.py) both go through here; only these
+three modules import mlflow.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import random
+import time
+import urllib.error
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from mlflow.tracking import MlflowClient
+
+from interventions.registry import AtlasError
+
+logging.getLogger("mlflow").setLevel(logging.WARNING)  # no INFO lines about creating the SQLite tables
+TAG = "orchestrator."
+ROLE_PARENT, ROLE_CHILD = "parent", "trial"
+
+
+def store_dir() -> Path:
+    return Path.cwd() / "mlruns"
+
+
+def resolve_uri(cli_value: str | None = None) -> str:
+    """--tracking-uri, else MLFLOW_TRACKING_URI, else the project's SQLite store under ./mlruns."""
+    uri = cli_value or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{store_dir() / 'mlflow.db'}"
+    if "://" not in uri or uri.startswith("file:"):
+        where = "--tracking-uri" if cli_value else "MLFLOW_TRACKING_URI"
+        raise AtlasError(f"{where}: {uri!r} is a bare file store, which MLflow 3 rejects; give a database or "
+                         "server URI such as sqlite:////abs/path/mlflow.db or http://host:5000")
+    return uri
+
+
+def default_store(uri: str) -> bool:
+    return uri == f"sqlite:///{store_dir() / 'mlflow.db'}"
+
+
+def check_store(uri: str, cli_value: str | None = None, timeout: float = 5.0) -> None:
+    """Fail fast, before anything starts, on a store that cannot answer.
+
+    An http(s) server must answer its /health endpoint within `timeout` (401/403 count: a
+    server behind a login answered; a proxy's 404 or 502 does not); MLflow's own client would
+    otherwise retry for minutes. A SQLite file's folder must exist (MLflow creates the file,
+    never the folder).
+    """
+    where = "--tracking-uri" if cli_value else "MLFLOW_TRACKING_URI"
+    if uri.startswith(("http://", "https://")):
+        try:
+            urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout).close()
+        except urllib.error.HTTPError as exc:
+            if exc.code not in (401, 403):
+                raise AtlasError(f"{where}: no MLflow server answered at {uri} "
+                                 f"(HTTP {exc.code} from /health)") from None
+        except (OSError, ValueError) as exc:
+            reason = getattr(exc, "reason", None) or exc
+            reason = getattr(reason, "strerror", None) or reason  # 'Connection refused', not '[Errno 111] ...'
+            raise AtlasError(f"{where}: no MLflow server answered at {uri} ({reason})") from None
+    elif uri.startswith("sqlite:///") and not default_store(uri):
+        folder = Path(uri.removeprefix("sqlite:///")).parent
+        if not folder.is_dir():
+            raise AtlasError(f"{where}: folder {folder} of the SQLite store {uri} does not exist")
+
+
+def locked(exc: Exception) -> bool:
+    return "database is locked" in str(exc) or "database table is locked" in str(exc)
+
+
+class RetryOnLock:
+    """An MlflowClient whose calls retry, with jittered backoff, when SQLite says 'database is locked'.
+
+    Two sweeps writing one SQLite file take turns at its write lock; SQLite's own busy wait
+    (5 s) can run out under load, and MLflow then raises. Every write the Tracker makes is one
+    transaction that SQLite rolled back, so repeating it is safe.
+    """
+
+    def __init__(self, client: MlflowClient, attempts: int = 12) -> None:
+        self._client, self._attempts = client, attempts
+
+    def __getattr__(self, name: str):
+        attr = getattr(self._client, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args, **kwargs):
+            delay = 0.1
+            for attempt in range(self._attempts):
+                try:
+                    return attr(*args, **kwargs)
+                except Exception as exc:  # MlflowException or SQLAlchemy's OperationalError
+                    if not locked(exc) or attempt == self._attempts - 1:
+                        raise
+                    time.sleep(delay * (1 + random.random()))
+                    delay = min(delay * 2, 3.0)
+
+        return call
+
+
+@contextmanager
+def schema_lock(uri: str) -> Iterator[None]:
+    """One process at a time makes its first contact with a SQLite store.
+
+    The first MlflowClient on a new SQLite file creates its tables by running MLflow's
+    migrations; two sweeps starting at once would run them interleaved and leave a broken
+    schema ("table _alembic_tmp_tags already exists"). An exclusive flock on the store's folder
+    serialises that step; later writes are ordinary transactions (see RetryOnLock).
+    """
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock; start concurrent sweeps on a new store one after the other
+        yield
+        return
+    fd = os.open(Path(uri.removeprefix("sqlite:///")).parent, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def search_all(client, experiment_id: str, filter_string: str, order_by=None):
+    """Every run of the experiment that matches, page by page (one search returns at most 10,000)."""
+    token = None
+    while True:
+        page = client.search_runs([experiment_id], filter_string, max_results=10_000, page_token=token,
+                                  order_by=order_by)
+        yield from page
+        token = page.token
+        if not token:
+            return
+
+
