@@ -37,17 +37,17 @@ import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything is local: never reach the hub
 
-import torch  # noqa: E402
-import transformers  # noqa: E402
+import torch
+import transformers
 
-from interventions.ablation import ablated_logits, resample_choice  # noqa: E402
-from interventions.components import Site  # noqa: E402
-from interventions.context import FamilyRun, TrialContext  # noqa: E402
-from interventions.families import make_split  # noqa: E402
-from interventions.forward import encode, position_ids, single_token_ids  # noqa: E402
-from interventions.kinds import run_pack  # noqa: E402
-from interventions.metrics import agreement_metrics, logit_diff, mean, target_prob  # noqa: E402
-from interventions.models import EMBEDDED, load  # noqa: E402
+from interventions.ablation import ablated_logits, resample_choice
+from interventions.components import Site
+from interventions.context import FamilyRun, TrialContext
+from interventions.families import make_split
+from interventions.forward import encode, position_ids, single_token_ids
+from interventions.kinds import run_pack
+from interventions.metrics import agreement_metrics, logit_diff, mean, target_prob
+from interventions.models import EMBEDDED, load
 
 
 def ours(run: FamilyRun, seed: int, packs: list[list[dict]]):

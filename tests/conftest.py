@@ -1,9 +1,21 @@
-"""Shared fixtures: seeded tiny models (both architectures), the embedded model, small splits, a local Ray."""
+"""Shared test helpers: tiny seeded models, the embedded model, small splits, spec texts, the CLI (in-process and
+as a subprocess), a sweep's MLflow record, a free port. Test modules import helpers from here, never from each other.
+
+Tiers: files marked `slow` (module `pytestmark`) run Ray, subprocess CLIs or servers end to end;
+`pytest -m "not slow"` is the fast tier.
+"""
 from __future__ import annotations
 
+import os
+import socket
+import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import yaml
+from mlflow.tracking import MlflowClient
 
 from interventions import models
 from interventions.context import FamilyRun, TrialContext
@@ -15,22 +27,23 @@ from interventions.kinds import KINDS
 KINDS.names()
 
 REPO = Path(__file__).resolve().parents[1]
+SMOKE = REPO / "sweeps" / "smoke.yaml"
+N_SMOKE = 32  # grid points of smoke.yaml
 
-# A steering spec on the tiny Llama that validates in a second and runs in a few: `.format(name=...)`.
-TINY_SPEC = """\
-name: {name}
-model: tiny-llama
-kind: steering
-n_train: 4
-n_eval: 2
-axes:
-  seed: [0]
-  layer: [0, 2]
-  strength: [0.5]
-  vector_type: [mean_diff]
-  family: [antonyms]
-resources: {{cpu: 2, gpu: 0}}
-"""
+
+def spec(kind: str = "steering", name: str = "tiny", *, model: str = "tiny-llama", n_train: int = 4, n_eval: int = 2,
+         extra: dict | None = None, **axes) -> str:
+    """A spec's YAML: `kind` on a tiny model, seed [0] and family [antonyms] unless `axes` say otherwise; `extra`
+    adds top-level keys (resources, execution, ...)."""
+    text = {"name": name, "model": model, "kind": kind, "n_train": n_train, "n_eval": n_eval, **(extra or {}),
+            "axes": {"seed": [0], "family": ["antonyms"], **axes}}
+    return yaml.safe_dump(text, sort_keys=False, default_flow_style=None)
+
+
+def tiny_steering(name: str) -> str:
+    """A steering spec on the tiny Llama that validates in a second and runs in a few (2 grid points)."""
+    return spec("steering", name, layer=[0, 2], strength=[0.5], vector_type=["mean_diff"],
+                extra={"resources": {"cpu": 2, "gpu": 0}})
 
 
 @pytest.fixture(scope="session")
@@ -63,23 +76,98 @@ def context(model, family="antonyms", seed=0, others=(), n_train=8, n_eval=6) ->
     return TrialContext(model, seed, run, other_runs)
 
 
-def bad_input(tmp_path, monkeypatch, capsys, spec_text: str, files: dict[str, str] | None = None,
-              args: tuple[str, ...] = ()) -> str:
-    """Run `sweep spec.yaml` in-process on a bad spec; assert exit 2, one stderr line, no store; return the line."""
-    import sys
+# --- the CLI ---------------------------------------------------------------------------------------------------------
 
+def run_main(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
+    """`python -m orchestrator ARGS` in this process: (exit code, stdout, stderr)."""
     from orchestrator.__main__ import main
 
+    monkeypatch.setattr(sys, "argv", ["orchestrator", *args])
+    try:
+        main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def cli_env(**extra: str) -> dict:
+    """The environment of a CLI subprocess: the package from this checkout, the default store, plus `extra`."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), **extra}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return env
+
+
+def cli(cwd: Path, *args: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    """`python -m orchestrator ARGS` as a subprocess in `cwd`, run to the end."""
+    return subprocess.run([sys.executable, "-m", "orchestrator", *args], cwd=cwd, env=cli_env(**(env or {})),
+                          capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def start(cwd: Path, *args: str) -> subprocess.Popen:
+    """The CLI in its own process group (output in .stdout), so that everything it started can be found and stopped."""
+    return subprocess.Popen([sys.executable, "-m", "orchestrator", *args], cwd=cwd, env=cli_env(), text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def bad_input(tmp_path, monkeypatch, capsys, spec_text: str, files: dict[str, str | bytes] | None = None,
+              args: tuple[str, ...] = (), env: dict[str, str] | None = None) -> str:
+    """`sweep spec.yaml ARGS` in-process on a bad spec (plus `files`, paths relative to it, and `env`): assert exit 2,
+    one stderr line and no store; return the line."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    for key, value in (env or {}).items():
+        monkeypatch.setenv(key, value)
     (tmp_path / "spec.yaml").write_text(spec_text)
-    for name, text in (files or {}).items():
-        (tmp_path / name).write_text(text)
-    monkeypatch.setattr(sys, "argv", ["orchestrator", "sweep", "spec.yaml", *args])
-    with pytest.raises(SystemExit) as exit_:
-        main()
-    assert exit_.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1, err
+    for name, content in (files or {}).items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(content if isinstance(content, bytes) else content.encode())
+    code, _, err = run_main(monkeypatch, capsys, "sweep", "spec.yaml", *args)
+    err = err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
     assert not (tmp_path / "mlruns").exists()
     return err
+
+
+# --- the record ------------------------------------------------------------------------------------------------------
+
+def store(where: Path | str) -> MlflowClient:
+    """The MLflow store of a sweep run in folder `where` (its default SQLite store), or at tracking URI `where`."""
+    return MlflowClient(where if isinstance(where, str) else f"sqlite:///{where / 'mlruns' / 'mlflow.db'}")
+
+
+def sweep_runs(where: Path | str, name: str = "smoke") -> list:
+    """Every run (parents and children, any status) of sweep `name`."""
+    client = store(where)
+    experiment = client.get_experiment_by_name(name)
+    return client.search_runs([experiment.experiment_id], max_results=10_000)
+
+
+def role(found: list, which: str, status: str | None = None) -> list:
+    """The runs of one role ("parent" or "trial"), of one status if given."""
+    return [r for r in found if r.data.tags.get("orchestrator.role") == which
+            and (status is None or r.info.status == status)]
+
+
+def children(found: list, status: str = "FINISHED") -> list:
+    return role(found, "trial", status)
+
+
+def finished_now(cwd: Path) -> list[str]:
+    """worker tags of the FINISHED child runs, read-only straight from SQLite (safe while the driver writes)."""
+    try:
+        with sqlite3.connect(f"file:{cwd / 'mlruns' / 'mlflow.db'}?mode=ro", uri=True) as con:
+            return [w for (w,) in con.execute(
+                "select w.value from runs r join tags t on r.run_uuid = t.run_uuid join tags w on "
+                "r.run_uuid = w.run_uuid where t.key = 'orchestrator.role' and t.value = 'trial' and "
+                "w.key = 'orchestrator.worker' and r.status = 'FINISHED'")]
+    except sqlite3.Error:
+        return []
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on (closed again when this returns)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

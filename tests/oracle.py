@@ -65,7 +65,8 @@ def component_value(model, prompt: str, layer: int, component: str) -> torch.Ten
             h.remove()
     if component == "head":
         return seen["o_in"].unflatten(-1, (model.config.num_attention_heads, -1))
-    return {"resid": seen["out"], "layer": seen["out"] - seen["in"], "attn": seen["attn"], "mlp": seen["mlp"]}[component]
+    values = {"resid": seen["out"], "layer": seen["out"] - seen["in"], "attn": seen["attn"], "mlp": seen["mlp"]}
+    return values[component]
 
 
 @torch.no_grad()

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io
 import re
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -28,11 +27,9 @@ from adapters.training import LoraSettings, adapter_dir, cached_or_trained, trai
 from interventions import models
 from interventions.forward import clean_run
 from interventions.patching import patched_logits, recovery
-from orchestrator.__main__ import main
 from orchestrator.grid import expand
 from orchestrator.spec import load_sweep
-from tests.conftest import context, split
-from tests.test_sweep import children, cli, runs, store
+from tests.conftest import bad_input, children, cli, context, split, store, sweep_runs
 
 TRAIN = dict(adapter="train", rank=4, alpha=8.0, steps=4, lr=0.05, targets="default")
 
@@ -266,21 +263,11 @@ CASES = [
 
 @pytest.mark.parametrize("spec_text,field,reason", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_bad_input_is_one_line_exit_2_and_touches_no_store(tmp_path, monkeypatch, capsys, spec_text, field, reason):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    (tmp_path / "spec.yaml").write_text(spec_text)
-    (tmp_path / "binonly").mkdir()
-    (tmp_path / "binonly" / "adapter_model.bin").write_bytes(b"\0")
-    (tmp_path / "binonly" / "adapter_config.json").write_text("{}")
-    monkeypatch.setattr(sys, "argv", ["orchestrator", "sweep", "spec.yaml"])
-    with pytest.raises(SystemExit) as exit_:
-        main()
-    assert exit_.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1, err
+    files = {"binonly/adapter_model.bin": b"\0", "binonly/adapter_config.json": "{}"}  # a pickle, never loaded
+    err = bad_input(tmp_path, monkeypatch, capsys, spec_text, files)
     assert re.match(r"^error: spec\.yaml: [\w.\- ]+: .+", err), err
     assert f"spec.yaml: {field}:" in err and reason in err, err
-    assert not (tmp_path / "mlruns").exists() and not (tmp_path / "adapters").exists()
+    assert not (tmp_path / "adapters").exists()
 
 
 def test_the_grid_has_keep_rank_up_to_each_rank_and_starts_on_every_adapter(tmp_path):
@@ -316,7 +303,7 @@ def test_an_adapter_sweep_logs_curves_profiles_reasons_and_the_adapter(tmp_path)
     done = cli(tmp_path, "sweep", "spec.yaml", env={"ATLAS_ADAPTER_CACHE": str(tmp_path / "adapters")})
     assert done.returncode == 0, done.stdout + done.stderr
     kids = {(r.data.params["operation"], r.data.params.get("target_model")): r
-            for r in children(runs(tmp_path, "adapters_e2e"))}
+            for r in children(sweep_runs(tmp_path, "adapters_e2e"))}
     assert len(kids) == 4
     client = store(tmp_path)
     trained = kids[("train", None)]

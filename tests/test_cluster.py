@@ -9,20 +9,10 @@ from pathlib import Path
 import pytest
 import ray
 import yaml
-from mlflow.tracking import MlflowClient
 
 from orchestrator.runner import run_sweep
 from orchestrator.spec import Execution, Resources, load_sweep
-from tests.conftest import REPO
-
-SMOKE = REPO / "sweeps" / "smoke.yaml"
-
-
-def finished_children(uri: str, name: str):
-    client = MlflowClient(uri)
-    exp = client.get_experiment_by_name(name)
-    runs = client.search_runs([exp.experiment_id], "attributes.status = 'FINISHED'", max_results=1000)
-    return [r for r in runs if r.data.tags.get("orchestrator.role") == "trial"]
+from tests.conftest import REPO, SMOKE, children, sweep_runs
 
 
 def smoke(cpu: float, gpu: float):
@@ -85,7 +75,7 @@ def test_quarter_gpus_run_four_trials_at_once_on_one_gpu_never_five(tmp_path, fr
     outcome = run_sweep(smoke(cpu=0.25, gpu=0.25), tracking_uri=uri, out_dir=tmp_path)
     assert outcome.logged == 32 and not outcome.failed
     loads = defaultdict(set)
-    for r in finished_children(uri, "smoke"):
+    for r in children(sweep_runs(uri, "smoke")):
         assert r.data.tags["orchestrator.gpu_ids"] == "0"  # every actor was given a share of GPU 0
         loads[r.data.tags["orchestrator.worker"]].add(r.data.tags["orchestrator.model_loads"])
     assert len(list(trace.iterdir())) == 32
@@ -113,7 +103,7 @@ def test_a_two_node_gpu_cluster_spreads_the_sweep_over_both_nodes(tmp_path, fres
         outcome = run_sweep(smoke(cpu=1, gpu=0.5), tracking_uri=uri, address=cluster.address, out_dir=tmp_path)
         assert outcome.logged == 32 and not outcome.failed
         per_node = defaultdict(set)
-        for r in finished_children(uri, "smoke"):
+        for r in children(sweep_runs(uri, "smoke")):
             assert r.data.tags["orchestrator.gpu_ids"] == "0"  # each node's own (fake) GPU
             per_node[r.data.tags["orchestrator.node"]].add(r.data.tags["orchestrator.worker"])
         assert len(per_node) == 2  # both nodes ran trials
@@ -163,7 +153,8 @@ def test_cluster_yaml_passes_the_cluster_launchers_own_validation():
     gpu_types = [t for t in cloud["available_node_types"].values() if t.get("resources", {}).get("GPU")]
     assert gpu_types and cloud["available_node_types"][cloud["head_node_type"]]["resources"] == {"CPU": 0}
     prepared = prepare_config(onprem)
-    assert prepared["available_node_types"]["local.cluster.node"]["max_workers"] == len(onprem["provider"]["worker_ips"])
+    workers = prepared["available_node_types"]["local.cluster.node"]["max_workers"]
+    assert workers == len(onprem["provider"]["worker_ips"])
     setup = " ".join(cloud["setup_commands"])
     assert "-c ~/causal-atlas/constraints.txt -e ~/causal-atlas" in setup and "--python 3.11" in setup
     assert cloud["file_mounts"] == {"~/causal-atlas": "."}

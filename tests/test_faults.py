@@ -6,8 +6,6 @@ and a crashed sweep continues where it stopped.
 """
 from __future__ import annotations
 
-import os
-import sqlite3
 import subprocess
 import sys
 import time
@@ -17,57 +15,23 @@ from pathlib import Path
 import pandas as pd
 import psutil
 import pytest
-from mlflow.tracking import MlflowClient
 
 from orchestrator.grid import expand
 from orchestrator.spec import load_sweep
-from tests.conftest import REPO, TINY_SPEC
-
-SMOKE = REPO / "sweeps" / "smoke.yaml"
-N_SMOKE = 32
-
-
-def env() -> dict:
-    full = {**os.environ, "PYTHONPATH": str(REPO)}
-    full.pop("MLFLOW_TRACKING_URI", None)
-    return full
-
-
-def start(cwd: Path, *args: str) -> subprocess.Popen:
-    """The CLI in its own process group, so that everything it started can be found and cleaned up."""
-    return subprocess.Popen([sys.executable, "-m", "orchestrator", *args], cwd=cwd, env=env(), text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def cli(cwd: Path, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "orchestrator", *args], cwd=cwd, env=env(), capture_output=True,
-                          text=True, timeout=timeout)
-
-
-def client(cwd: Path) -> MlflowClient:
-    return MlflowClient(f"sqlite:///{cwd / 'mlruns' / 'mlflow.db'}")
-
-
-def all_runs(cwd: Path, name: str = "smoke"):
-    exp = client(cwd).get_experiment_by_name(name)
-    return client(cwd).search_runs([exp.experiment_id], max_results=10_000)
-
-
-def role(runs, which: str, status: str | None = None):
-    return [r for r in runs if r.data.tags.get("orchestrator.role") == which
-            and (status is None or r.info.status == status)]
-
-
-def finished_now(cwd: Path) -> list[str]:
-    """worker tags of the FINISHED child runs, read-only straight from SQLite (safe while the driver writes)."""
-    try:
-        with sqlite3.connect(f"file:{cwd / 'mlruns' / 'mlflow.db'}?mode=ro", uri=True) as con:
-            return [w for (w,) in con.execute(
-                "select w.value from runs r join tags t on r.run_uuid = t.run_uuid join tags w on "
-                "r.run_uuid = w.run_uuid where t.key = 'orchestrator.role' and t.value = 'trial' and "
-                "w.key = 'orchestrator.worker' and r.status = 'FINISHED'")]
-    except sqlite3.Error:
-        return []
+from tests.conftest import (
+    N_SMOKE,
+    REPO,
+    SMOKE,
+    children,
+    cli,
+    finished_now,
+    role,
+    run_main,
+    start,
+    store,
+    sweep_runs,
+    tiny_steering,
+)
 
 
 def wait_for(cwd: Path, proc: subprocess.Popen, n: int, timeout: float = 240) -> list[str]:
@@ -102,8 +66,8 @@ def reap(procs: list[psutil.Process]) -> None:
 
 def exactly_once(cwd: Path, points) -> list:
     """Every grid point has exactly one FINISHED child run; returns all runs."""
-    runs = all_runs(cwd)
-    ids = Counter(r.data.tags["orchestrator.trial_id"] for r in role(runs, "trial", "FINISHED"))
+    runs = sweep_runs(cwd)
+    ids = Counter(r.data.tags["orchestrator.trial_id"] for r in children(runs))
     assert set(ids) == {p.trial_id for p in points}, "lost grid points"
     assert max(ids.values()) == 1, f"duplicated: {[t for t, n in ids.items() if n > 1]}"
     return runs
@@ -147,7 +111,7 @@ def test_a_trial_actor_killed_with_sigkill_is_retried_and_every_point_logged_onc
     assert "worker failed (The actor is dead" in out or "failed while restarting" in out  # the driver says why
     assert finished_at_kill < N_SMOKE, "the sweep was over before the kill: nothing was tested"
     runs = exactly_once(cwd, smoke_points)
-    workers = Counter(r.data.tags["orchestrator.worker"].rsplit(":", 1)[1] for r in role(runs, "trial", "FINISHED"))
+    workers = Counter(r.data.tags["orchestrator.worker"].rsplit(":", 1)[1] for r in children(runs))
     assert str(pid) in workers  # the killed actor had logged trials ...
     assert len(workers) >= 2  # ... and others (a replacement at least) finished the sweep
     assert [r.info.status for r in role(runs, "parent")] == ["FINISHED"]
@@ -171,7 +135,7 @@ def driver_killed(tmp_path_factory):
         if proc.poll() is None:
             proc.kill()
         reap(leftover)
-    before = all_runs(cwd)
+    before = sweep_runs(cwd)
     resumed = cli(cwd, "sweep", str(SMOKE), "--resume")
     return cwd, before, resumed
 
@@ -201,7 +165,7 @@ def test_a_killed_driver_leaves_a_running_parent_and_resume_loses_and_duplicates
 # --- determinism: the same spec run twice (in other processes, orders and actors) gives bit-identical metrics -------
 
 def metrics_by_trial(cwd: Path) -> dict[str, dict[str, float]]:
-    return {r.data.tags["orchestrator.trial_id"]: r.data.metrics for r in role(all_runs(cwd), "trial", "FINISHED")}
+    return {r.data.tags["orchestrator.trial_id"]: r.data.metrics for r in children(sweep_runs(cwd))}
 
 
 def test_the_same_spec_twice_gives_bit_identical_metrics(worker_killed, driver_killed, smoke_points):
@@ -234,20 +198,7 @@ def test_the_same_spec_twice_gives_bit_identical_metrics(worker_killed, driver_k
 
 # --- a changed spec: refused without --resume; with it only new points run and removed ones leave the table ---------
 
-SMALL = TINY_SPEC.format(name="faults_small")
-
-
-def run_main(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    from orchestrator.__main__ import main
-
-    monkeypatch.setattr(sys, "argv", ["orchestrator", *args])
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
+SMALL = tiny_steering("faults_small")
 
 
 def test_a_changed_spec_needs_resume_runs_only_new_points_and_drops_removed_ones(tmp_path, monkeypatch, capsys):
@@ -278,20 +229,20 @@ def _changed_spec(tmp_path, monkeypatch, capsys):
         "error: name: experiment 'faults_small' holds 1 finished runs that are not grid points of this spec (it "
         "changed since they ran); pass --resume to keep them out of the table and run only the new or changed "
         "points, or give the sweep a new name"], err
-    assert len(role(all_runs(tmp_path, "faults_small"), "parent")) == 1  # refused before anything was written
+    assert len(role(sweep_runs(tmp_path, "faults_small"), "parent")) == 1  # refused before anything was written
 
     code, out, err = run_main(monkeypatch, capsys, "sweep", str(spec), "--resume")
     assert code == 0, out + err
     assert "--resume: 1 of 2 grid points already finished in 'faults_small'; 1 finished runs of an earlier spec" in out
-    runs = all_runs(tmp_path, "faults_small")
-    layers = Counter(r.data.params["layer"] for r in role(runs, "trial", "FINISHED"))
+    runs = sweep_runs(tmp_path, "faults_small")
+    layers = Counter(r.data.params["layer"] for r in children(runs))
     assert layers == {"0": 1, "2": 1, "3": 1}  # only layer 3 ran; layer 2 was not run again
     table = pd.read_parquet(tmp_path / "mlruns" / "reports" / "faults_small" / "aggregate.parquet")
     assert sorted(table["layer"]) == [2, 3]  # the removed layer 0 is kept in MLflow but not aggregated
 
     code, out, err = run_main(monkeypatch, capsys, "sweep", str(spec))  # the resumed spec again: nothing to ask
     assert code == 0 and "running" not in out, out + err
-    assert len(role(all_runs(tmp_path, "faults_small"), "trial", "FINISHED")) == 3
+    assert len(children(sweep_runs(tmp_path, "faults_small"))) == 3
 
     spec.write_text(SMALL.replace("layer: [0, 2]", "layer: [2, 3]").replace("n_eval: 2", "n_eval: 3"))
     assert old[2] not in {p.trial_id for p in expand(load_sweep(spec))}  # a result-changing setting: new ids
@@ -309,20 +260,20 @@ def test_a_second_driver_of_a_running_sweep_is_refused(tmp_path, monkeypatch, ca
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         (tmp_path / "mlruns").mkdir()
-        store = client(tmp_path)
-        exp = store.create_experiment("faults_small")
-        me = _driver_id()
-        host = me.split(":")[0]
+        client = store(tmp_path)
+        exp = client.create_experiment("faults_small")
+        host = _driver_id().split(":")[0]
         started = f"{psutil.Process(other.pid).create_time():.0f}"
-        store.create_run(exp, tags={"orchestrator.role": "parent", "orchestrator.driver": f"{host}:{other.pid}:{started}"})
-        code, out, err = run_main(monkeypatch, capsys, "sweep", "spec.yaml")
+        driver = f"{host}:{other.pid}:{started}"
+        client.create_run(exp, tags={"orchestrator.role": "parent", "orchestrator.driver": driver})
+        code, _, err = run_main(monkeypatch, capsys, "sweep", "spec.yaml")
         assert code == 2 and err.strip() == (f"error: name: sweep 'faults_small' is being run right now by driver "
                                              f"{host}:{other.pid}; wait for it or stop it (two drivers of one sweep "
                                              "would run the same grid points twice)"), err
     finally:
         other.kill()
         other.wait()
-    assert len(store.search_runs([exp])) == 1  # nothing written
+    assert len(client.search_runs([exp])) == 1  # nothing written
 
 
 # --- Tune giving up on a trial before its retries are spent: the driver runs it again on fresh actors ---------------
@@ -361,9 +312,6 @@ def test_points_tune_gave_up_on_early_run_again_and_are_logged_once(tmp_path, mo
     outcome = runner.run_sweep(sweep, tracking_uri=f"sqlite:///{tmp_path}/m.db", out_dir=tmp_path)
     assert rounds == [32, len(grid[0])]  # a second Tune run for the early pack only
     assert sorted(outcome.failed) == sorted(e["trial_id"] for e in grid[1]) and outcome.logged == 32 - len(grid[1])
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(f"sqlite:///{tmp_path}/m.db")
-    runs = client.search_runs([outcome.experiment_id], max_results=1000)
-    ids = Counter(r.data.tags["orchestrator.trial_id"] for r in role(runs, "trial", "FINISHED"))
+    runs = store(f"sqlite:///{tmp_path}/m.db").search_runs([outcome.experiment_id], max_results=1000)
+    ids = Counter(r.data.tags["orchestrator.trial_id"] for r in children(runs))
     assert set(ids) == {e["trial_id"] for pack in grid for e in pack} - set(outcome.failed) and max(ids.values()) == 1

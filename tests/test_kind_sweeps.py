@@ -6,7 +6,7 @@ import json
 import pandas as pd
 import pytest
 
-from tests.test_sweep import children, cli, runs
+from tests.conftest import children, cli, sweep_runs
 
 ABLATION = """\
 name: tiny_atlas
@@ -46,7 +46,7 @@ def atlas_run(tmp_path_factory):
 
 def test_ablation_sweep_logs_each_point_once_with_its_axes(atlas_run):
     cwd, _ = atlas_run
-    trials = children(runs(cwd, "tiny_atlas"))
+    trials = children(sweep_runs(cwd, "tiny_atlas"))
     assert len(trials) == 2 * 2 * (4 * 2 + 4 * 2)
     assert len({r.data.tags["orchestrator.trial_id"] for r in trials}) == len(trials)
     heads = [r for r in trials if r.data.params["component"] == "head"]
@@ -59,7 +59,7 @@ def test_ablation_sweep_logs_each_point_once_with_its_axes(atlas_run):
 
 def test_hub_is_logged_on_the_parent_and_matches_the_runs(atlas_run):
     cwd, done = atlas_run
-    everything = runs(cwd, "tiny_atlas")
+    everything = sweep_runs(cwd, "tiny_atlas")
     parent = next(r for r in everything if r.data.tags.get("orchestrator.role") == "parent")
     frame = pd.DataFrame([{**r.data.params, "kl": r.data.metrics["kl"]} for r in children(everything)])
     frame = frame[(frame.component == "layer") & (frame.method == "mean")]
@@ -80,7 +80,7 @@ def test_skip_sweep_records_layer_sets_and_groups_them(tmp_path):
     (tmp_path / "skip.yaml").write_text(SKIP)
     done = cli(tmp_path, "sweep", "skip.yaml")
     assert done.returncode == 0, done.stdout + done.stderr
-    trials = children(runs(tmp_path, "tiny_skip"))
+    trials = children(sweep_runs(tmp_path, "tiny_skip"))
     assert sorted(r.data.params["skip"] for r in trials) == sorted(["[]", "[1]", "[1, 2]"] * 2)
     nothing = [r for r in trials if r.data.params["skip"] == "[]"]
     assert all(r.data.metrics["kl"] < 1e-9 and r.data.metrics["top5_overlap"] == 1 for r in nothing)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,15 +14,15 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from orchestrator.__main__ import main
 from orchestrator.grid import expand
-from orchestrator.report.record import SweepRecord, read, tidy
 from orchestrator.report import write_report
 from orchestrator.report.compare import write_compare
 from orchestrator.report.html import screenshot
+from orchestrator.report.record import SweepRecord, read, tidy
 from orchestrator.report.sections import SECTIONS
 from orchestrator.spec import load_sweep
 from orchestrator.tracking import Tracker
+from tests.conftest import run_main
 
 ABLATION = """\
 name: {name}
@@ -56,7 +55,7 @@ DEEP = {0: 0.5, 6: 1.0, 12: 7.0, 18: 2.0, 24: 1.5}  # smollm2-135m (30 layers): 
 
 
 def ablation_metrics(profiles: dict):
-    """Metrics of a grid point from a KL profile (per method, or one for every method) plus small seed/family offsets."""
+    """Metrics of a grid point from a KL profile (per method, or one for every method) plus seed/family offsets."""
     def metrics(v: dict) -> dict:
         profile = profiles.get(v["method"], profiles)
         return {"kl": profile[v["layer"]] + 0.01 * v["seed"] + (0.05 if v["family"] == "copying" else 0.0),
@@ -114,17 +113,6 @@ def _write(folder: Path, name: str, text: str) -> Path:
     return folder / name
 
 
-def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["orchestrator", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = exc.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
 def test_tidy_types_params_and_keeps_the_newest_run_of_a_point():
     runs = [{"run_id": "old", "start_time": 1, "params": {"seed": "0", "layer": "3", "strength": "-1.0",
                                                           "skip": "[1, 2]", "family": "antonyms"},
@@ -133,7 +121,8 @@ def test_tidy_types_params_and_keeps_the_newest_run_of_a_point():
                                                           "skip": "[1, 2]", "family": "antonyms"},
              "metrics": {"kl": 1.0, "norm_layer": 7.0}},
             {"run_id": "other", "start_time": 3, "params": {"seed": "1", "layer": "3", "strength": "0.5",
-                                                            "skip": "[]", "family": "antonyms"}, "metrics": {"kl": 2.0}}]
+                                                            "skip": "[]", "family": "antonyms"},
+             "metrics": {"kl": 2.0}}]
     frame, notes = tidy(runs, curve_keys=("norm_*",))
     assert list(frame["run_id"]) == ["new", "other"] and list(frame["kl"]) == [1.0, 2.0]
     assert frame["seed"].dtype == "int64" and frame["strength"].dtype == "float64"
@@ -154,7 +143,7 @@ def test_report_command_writes_every_figure_and_card_and_logs_them(store, monkey
     root, uri, parents = store
     monkeypatch.chdir(root)  # default store and default --out
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    code, out, err = run_cli(monkeypatch, capsys, "report", "abl")
+    code, out, err = run_main(monkeypatch, capsys, "report", "abl")
     assert code == 0, err
     page = root / "mlruns" / "reports" / "abl" / "report.html"
     assert f"report: {page}" in out and "#1 [A]" in out
@@ -205,7 +194,7 @@ def test_steering_report_shows_the_random_control_beside_each_vector(store):
 
 def test_compare_puts_both_hubs_on_a_depth_axis(store, monkeypatch, capsys):
     root, uri, _ = store
-    code, out, err = run_cli(monkeypatch, capsys, "compare", "abl", "deep", "--tracking-uri", uri,
+    code, out, err = run_main(monkeypatch, capsys, "compare", "abl", "deep", "--tracking-uri", uri,
                              "--out", str(root / "cmp"))
     assert code == 0, err
     assert (root / "cmp" / "compare.html").is_file() and "[A]" in out
@@ -226,13 +215,13 @@ def test_compare_puts_both_hubs_on_a_depth_axis(store, monkeypatch, capsys):
 ])
 def test_bad_input_is_one_line_and_exit_2(store, monkeypatch, capsys, args, message):
     root, uri, _ = store
-    code, out, err = run_cli(monkeypatch, capsys, *args, "--tracking-uri", uri, "--out", str(root / "bad"))
+    code, out, err = run_main(monkeypatch, capsys, *args, "--tracking-uri", uri, "--out", str(root / "bad"))
     assert code == 2 and err.startswith(message) and len(err.strip().splitlines()) == 1, err
     assert not (root / "bad").exists()
 
 
 def test_a_missing_store_is_not_created(tmp_path, monkeypatch, capsys):
-    code, _, err = run_cli(monkeypatch, capsys, "report", "x", "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}")
+    code, _, err = run_main(monkeypatch, capsys, "report", "x", "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}")
     assert code == 2 and err.startswith("error: --tracking-uri: the store") and not (tmp_path / "m.db").exists()
 
 
@@ -263,8 +252,9 @@ def test_early_exit_and_skip_curves_show_kl_and_agreement_by_layer():
     assert left.get_xlabel() == right.get_xlabel() == "exit layer"
     assert [line.get_label() for line in right.lines if line.get_gid() != "hub"] == ["top1_agreement", "top5_overlap"]
     assert built.cards[0].extra["layer"] == 1 and built.cards[0].grade == "A"  # L3 is the full model, not an exit
-    skips = [{"run_id": f"{s}{k}", "seed": s, "family": "antonyms", "skip": json.dumps(k), "kl": 1.0 + len(k) + (k == [2]),
-              "top1_agreement": 0.5, "top5_overlap": 0.5} for s in range(3) for k in ([0], [1], [2], [3], [1, 2])]
+    skips = [{"run_id": f"{s}{k}", "seed": s, "family": "antonyms", "skip": json.dumps(k),
+              "kl": 1.0 + len(k) + (k == [2]), "top1_agreement": 0.5,
+              "top5_overlap": 0.5} for s in range(3) for k in ([0], [1], [2], [3], [1, 2])]
     built = SECTIONS.get("skip").build(layer_record("skip", skips))
     assert [s.id for s in built.figures] == ["skip_curves", "skip_sets"]
     assert built.figures[0].figure.axes[0].get_xlabel() == "skipped layer"
@@ -279,7 +269,8 @@ def test_adapter_report_reads_the_per_layer_curves():
             rows.append({"run_id": run, "seed": s, "family": "arithmetic", "operation": op, "rank": 4,
                          "pearson": 0.8 + 0.01 * s if op == "norm_effect" else np.nan})
             for layer in range(4):
-                curves.append({"run_id": run, "key": "norm_layer", "step": layer, "value": [1, 2, 5, 1][layer] + 0.1 * s})
+                norm = [1, 2, 5, 1][layer] + 0.1 * s
+                curves.append({"run_id": run, "key": "norm_layer", "step": layer, "value": norm})
                 if op == "norm_effect":
                     curves.append({"run_id": run, "key": "effect_layer", "step": layer, "value": [1, 2, 4, 1][layer]})
     built = SECTIONS.get("adapter").build(layer_record("adapter", rows, curves=pd.DataFrame(curves)))

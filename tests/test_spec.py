@@ -3,14 +3,12 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 
 import pytest
 
-from orchestrator.__main__ import main
 from orchestrator.grid import expand
 from orchestrator.spec import load_sweep
-from tests.conftest import bad_input
+from tests.conftest import bad_input, free_port, run_main
 
 GOOD = """\
 name: bad_input
@@ -123,22 +121,14 @@ def test_jsonl_family_is_found_relative_to_the_spec_and_its_content_is_part_of_t
 def test_dry_run_prints_the_grid_and_touches_nothing(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "spec.yaml").write_text(GOOD)
-    monkeypatch.setattr(sys, "argv", ["orchestrator", "sweep", "spec.yaml", "--dry-run"])
-    main()
-    out = capsys.readouterr().out
-    assert "2 grid points" in out and "layer=2" in out and "seed=1" in out
+    code, out, _ = run_main(monkeypatch, capsys, "sweep", "spec.yaml", "--dry-run")
+    assert code == 0 and "2 grid points" in out and "layer=2" in out and "seed=1" in out
     assert not (tmp_path / "mlruns").exists()
 
 
 def test_a_bare_file_store_is_refused_before_anything_runs(tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "spec.yaml").write_text(GOOD)
-    monkeypatch.setattr(sys, "argv", ["orchestrator", "sweep", "spec.yaml", "--tracking-uri", "mlruns"])
-    with pytest.raises(SystemExit) as exit_:
-        main()
-    assert exit_.value.code == 2
-    assert "error: --tracking-uri: 'mlruns' is a bare file store" in capsys.readouterr().err
-    assert not (tmp_path / "mlruns").exists()
+    err = bad_input(tmp_path, monkeypatch, capsys, GOOD, args=("--tracking-uri", "mlruns"))
+    assert "error: --tracking-uri: 'mlruns' is a bare file store" in err
 
 
 # --- bad model folders: caught while validating, before any actor loads weights ------------------------------------
@@ -180,31 +170,16 @@ MODEL_CASES = [
 
 @pytest.mark.parametrize("model,reason", [c[1:] for c in MODEL_CASES], ids=[c[0] for c in MODEL_CASES])
 def test_bad_model_folder_is_one_line_exit_2(tmp_path, monkeypatch, capsys, model_folders, model, reason):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    (tmp_path / "spec.yaml").write_text(GOOD.replace("tiny-llama", model.format(root=model_folders)))
-    monkeypatch.setattr(sys, "argv", ["orchestrator", "sweep", "spec.yaml"])
-    with pytest.raises(SystemExit) as exit_:
-        main()
-    err = capsys.readouterr().err.strip()
-    assert exit_.value.code == 2 and len(err.splitlines()) == 1, err
+    err = bad_input(tmp_path, monkeypatch, capsys, GOOD.replace("tiny-llama", model.format(root=model_folders)))
     assert err.startswith("error: spec.yaml: model: ") and reason in err, err
-    assert not (tmp_path / "mlruns").exists()
     assert not (model_folders / "UNPICKLED").exists() and not (model_folders / "RAN_REMOTE_CODE").exists()
 
 
 # --- bad flags and unreachable services: one line naming the flag, exit 2, quickly, nothing written ------------------
 
-def closed_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]  # closed again when the with-block ends: nothing listens there
-
-
 FLAG_CASES = [
-    # (id, extra arguments, environment, the flag the message names, words in the reason)
+    # (id, extra arguments, environment, how the message starts after "error: " (it names the flag), words in the
+    # reason)
     ("unreachable tracking server", ["--tracking-uri", "http://127.0.0.1:{port}"], {}, "--tracking-uri",
      "no MLflow server answered at http://127.0.0.1:{port}"),
     ("unreachable tracking server from the environment", [], {"MLFLOW_TRACKING_URI": "http://127.0.0.1:{port}"},
@@ -217,8 +192,8 @@ FLAG_CASES = [
     ("address that is not host:port", ["--address", "my-cluster"], {}, "--address my-cluster", "host:port"),
     ("grid larger than --max-trials", ["--max-trials", "1"], {}, "--max-trials",
      "the grid has 2 points, more than --max-trials 1; pass --yes"),
-    ("--max-trials of 0", ["--max-trials", "0"], {}, "'--max-trials'", "0 is not in the range x>=1"),
-    ("misspelt flag", ["--resum"], {}, "--resum", "No such option"),
+    ("--max-trials of 0", ["--max-trials", "0"], {}, "Invalid value for '--max-trials'", "0 is not in the range x>=1"),
+    ("misspelt flag", ["--resum"], {}, "No such option '--resum'", "Did you mean"),
     ("--yes lets a large grid through to the next check", ["--max-trials", "1", "--yes", "--tracking-uri",
      "http://127.0.0.1:{port}"], {}, "--tracking-uri", "no MLflow server answered"),
 ]
@@ -229,20 +204,15 @@ def test_bad_flag_is_one_line_exit_2_fast_and_writes_nothing(tmp_path, monkeypat
                                                              reason):
     import time
 
-    port = closed_port()
-    fill = lambda text: text.format(port=port, tmp=tmp_path)  # noqa: E731
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    for key, value in env.items():
-        monkeypatch.setenv(key, fill(value))
-    (tmp_path / "spec.yaml").write_text(GOOD)
-    monkeypatch.setattr(sys, "argv", ["orchestrator", "sweep", "spec.yaml", *map(fill, args)])
+    port = free_port()  # nothing listens there
+
+    def fill(text: str) -> str:
+        return text.format(port=port, tmp=tmp_path)
+
     start = time.monotonic()
-    with pytest.raises(SystemExit) as exit_:
-        main()
-    err = capsys.readouterr().err.strip()
-    assert exit_.value.code == 2 and len(err.splitlines()) == 1, err
-    assert err.startswith(f"error: {fill(flag)}") or fill(flag) in err.split(":")[1], err
+    err = bad_input(tmp_path, monkeypatch, capsys, GOOD, args=tuple(map(fill, args)),
+                    env={k: fill(v) for k, v in env.items()})
+    assert err.startswith(f"error: {fill(flag)}"), err
     assert fill(reason) in err, err
     assert time.monotonic() - start < 20  # neither MLflow's HTTP retries nor Ray's GCS wait (minutes each)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["spec.yaml"]  # no store, no folder, nothing
@@ -250,11 +220,8 @@ def test_bad_flag_is_one_line_exit_2_fast_and_writes_nothing(tmp_path, monkeypat
 
 def test_a_missing_spec_file_is_one_line_exit_2(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "argv", ["orchestrator", "sweep", "nope.yaml"])
-    with pytest.raises(SystemExit) as exit_:
-        main()
-    err = capsys.readouterr().err.strip()
-    assert exit_.value.code == 2 and err == f"error: {tmp_path / 'nope.yaml'}: no such spec file"
+    code, _, err = run_main(monkeypatch, capsys, "sweep", "nope.yaml")
+    assert code == 2 and err.strip() == f"error: {tmp_path / 'nope.yaml'}: no such spec file"
     assert not (tmp_path / "mlruns").exists()
 
 
@@ -269,11 +236,8 @@ def test_ui_binds_loopback_unless_told_and_warns_when_not(tmp_path, monkeypatch,
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     served = []
     monkeypatch.setattr(ui, "serve_ui", lambda uri, h, port: served.append(h) or 0)
-    monkeypatch.setattr(sys, "argv", ["orchestrator", "ui", *(["--host", host] if host else [])])
-    with pytest.raises(SystemExit) as exit_:
-        main()
-    assert exit_.value.code == 0 and served == [host or "127.0.0.1"]
-    err = capsys.readouterr().err
+    code, _, err = run_main(monkeypatch, capsys, "ui", *(["--host", host] if host else []))
+    assert code == 0 and served == [host or "127.0.0.1"]
     assert ("warning: --host" in err and "not a loopback address" in err) == warned, err
 
 
@@ -281,7 +245,8 @@ def test_no_code_path_unpickles_user_files_or_runs_their_code():
     """Static guard: yaml.safe_load only; no pickle/torch.load of user files; trust_remote_code only from the spec."""
     from tests.conftest import REPO
 
-    sources = {p: p.read_text() for d in ("orchestrator", "interventions", "adapters") for p in (REPO / d).rglob("*.py")}
+    packages = ("orchestrator", "interventions", "adapters")
+    sources = {p: p.read_text() for d in packages for p in (REPO / d).rglob("*.py")}
     for path, text in sources.items():
         for banned in ("yaml.load(", "yaml.unsafe_load", "pickle.load", "torch.load(", "trust_remote_code=True",
                        "use_safetensors=False", "weights_only=False"):

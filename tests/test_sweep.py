@@ -4,45 +4,17 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import sqlite3
-import subprocess
-import sys
 import time
 import urllib.request
 from collections import Counter, defaultdict
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from mlflow.tracking import MlflowClient
 
 from orchestrator.grid import expand
 from orchestrator.spec import load_sweep
-from tests.conftest import REPO
-
-SMOKE = REPO / "sweeps" / "smoke.yaml"
-
-
-def cli(cwd: Path, *args: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
-    full_env.pop("MLFLOW_TRACKING_URI", None)
-    return subprocess.run([sys.executable, "-m", "orchestrator", *args], cwd=cwd, env=full_env,
-                          capture_output=True, text=True, timeout=timeout)
-
-
-def store(cwd: Path) -> MlflowClient:
-    return MlflowClient(f"sqlite:///{cwd / 'mlruns' / 'mlflow.db'}")
-
-
-def runs(cwd: Path, name: str = "smoke"):
-    client = store(cwd)
-    exp = client.get_experiment_by_name(name)
-    return client.search_runs([exp.experiment_id], max_results=10_000)
-
-
-def children(all_runs, status="FINISHED"):
-    return [r for r in all_runs if r.data.tags.get("orchestrator.role") == "trial" and r.info.status == status]
+from tests.conftest import SMOKE, children, cli, finished_now, free_port, role, start, store, sweep_runs
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +28,7 @@ def smoke_run(tmp_path_factory):
 def test_every_grid_point_is_one_finished_child_run(smoke_run):
     cwd, _ = smoke_run
     grid = expand(load_sweep(SMOKE))
-    all_runs = runs(cwd)
+    all_runs = sweep_runs(cwd)
     kids = children(all_runs)
     assert len(kids) == len(grid) == 32
     ids = Counter(r.data.tags["orchestrator.trial_id"] for r in kids)
@@ -84,7 +56,7 @@ def test_aggregate_groups_over_seeds_with_numpy_std(smoke_run):
     assert len(table) == 32 // 2
     assert "aggregate table:" in done.stdout and "ld_delta" in done.stdout
     logged = defaultdict(list)
-    for run in children(runs(cwd)):
+    for run in children(sweep_runs(cwd)):
         p = run.data.params
         logged[(p["family"], int(p["layer"]), float(p["strength"]), p["vector_type"])].append(run.data.metrics)
     for _, row in table.iterrows():
@@ -101,7 +73,7 @@ def test_aggregate_groups_over_seeds_with_numpy_std(smoke_run):
 
 def test_model_is_loaded_once_per_actor_not_per_trial(smoke_run):
     cwd, _ = smoke_run
-    kids = children(runs(cwd))
+    kids = children(sweep_runs(cwd))
     per_worker = defaultdict(set)
     for run in kids:
         per_worker[run.data.tags["orchestrator.worker"]].add(run.data.tags["orchestrator.model_loads"])
@@ -116,8 +88,8 @@ def test_packed_trials_equal_unpacked_trials_without_prefix_reuse(smoke_run, tmp
     plain.write_text(SMOKE.read_text() + "execution: {pack: 1, prefix_reuse: false}\n")
     done = cli(tmp_path, "sweep", str(plain))
     assert done.returncode == 0, done.stdout + done.stderr
-    packed = {r.data.tags["orchestrator.trial_id"]: r for r in children(runs(cwd))}
-    single = {r.data.tags["orchestrator.trial_id"]: r for r in children(runs(tmp_path))}
+    packed = {r.data.tags["orchestrator.trial_id"]: r for r in children(sweep_runs(cwd))}
+    single = {r.data.tags["orchestrator.trial_id"]: r for r in children(sweep_runs(tmp_path))}
     assert packed.keys() == single.keys() and len(packed) == 32  # execution settings do not change trial ids
     assert {r.data.tags["orchestrator.pack_size"] for r in packed.values()} == {"4"}
     assert {r.data.tags["orchestrator.pack_size"] for r in single.values()} == {"1"}
@@ -132,10 +104,11 @@ def test_rerun_resumes_and_duplicates_nothing(smoke_run):
     cwd, _ = smoke_run
     again = cli(cwd, "sweep", str(SMOKE))
     assert again.returncode == 0, again.stderr
-    assert "32 already finished" in again.stdout or "running" not in again.stdout
-    all_runs = runs(cwd)
+    assert "running" not in again.stdout  # every point already finished: no Tune run started
+    all_runs = sweep_runs(cwd)
     assert len(children(all_runs)) == 32
-    assert sum(r.data.tags.get("orchestrator.role") == "parent" for r in all_runs) == 2
+    parents = sorted(role(all_runs, "parent"), key=lambda r: r.info.start_time)
+    assert len(parents) == 2 and parents[-1].data.params["to_run"] == "0"
 
 
 def test_a_crashed_worker_is_retried_and_logged_once(tmp_path):
@@ -144,39 +117,25 @@ def test_a_crashed_worker_is_retried_and_logged_once(tmp_path):
     done = cli(tmp_path, "sweep", str(SMOKE), env={"ATLAS_CRASH_ONCE_DIR": str(marker)})
     assert done.returncode == 0, done.stdout + done.stderr
     assert (marker / "crashed").exists(), "the fault was not injected"
-    kids = children(runs(tmp_path))
+    kids = children(sweep_runs(tmp_path))
     ids = Counter(r.data.tags["orchestrator.trial_id"] for r in kids)
     assert len(ids) == 32 and max(ids.values()) == 1  # the killed trial was retried, and logged once
 
 
-def finished_children(db: Path) -> int:
-    """Read-only count straight from SQLite, so polling never races the driver's schema setup."""
-    try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
-            return con.execute(
-                "select count(*) from runs r join tags t on r.run_uuid = t.run_uuid where "
-                "t.key = 'orchestrator.role' and t.value = 'trial' and r.status = 'FINISHED'").fetchone()[0]
-    except sqlite3.Error:
-        return 0
-
-
 def test_an_interrupted_driver_resumes_without_loss_or_duplicates(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    proc = subprocess.Popen([sys.executable, "-m", "orchestrator", "sweep", str(SMOKE)], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = start(tmp_path, "sweep", str(SMOKE))
     deadline = time.time() + 240
-    while time.time() < deadline and finished_children(tmp_path / "mlruns" / "mlflow.db") < 4:
+    while time.time() < deadline and len(finished_now(tmp_path)) < 4:
         time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=120)
-    first = len(children(runs(tmp_path)))
+    first = len(children(sweep_runs(tmp_path)))
     assert proc.returncode == 130, out
     assert 4 <= first < 32, out
     again = cli(tmp_path, "sweep", str(SMOKE))
     assert again.returncode == 0, again.stdout + again.stderr
     assert f"{first} already finished" in again.stdout
-    ids = Counter(r.data.tags["orchestrator.trial_id"] for r in children(runs(tmp_path)))
+    ids = Counter(r.data.tags["orchestrator.trial_id"] for r in children(sweep_runs(tmp_path)))
     assert len(ids) == 32 and max(ids.values()) == 1
 
 
@@ -191,19 +150,10 @@ def test_gpu_request_on_a_cpu_cluster_is_bad_input(tmp_path):
     assert client.get_experiment_by_name("smoke") is None
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_ui_serves_the_sweep_on_loopback(smoke_run):
     cwd, _ = smoke_run
     port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    proc = subprocess.Popen([sys.executable, "-m", "orchestrator", "ui", "--port", str(port)], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc = start(cwd, "ui", "--port", str(port))
     try:
         url = f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/get-by-name?experiment_name=smoke"
         deadline, body = time.time() + 90, None

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,19 +12,10 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from mlflow.tracking import MlflowClient
 
 from orchestrator.grid import expand
 from orchestrator.spec import load_sweep
-from tests.conftest import REPO, TINY_SPEC
-
-TINY = TINY_SPEC
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.conftest import cli_env, free_port, role, store, sweep_runs, tiny_steering
 
 
 @pytest.fixture(scope="module")
@@ -61,11 +51,9 @@ def mlflow_server(tmp_path_factory):
 
 def start_sweep(cwd: Path, name: str, uri: str) -> subprocess.Popen:
     spec = cwd / f"{name}.yaml"
-    spec.write_text(TINY.format(name=name))
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    env.pop("MLFLOW_TRACKING_URI", None)
+    spec.write_text(tiny_steering(name))
     return subprocess.Popen([sys.executable, "-m", "orchestrator", "sweep", str(spec), "--tracking-uri", uri],
-                            cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            cwd=cwd, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def two_at_once(cwd: Path, uri: str) -> dict[str, str]:
@@ -77,18 +65,17 @@ def two_at_once(cwd: Path, uri: str) -> dict[str, str]:
     return outs
 
 
-def check_counts(client: MlflowClient, cwd: Path) -> dict:
+def check_counts(uri: str, cwd: Path) -> dict:
     """Each sweep: one FINISHED parent, exactly one FINISHED child per grid point, nothing else."""
     parents = {}
     for name in ("team_a", "team_b"):
-        exp = client.get_experiment_by_name(name)
-        runs = client.search_runs([exp.experiment_id], max_results=1000)
-        kids = [r for r in runs if r.data.tags.get("orchestrator.role") == "trial"]
+        found = sweep_runs(uri, name)
+        kids = role(found, "trial")
         grid = {p.trial_id for p in expand(load_sweep(cwd / f"{name}.yaml"))}
         ids = Counter(r.data.tags["orchestrator.trial_id"] for r in kids)
         assert set(ids) == grid and set(ids.values()) == {1}, name
         assert {r.info.status for r in kids} == {"FINISHED"}
-        (parent,) = [r for r in runs if r.data.tags.get("orchestrator.role") == "parent"]
+        (parent,) = role(found, "parent")
         assert parent.info.status == "FINISHED" and parent.data.params["grid_size"] == str(len(grid))
         assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in kids)
         parents[name] = parent
@@ -98,8 +85,8 @@ def check_counts(client: MlflowClient, cwd: Path) -> dict:
 def test_two_sweeps_at_once_log_runs_and_artifacts_to_a_team_server(mlflow_server, tmp_path):
     uri, root = mlflow_server
     two_at_once(tmp_path, uri)
-    client = MlflowClient(uri)
-    parents = check_counts(client, tmp_path)
+    client = store(uri)
+    parents = check_counts(uri, tmp_path)
     for name, parent in parents.items():
         logged = {a.path for a in client.list_artifacts(parent.info.run_id)}
         assert {f"{name}.yaml", "items.jsonl", "aggregate.parquet", "aggregate.txt"} <= logged
@@ -116,4 +103,4 @@ def test_two_sweeps_at_once_into_one_new_sqlite_file(tmp_path):
     (tmp_path / "shared").mkdir()
     uri = f"sqlite:///{tmp_path / 'shared' / 'mlflow.db'}"
     two_at_once(tmp_path, uri)
-    check_counts(MlflowClient(uri), tmp_path)
+    check_counts(uri, tmp_path)

@@ -33,8 +33,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from orchestrator.numbers import fmt  # noqa: F401  (re-exported: cards and sections format with it)
-
 MARGIN_D = 2.0  # A needs the effect to exceed the control by two pooled standard deviations
 MIN_SEEDS_A = 3
 RANK_CAP = 10.0  # d beyond this does not reorder cards

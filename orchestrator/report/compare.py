@@ -6,7 +6,8 @@ from pathlib import Path
 import pandas as pd
 
 from interventions.registry import AtlasError
-from orchestrator.report.claims import ClaimCard, Evidence, card, fmt, ranked
+from orchestrator.numbers import fmt
+from orchestrator.report.claims import ClaimCard, Evidence, card, ranked
 from orchestrator.report.figures import depth_compare
 from orchestrator.report.html import Report, write_page
 from orchestrator.report.hubs import mode_and_std

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from interventions.registry import AtlasError
+from orchestrator.numbers import fmt
 from orchestrator.report import claims
-from orchestrator.report.claims import ClaimCard, fmt
+from orchestrator.report.claims import ClaimCard
 from orchestrator.report.figures import png
 from orchestrator.report.sections import Shown
 

@@ -18,7 +18,8 @@ from matplotlib.figure import Figure
 
 from interventions.registry import Registry
 from orchestrator.aggregate import aggregate
-from orchestrator.report.claims import ClaimCard, Evidence, card, fmt
+from orchestrator.numbers import fmt
+from orchestrator.report.claims import ClaimCard, Evidence, card
 from orchestrator.report.hubs import METRIC, Summary, hub_of, mode_and_std
 from orchestrator.report.record import SweepRecord
 

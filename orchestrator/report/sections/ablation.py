@@ -11,7 +11,8 @@ import numpy as np
 import pandas as pd
 
 from interventions.ablation import HUB, effect_metric
-from orchestrator.report.claims import ClaimCard, Evidence, card, fmt
+from orchestrator.numbers import fmt
+from orchestrator.report.claims import ClaimCard, Evidence, card
 from orchestrator.report.figures import layer_profiles as profile_figure
 from orchestrator.report.figures import matrix
 from orchestrator.report.hubs import (

@@ -13,7 +13,8 @@ import numpy as np
 import pandas as pd
 
 from adapters.kind import EFFECT_LAYER, NORM_LAYER
-from orchestrator.report.claims import ClaimCard, Evidence, card, fmt
+from orchestrator.numbers import fmt
+from orchestrator.report.claims import ClaimCard, Evidence, card
 from orchestrator.report.figures import lines_by_layer, scatter_with_r
 from orchestrator.report.hubs import METRIC
 from orchestrator.report.record import SweepRecord
