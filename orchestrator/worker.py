@@ -72,8 +72,9 @@ def run_trial(config: dict, splits: dict[tuple[str, int], Split]) -> None:
     start = time.perf_counter()
     pack = config["pack"]
     ctx = trial_context(config, splits)
+    hooks_before = count_hooks(ctx.model.module)  # transformers may keep hooks of its own (output capturing)
     results = run_pack(config["kind"], ctx, [p["point"] for p in pack])
-    left = count_hooks(ctx.model.module)
+    left = count_hooks(ctx.model.module) - hooks_before
     if left:
         raise RuntimeError(f"{left} forward hooks left on the model after trial {pack[0]['trial_id']}")
     tune.report({

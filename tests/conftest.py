@@ -27,6 +27,16 @@ from interventions.kinds import KINDS
 KINDS.names()
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def pytest_collection_modifyitems(items) -> None:
+    """Tests on the embedded model (a real 135M model) belong to the slow tier, like the end-to-end files."""
+    for item in items:
+        params = getattr(item, "callspec", None)
+        on_embedded = "smollm2" in getattr(item, "fixturenames", ()) or (
+            params is not None and models.EMBEDDED in params.params.values())
+        if on_embedded:
+            item.add_marker(pytest.mark.slow)
 SMOKE = REPO / "sweeps" / "smoke.yaml"
 N_SMOKE = 32  # grid points of smoke.yaml
 

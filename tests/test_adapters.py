@@ -298,6 +298,7 @@ axes:
 """
 
 
+@pytest.mark.slow
 def test_an_adapter_sweep_logs_curves_profiles_reasons_and_the_adapter(tmp_path):
     (tmp_path / "spec.yaml").write_text(SWEEP)
     done = cli(tmp_path, "sweep", "spec.yaml", env={"ATLAS_ADAPTER_CACHE": str(tmp_path / "adapters")})

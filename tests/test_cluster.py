@@ -14,6 +14,8 @@ from orchestrator.runner import run_sweep
 from orchestrator.spec import Execution, Resources, load_sweep
 from tests.conftest import REPO, SMOKE, children, sweep_runs
 
+pytestmark = pytest.mark.slow  # Ray, subprocess CLIs or servers, end to end
+
 
 def smoke(cpu: float, gpu: float):
     """smoke.yaml with these resources, one grid point per Ray Tune trial (no packing: 32 trials to schedule)."""

@@ -33,6 +33,8 @@ from tests.conftest import (
     tiny_steering,
 )
 
+pytestmark = pytest.mark.slow  # Ray, subprocess CLIs or servers, end to end
+
 
 def wait_for(cwd: Path, proc: subprocess.Popen, n: int, timeout: float = 240) -> list[str]:
     deadline = time.time() + timeout

@@ -8,6 +8,8 @@ import pytest
 
 from tests.conftest import children, cli, sweep_runs
 
+pytestmark = pytest.mark.slow  # Ray, subprocess CLIs or servers, end to end
+
 ABLATION = """\
 name: tiny_atlas
 model: tiny-llama

@@ -29,7 +29,14 @@ def oracle_skip(model, prompt: str, skip: set[int]) -> torch.Tensor:
 @torch.no_grad()
 def oracle_exit(model, prompt: str, layer: int) -> torch.Tensor:
     ids = model.tokenizer(prompt, return_tensors="pt")["input_ids"]
-    hidden = model.module(input_ids=ids, output_hidden_states=True).hidden_states[layer + 1]  # resid_post[layer]
+    seen = {}  # resid_post[layer] from a hook: output_hidden_states would leave transformers' own hooks behind
+    handle = model.module.model.layers[layer].register_forward_hook(
+        lambda m, i, out: seen.setdefault("out", out[0] if isinstance(out, tuple) else out))
+    try:
+        model.module(input_ids=ids)
+    finally:
+        handle.remove()
+    hidden = seen["out"]
     return model.module.lm_head(model.module.model.norm(hidden))[0, -1]
 
 

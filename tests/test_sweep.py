@@ -16,6 +16,8 @@ from orchestrator.grid import expand
 from orchestrator.spec import load_sweep
 from tests.conftest import SMOKE, children, cli, finished_now, free_port, role, start, store, sweep_runs
 
+pytestmark = pytest.mark.slow  # Ray, subprocess CLIs or servers, end to end
+
 
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):

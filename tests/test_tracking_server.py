@@ -17,6 +17,8 @@ from orchestrator.grid import expand
 from orchestrator.spec import load_sweep
 from tests.conftest import cli_env, free_port, role, store, sweep_runs, tiny_steering
 
+pytestmark = pytest.mark.slow  # Ray, subprocess CLIs or servers, end to end
+
 
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
