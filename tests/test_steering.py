@@ -8,7 +8,7 @@ from interventions.context import FamilyRun, TrainActs, TrialContext, seeded_gen
 from interventions.families import Split
 from interventions.forward import clean_run, encode, run_from
 from interventions.hooks import capture, count_hooks
-from interventions.kinds import KINDS, kind_axes, run_kind
+from interventions.kinds import run_kind
 from interventions.steering import VECTORS, steer, steering_vector
 from tests import oracle
 from tests.conftest import context, split
@@ -181,15 +181,3 @@ def test_negative_strength_reports_selectivity_against_the_other_families(tiny_l
     assert out["collateral_logprob_drop"] == pytest.approx(sum(drops) / len(drops), abs=1e-4)
     positive = steering_trial(ctx, layer=1, strength=2.0, vector_type="mean_diff")
     assert "selectivity" not in positive
-
-
-def test_every_kind_takes_exactly_its_axes_as_keywords_or_a_pack():
-    import inspect
-
-    for name in KINDS.names():
-        k = KINDS.get(name)
-        params = [p for p in inspect.signature(k.fn).parameters if p != "ctx"]
-        if k.pack_axes:
-            assert params == ["points"] and set(k.pack_axes) <= set(kind_axes(k)), name
-        else:
-            assert sorted(params) == sorted(kind_axes(k)), name
