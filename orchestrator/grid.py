@@ -26,6 +26,8 @@ def trial_id(sweep: Sweep, values: dict, digests: dict[tuple[str, int], str]) ->
     }
     if sweep.kind.uses_other_families:  # collateral metrics read the other families' items
         settings["families"] = sorted(items.values())
+    if sweep.id_options:  # spec sections that change every point's numbers (steering's generate), only when on
+        settings["options"] = sweep.id_options
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -51,7 +53,7 @@ def packs(sweep: Sweep, points: list[Point]) -> list[list[Point]]:
 
 def expand(sweep: Sweep) -> list[Point]:
     digests = {key: split.digest() for key, split in sweep.splits.items()}
-    combos = kind_points(sweep.kind, sweep.axes, sweep.model)
+    combos = kind_points(sweep.kind, sweep.axes, sweep.model, sweep.options)
     points = []
     for seed, family, combo in itertools.product(sweep.axes["seed"], sweep.axes["family"], combos):
         values = {"seed": seed, "family": family, **combo}

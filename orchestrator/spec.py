@@ -8,9 +8,9 @@ import difflib
 import hashlib
 import json
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Iterator
+from typing import Annotated, ClassVar, Iterator
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -42,6 +42,26 @@ class Execution(BaseModel):
     prefix_reuse: bool = True  # start at the cached residual of layer L (off: the layers below run again)
 
 
+class Baseline(BaseModel):
+    """Steering's prompting baseline: the eval items after `shots` train demonstrations (0: off). On by default."""
+
+    model_config = ConfigDict(extra="forbid")
+    shots: int = Field(4, ge=0)
+    every_point: ClassVar[bool] = False  # only the baseline's own grid points depend on it (shots is their value)
+
+
+class Generate(BaseModel):
+    """Steering's generation metrics: a greedy continuation of `tokens` tokens per eval item. Off unless given."""
+
+    model_config = ConfigDict(extra="forbid")
+    tokens: int = Field(24, ge=1, le=512)
+    every_point: ClassVar[bool] = True  # every grid point's numbers depend on it: part of every trial_id
+
+
+OPTIONS = {"baseline": Baseline, "generate": Generate}  # spec sections a kind may read (Kind.options)
+ON_BY_DEFAULT = ("baseline",)
+
+
 class SweepSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: Annotated[str, Field(min_length=1, pattern=r"^[\w.-]+$")]  # the MLflow experiment
@@ -53,6 +73,8 @@ class SweepSpec(BaseModel):
     resources: Resources = Resources()
     max_failures: int = Field(2, ge=0)  # Ray Tune retries of a trial whose actor died
     execution: Execution = Execution()
+    baseline: Baseline | None = None  # steering only (default: 4 shots)
+    generate: Generate | None = None  # steering only (default: off)
     axes: dict
 
 
@@ -66,6 +88,12 @@ class Sweep:
     axes: dict[str, list]  # axis -> values, `family` values as written in the spec
     model: ModelInfo
     splits: dict[tuple[str, int], Split]  # (family name, seed) -> items
+    options: dict[str, dict | None] = field(default_factory=dict)  # the kind's `options` sections (None: off)
+
+    @property
+    def id_options(self) -> dict[str, dict]:
+        """The options that change every grid point's numbers (part of every trial_id when on)."""
+        return {k: v for k, v in self.options.items() if v is not None and OPTIONS[k].every_point}
 
     @property
     def base_dir(self) -> Path:
@@ -81,7 +109,8 @@ class Sweep:
     @property
     def spec_hash(self) -> str:
         items = {f"{family}:{seed}": split.digest() for (family, seed), split in self.splits.items()}
-        spec = self.spec.model_dump(exclude={"execution"})  # how trials run does not change their numbers
+        unset = {k for k in OPTIONS if getattr(self.spec, k) is None}  # hashes of specs from before options stay
+        spec = self.spec.model_dump(exclude={"execution", *unset})  # how trials run does not change their numbers
         text = json.dumps({"spec": spec, "items": items}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -116,10 +145,32 @@ def read_yaml(path: Path) -> dict:
 
 def _check_layers(path: Path, kind: Kind, axes: dict, info: ModelInfo) -> None:
     for name in kind.layer_axes:
-        for i, layer in enumerate(axes.get(name, ())):
-            if not 0 <= layer < info.n_layers:
-                raise SpecError(f"{path.name}: axes.{name}.{i}: layer {layer} is outside 0..{info.n_layers - 1} "
-                                f"({info.name} has {info.n_layers} layers)")
+        for i, value in enumerate(axes.get(name, ())):
+            listed = enumerate(value) if isinstance(value, list) else [(None, value)]  # a layer set: each layer
+            for j, layer in listed:
+                if not 0 <= layer < info.n_layers:
+                    where = f"axes.{name}.{i}" + ("" if j is None else f".{j}")
+                    raise SpecError(f"{path.name}: {where}: layer {layer} is outside 0..{info.n_layers - 1} "
+                                    f"({info.name} has {info.n_layers} layers)")
+
+
+def _options(path: Path, raw: dict, spec: SweepSpec, kind: Kind) -> dict[str, dict | None]:
+    """The option sections the kind reads (defaults filled in); a section given to a kind that never reads it is
+    refused."""
+    for name in OPTIONS:
+        if name in raw and name not in kind.options:
+            readers = ", ".join(k for k in KINDS.names() if name in KINDS.get(k).options)
+            raise SpecError(f"{path.name}: {name}: only the {readers} kind reads it, not {kind.name}")
+    out = {}
+    for name in kind.options:
+        value = getattr(spec, name)
+        value = OPTIONS[name]() if value is None and name in ON_BY_DEFAULT and name not in raw else value
+        out[name] = value.model_dump() if value is not None else None
+    shots = (out.get("baseline") or {}).get("shots", 0)
+    if shots > spec.n_train:
+        raise SpecError(f"{path.name}: baseline.shots: {shots} demonstrations come from the train items, but n_train "
+                        f"is {spec.n_train}")
+    return out
 
 
 @contextmanager
@@ -155,6 +206,7 @@ def load_sweep(path: str | Path) -> Sweep:
     except ValidationError as exc:
         raise _field_error(path, exc, model=SweepSpec) from None
     kind = KINDS.get(spec.kind)
+    options = _options(path, raw, spec, kind)
     try:
         # paths are relative to the spec
         validated = kind.axes.model_validate(spec.axes, context={"base_dir": path.parent})
@@ -165,10 +217,10 @@ def load_sweep(path: str | Path) -> Sweep:
         info = describe(spec.model, spec.trust_remote_code)
     _check_layers(path, kind, axes, info)
     with _field(path):
-        kind_points(kind, axes, info)  # model-dependent checks of the kind's own axes
+        kind_points(kind, axes, info, options)  # model-dependent checks of the kind's own axes
     splits = _load_splits(path, spec, axes, info)
     if kind.check_splits is not None:
         with _field(path):
             kind.check_splits(axes, splits)
     axes["family"] = [family_name(v) for v in axes["family"]]
-    return Sweep(path, spec, kind, axes, info, splits)
+    return Sweep(path, spec, kind, axes, info, splits, options)
