@@ -114,6 +114,19 @@ def continuation_nll(model: Model, prompts: list[list[int]], continuations: list
     return (nll * real).sum(1) / real.sum(1)  # 0/0 = nan for an empty continuation
 
 
+def known_nll(run, continuations: list[list[int]]) -> Tensor:
+    """continuation_nll of the eval items' continuations (row r continues eval item r % n_eval), each distinct
+    (item, continuation) computed once per (family, seed): weak vectors often leave the unsteered continuation."""
+    seen: dict[tuple, float] = run.memo(("continuation_nll",), dict)
+    prompts = prompt_rows(run.eval_batch)
+    keys = [(r % len(prompts), tuple(c)) for r, c in enumerate(continuations)]
+    todo = list(dict.fromkeys(k for k in keys if k not in seen))
+    if todo:
+        values = continuation_nll(run.model, [prompts[j] for j, _ in todo], [list(c) for _, c in todo])
+        seen.update(zip(todo, values.tolist()))
+    return torch.tensor([seen[k] for k in keys], dtype=torch.float64)
+
+
 def ngrams(seq: list[int], n: int) -> list[tuple[int, ...]]:
     return [tuple(seq[i:i + n]) for i in range(len(seq) - n + 1)]
 
@@ -162,9 +175,7 @@ def _clean_reference(run, tokens: int) -> tuple[list[list[int]], dict[str, float
     def compute():
         model = run.model
         continuations = until_eos(greedy(model, run.eval_batch, tokens), eos_ids(model))
-        prompts = prompt_rows(run.eval_batch)
-        nll = continuation_nll(model, prompts, continuations)
-        metrics = text_metrics(continuations, run.target.tolist(), nll)
+        metrics = text_metrics(continuations, run.target.tolist(), known_nll(run, continuations))
         return continuations, {f"{k}_clean": v for k, v in metrics.items()}
 
     return run.memo(("generation_clean", tokens), compute)
@@ -176,8 +187,7 @@ def generation_results(run, deltas: list[dict[int, Tensor]], tokens: int,
     model, n = run.model, len(run.split.eval)
     ids = greedy(model, run.eval_batch.repeat(len(deltas)), tokens, rows_of(deltas, n))
     continuations = until_eos(ids, eos_ids(model))
-    prompts = prompt_rows(run.eval_batch)
-    nll = continuation_nll(model, prompts * len(deltas), continuations)
+    nll = known_nll(run, continuations)
     clean, reference = _clean_reference(run, tokens)
     out = []
     for i, kl_i in enumerate(neutral_kl):

@@ -38,14 +38,18 @@ class Gathered:
             self.tensors.update(load(extra["tensors"]))
 
 
-def _previous(tracker, parent: str, name: str, folder: Path) -> Path | None:
-    """The newest earlier parent run's copy of artifact `name`, downloaded into `folder` (None if none has one)."""
-    parents = search_all(tracker.client, tracker.experiment_id, f"tags.`{TAG}role` = '{ROLE_PARENT}'",
+def newest_file(client, experiment_id: str, name: str, folder: Path, skip: str | None = None) -> Path | None:
+    """Artifact `name` of the newest parent run (but `skip`) that has one, downloaded into `folder`; None if none."""
+    parents = search_all(client, experiment_id, f"tags.`{TAG}role` = '{ROLE_PARENT}'",
                          order_by=["attributes.start_time DESC"])
     for run in parents:
-        if run.info.run_id != parent and any(a.path == name for a in tracker.client.list_artifacts(run.info.run_id)):
-            return Path(tracker.client.download_artifacts(run.info.run_id, name, str(folder)))
+        if run.info.run_id != skip and any(a.path == name for a in client.list_artifacts(run.info.run_id)):
+            return Path(client.download_artifacts(run.info.run_id, name, str(folder)))
     return None
+
+
+def _previous(tracker, parent: str, name: str, folder: Path) -> Path | None:
+    return newest_file(tracker.client, tracker.experiment_id, name, folder, skip=parent)
 
 
 def items_table(sweep: Sweep, points: list[Point], gathered: Gathered, earlier: pd.DataFrame | None) -> pd.DataFrame:

@@ -22,8 +22,8 @@ from torch import Tensor
 
 from interventions.registry import AtlasError
 from interventions.steering import vector_name
-from orchestrator.store import ROLE_PARENT, TAG, RetryOnLock, resolve_uri, search_all
-from orchestrator.sweepfiles import VECTORS
+from orchestrator.store import RetryOnLock, resolve_uri
+from orchestrator.sweepfiles import VECTORS, newest_file
 
 
 @dataclass(frozen=True)
@@ -56,11 +56,10 @@ def download(sweep: str, folder: str | Path, tracking_uri: str | None = None) ->
     experiment = client.get_experiment_by_name(sweep)
     if experiment is None:
         raise AtlasError(f"no sweep named {sweep!r} in {uri}")
-    for run in search_all(client, experiment.experiment_id, f"tags.`{TAG}role` = '{ROLE_PARENT}'",
-                          order_by=["attributes.start_time DESC"]):
-        if any(a.path == VECTORS for a in client.list_artifacts(run.info.run_id)):
-            return Path(client.download_artifacts(run.info.run_id, VECTORS, str(folder)))
-    raise AtlasError(f"sweep {sweep!r} in {uri} has no {VECTORS} (not a steering sweep, or it never finished)")
+    found = newest_file(client, experiment.experiment_id, VECTORS, Path(folder))
+    if found is None:
+        raise AtlasError(f"sweep {sweep!r} in {uri} has no {VECTORS} (not a steering sweep, or it never finished)")
+    return found
 
 
 def load(sweep: str, *, family: str, seed: int, layer: int, vector_type: str,
