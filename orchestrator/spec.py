@@ -10,7 +10,7 @@ import json
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, ClassVar, Iterator
+from typing import Annotated, ClassVar, Iterator, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -122,6 +122,7 @@ def _field_error(path: Path, exc: ValidationError, prefix: tuple = (), model: ty
     if err["type"] == "extra_forbidden":
         for part in err["loc"][:-1]:  # the (nested) model that owns the misspelt key
             model = getattr(model.model_fields.get(part), "annotation", None) if model else None
+            model = next((a for a in get_args(model) if isinstance(a, type) and issubclass(a, BaseModel)), model)
         known = list(model.model_fields) if isinstance(model, type) and issubclass(model, BaseModel) else []
         near = difflib.get_close_matches(str(err["loc"][-1]), known, n=1)
         reason = f"unknown key; did you mean {near[0]!r}?" if near else "unknown key" + (
