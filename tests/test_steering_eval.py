@@ -204,15 +204,15 @@ def test_generation_at_strength_zero_is_model_generate_and_changes_nothing(tiny_
 def test_steered_generation_equals_a_hand_written_greedy_loop(tiny_llama):
     """KV cache, batch and left padding vs one prompt at a time, the whole sequence re-run every token."""
     ctx = context(tiny_llama, "factual_recall", n_eval=3)
-    run, layer, strength = ctx.family, 2, 3.0
+    run, layer, strength = ctx.family, 0, 4.0  # here steering only the prompt positions would change token 2 on
     vector = strength * run.resid_norm(layer) * steering_vector(ctx, layer, "mean_diff")
-    ours = greedy(tiny_llama, run.eval_batch, 5, {layer: vector.expand(3, -1)})
+    ours = greedy(tiny_llama, run.eval_batch, 6, {layer: vector.expand(3, -1)})
     hook = tiny_llama.module.model.layers[layer].register_forward_hook(
         lambda m, i, o: (o[0] + vector, *o[1:]) if isinstance(o, tuple) else o + vector)
     try:
         for row, item in enumerate(run.split.eval):
             ids = tiny_llama.tokenizer(item.prompt)["input_ids"]
-            for step in range(5):
+            for step in range(6):
                 with torch.no_grad():
                     ids.append(int(tiny_llama.module(input_ids=torch.tensor([ids])).logits[0, -1].argmax()))
                 assert ids[-1] == int(ours[row, step]), (row, step)
