@@ -1,7 +1,6 @@
 """End of a sweep: the cross-seed table of every finished grid point and the kind's own summary, saved and logged."""
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -9,7 +8,7 @@ import pandas as pd
 from rich.console import Console
 
 from orchestrator.aggregate import aggregate, beside_control, render
-from orchestrator.grid import Point, axis_order
+from orchestrator.grid import Point, axis_order, table_values
 from orchestrator.spec import Sweep
 from orchestrator.sweepfiles import Gathered, write_sweep_files
 from orchestrator.tracking import Tracker
@@ -23,8 +22,8 @@ def summarise(sweep: Sweep, tracker: Tracker, points: list[Point], parent: str, 
     have = [p for p in points if p.trial_id in finished]
     if not have:
         return None
-    rows = [{"model": sweep.spec.model, "kind": sweep.kind.name, **_hashable(p.values),
-             **finished[p.trial_id]} for p in have]
+    rows = [{"model": sweep.spec.model, "kind": sweep.kind.name, **values, **finished[p.trial_id]}
+            for p, values in zip(have, table_values(have))]
     group_by = ["model", "kind", *[a for a in axis_order(sweep) if a != "seed"]]
     table = beside_control(aggregate(rows, group_by, list(sweep.kind.metrics), sweep.kind.primary), group_by,
                            sweep.kind)
@@ -64,7 +63,3 @@ def summarise(sweep: Sweep, tracker: Tracker, points: list[Point], parent: str, 
             console.print(view)
     return path
 
-
-def _hashable(values: dict) -> dict:
-    """List-valued axes (skip sets) as their JSON text, so that they can be grouped."""
-    return {k: json.dumps(v) if isinstance(v, list) else v for k, v in values.items()}

@@ -8,7 +8,6 @@ points no longer in the grid and tensors of items that changed are dropped.
 """
 from __future__ import annotations
 
-import json
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +16,7 @@ import pandas as pd
 import torch
 from safetensors.torch import load, save_file
 
-from orchestrator.grid import Point
+from orchestrator.grid import Point, table_values
 from orchestrator.spec import Sweep
 from orchestrator.store import ROLE_PARENT, TAG, search_all
 
@@ -54,12 +53,12 @@ def _previous(tracker, parent: str, name: str, folder: Path) -> Path | None:
 
 def items_table(sweep: Sweep, points: list[Point], gathered: Gathered, earlier: pd.DataFrame | None) -> pd.DataFrame:
     """One row per (grid point, eval item): trial_id, the point's axis values, item, and the kind's per-item columns."""
-    by_id = {p.trial_id: p for p in points}
+    by_id = dict(zip((p.trial_id for p in points), table_values(points)))
     rows = []
     for trial_id, columns in gathered.items.items():
         if trial_id not in by_id:
             continue
-        values = {k: json.dumps(v) if isinstance(v, list) else v for k, v in by_id[trial_id].values.items()}
+        values = by_id[trial_id]
         n = len(next(iter(columns.values())))
         rows += [{"trial_id": trial_id, **values, "item": i, **{c: v[i] for c, v in columns.items()}}
                  for i in range(n)]

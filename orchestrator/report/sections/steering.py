@@ -153,10 +153,13 @@ def steering_section(record: SweepRecord) -> Section:
             made = _cell_card(record, steer, halves, vtype, direction, result.notes)
             if made:
                 result.cards.append(made)
-    for family in families:
+    for family in families if not prompt.empty else ():
         made = _prompt_card(record, steer, prompt, halves, family, vtypes, shots)
         if made:
             result.cards.append(made)
+        else:
+            result.notes.append(f"{family}: no steering cell raises the logit difference beyond the random vector "
+                                f"on the selection half, so none is compared with {shots}-shot prompting")
     return result
 
 
