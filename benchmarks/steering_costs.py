@@ -84,8 +84,7 @@ def main() -> None:
         "geometry": timed(lambda: [_geometry(ctx, layers, p["vector_type"]) for p in points], args.repeat),
         "transport": timed(lambda: [r.extra() for r in results], args.repeat),
         "full": timed(lambda: run_pack("steering", ctx, points), args.repeat),
-        "baseline": timed(lambda: run.memo(("kshot", args.shots), lambda: None) and
-                          (run._memo.pop(("kshot", args.shots)), prompt_baseline(ctx)), args.repeat),
+        "baseline": timed(lambda: (run._memo.pop(("kshot", args.shots), None), prompt_baseline(ctx)), args.repeat),
     }
     rows["generation"] = timed(lambda: run_pack("steering", gen, points), args.repeat) - rows["full"]
     print(f"{args.model}, layer {args.layer}, {len(points)} points per pack, n_eval {args.n_eval}, "
