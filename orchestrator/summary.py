@@ -62,4 +62,3 @@ def summarise(sweep: Sweep, tracker: Tracker, points: list[Point], parent: str, 
         for view in summary.views:
             console.print(view)
     return path
-
