@@ -34,10 +34,11 @@ seeds agreeing and the grade on the other half (the reporting half), so that the
 not inflate the grade. The card also prints the effect on the selection half, and the cell
 and grade that choosing and grading on all items would give. Sweeps logged before the halves
 existed are chosen and graded on all items, and their cards say so.
-Steering cards choose, among the cells whose effect (on the selection half) is in the claimed
-direction and beyond the control at the same layer and strength, the one with the largest own
-effect; the control is the random vector at that cell. Cards comparing steering with the
-prompting baseline take the k-shot prompt (the same family and seed) as the control.
+Steering cards choose, among the cells whose mean effect (on the selection half) is in the
+claimed direction and beyond the control's whole range over seeds at the same layer and
+strength, the one with the largest own effect; the control is the random vector at that cell.
+Cards comparing steering with the prompting baseline take the k-shot prompt (the same family and
+seed) as the control.
 Cards are ranked by grade, then by d capped at 10 (largest first; undefined last): past ten
 pooled standard deviations the std of a few seeds is mostly luck and no longer orders claims,
 so ties keep the order in which the section states its claims (a hub before its runners-up).

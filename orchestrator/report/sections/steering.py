@@ -4,8 +4,8 @@ per-item reliability, generation metrics, and held-out claim cards.
 Cards (the grading and held-out rules are in claims.py): per non-random vector type, the
 strongest boost (positive strength) and knock-out (negative strength): among the (layer,
 strength) cells whose family-mean ld_delta, on the selection half of the eval items, is in the
-claimed direction and beyond the random vector's at the same cell, the one with the largest
-own effect. Evidence per seed: that cell's family-mean ld_delta on the reporting half (x_s)
+claimed direction and beyond the random vector's whole range over seeds at the same cell, the
+one with the largest own effect. Evidence per seed: that cell's family-mean ld_delta on the reporting half (x_s)
 against the random vector's there (c_s); a seed agrees if x_s - c_s has the claimed sign. Per
 family, the best boost cell of any vector type against the k-shot prompting baseline.
 """
@@ -83,16 +83,18 @@ def _minus_control(per_seed: pd.DataFrame, metric: str) -> pd.DataFrame:
 
 def pick_cell(selection: pd.DataFrame, vtypes: list[str], direction: int) -> tuple[str, str, float] | None:
     """The cell a card claims, chosen on one half of the items only: (vector_type, layer, strength) with the largest
-    direction * mean over seeds, among cells whose mean has the claimed sign and is beyond the random vector's at
-    the same layer and strength (when the sweep has it). selection: seed, layer, strength, vector_type, value."""
-    rows = selection[np.sign(selection["strength"]) == direction]
-    means = rows.groupby(AXES, as_index=False)["value"].mean()
-    control = means[means["vector_type"] == CONTROL].drop(columns="vector_type").rename(columns={"value": "control"})
-    mine = means[means["vector_type"].isin(vtypes)].merge(control, on=["layer", "strength"], how="left")
-    eligible = mine[(direction * mine["value"] > 0) & ~(direction * (mine["value"] - mine["control"]) <= 0)]
+    direction * mean over seeds, among cells whose mean has the claimed sign and beats the random vector at the same
+    layer and strength: lies beyond its whole range over seeds (the grading rule's test; no test without a random
+    vector). selection: seed, layer, strength, vector_type, value."""
+    rows = selection[np.sign(selection["strength"]) == direction].assign(signed=lambda f: direction * f["value"])
+    means = rows.groupby(AXES, as_index=False)["signed"].mean()
+    control = rows[rows["vector_type"] == CONTROL].groupby(["layer", "strength"], as_index=False)["signed"].max()
+    mine = means[means["vector_type"].isin(vtypes)].merge(control.rename(columns={"signed": "ceiling"}),
+                                                          on=["layer", "strength"], how="left")
+    eligible = mine[(mine["signed"] > 0) & ~(mine["signed"] <= mine["ceiling"])]
     if eligible.empty:
         return None
-    best = eligible.loc[(direction * eligible["value"]).idxmax()]
+    best = eligible.loc[eligible["signed"].idxmax()]
     return best["vector_type"], best["layer"], float(best["strength"])
 
 
@@ -192,8 +194,9 @@ def _cell_card(record: SweepRecord, steer: pd.DataFrame, halves: Halves, vtype: 
              + (" on held-out items" if halves.split else ""))
     claim += (f" vs {np.mean(c):+.2f} ± {fmt(_std(c), '.2f')} for the random vector" if c else "")
     claim += f" ({chosen:+.2f} on the half it was chosen on)." if halves.split else "."
-    caveats = [f"chosen as the {kind} with the largest own effect among the {vtype} cells beyond the random vector at "
-               f"the same layer and strength, on the selection half of the items; numbers and grade on the other half"
+    caveats = [f"chosen as the {kind} with the largest own effect among the {vtype} cells beyond the random vector's "
+               "range at the same layer and strength, on the selection half of the items; numbers and grade on the "
+               "other half"
                if halves.split else f"chosen as the {kind} cell with the largest own effect among the {vtype} cells "
                "beyond the random vector; chosen and graded on the same items, which favours a large effect"]
     caveats += [_before(steer, vtype, direction, record)] if halves.split else []
@@ -239,7 +242,8 @@ def _prompt_card(record: SweepRecord, steer: pd.DataFrame, prompt: pd.DataFrame,
     ev = Evidence(x, {s: x[s] > c[s] for s in seeds}, c, 1)
     cell = f"{vtype} at {_where(record, layer)}, strength {strength:+g}"
     k = f"{shots}-shot prompting"
-    numbers = (f"ld_delta {np.mean(list(ev.values.values())):+.2f} vs {np.mean(list(ev.control.values())):+.2f}"
+    mean_steering, mean_prompting = np.mean([steering[s] for s in seeds]), np.mean([prompting[s] for s in seeds])
+    numbers = (f"ld_delta {mean_steering:+.2f} for steering vs {mean_prompting:+.2f} for prompting"
                + (" on held-out items" if halves.split else ""))
     claim = (f"On {family}, steering ({cell}) beats {k}: {numbers}." if ahead else
              f"On {family}, {k} beats the best steering cell ({cell}): {numbers}.")
