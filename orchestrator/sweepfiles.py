@@ -48,7 +48,9 @@ def newest_file(client, experiment_id: str, name: str, folder: Path, skip: str |
 
 
 def _previous(tracker, parent: str, name: str, folder: Path) -> Path | None:
-    return newest_file(tracker.client, tracker.experiment_id, name, folder, skip=parent)
+    """The sweep's copy so far: this parent's own if it has one (a parent continued by a rerun), else the newest
+    earlier parent's."""
+    return newest_file(tracker.client, tracker.experiment_id, name, folder)
 
 
 def items_table(sweep: Sweep, points: list[Point], gathered: Gathered, earlier: pd.DataFrame | None) -> pd.DataFrame:
