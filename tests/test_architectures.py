@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from adapters.lora import attached, tuner_layers
-from adapters.sources import target_names
+from adapters.sources import check_targets, target_names
 from adapters.training import LoraSettings, train
 from interventions import models
 from interventions.ablation import ABLATIONS, ablated_logits
@@ -210,3 +210,7 @@ def test_half_precision_runs_every_kind_and_stays_near_float32(dtype):
         for point in points:
             want, got = run_kind(kind, a, point).metrics, run_kind(kind, b, point).metrics
             assert got["accuracy_clean"] == want["accuracy_clean"], (kind, point)
+
+
+def test_the_default_lora_targets_pass_spec_validation(model):
+    check_targets({"targets": ["default"]}, models.describe(model.name))  # GPT-2's Conv1D projections count
