@@ -17,10 +17,10 @@ import importlib.util
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import torch
 
@@ -111,7 +111,7 @@ def chunk_paths(name: str) -> list[Path]:
         if spec is None or not spec.submodule_search_locations:
             raise AtlasError(f"{name!r} is not installed: the package {package} is missing "
                              f"(install the pack: {pack.install_command()})")
-        path = Path(list(spec.submodule_search_locations)[0]) / file
+        path = Path(next(iter(spec.submodule_search_locations))) / file
         if not path.is_file() or path.stat().st_size != size:
             found = f"{path.stat().st_size} bytes" if path.is_file() else "missing"
             raise AtlasError(f"{name!r}: the chunk {file} of package {package} is {found}, expected {size} bytes; "
