@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from interventions.architectures import part
-from interventions.forward import Batch, clean_run, encode, position_ids
+from interventions.forward import Batch, clean_run, encode, last_position, position_ids
 from interventions.hooks import capture, replace
 from interventions.models import Model
 from interventions.prompting import left_padded
@@ -94,10 +94,10 @@ def continuation_nll(model: Model, prompts: list[list[int]], continuations: list
     tok = model.tokenizer
     batch = left_padded([p + c for p, c in zip(prompts, continuations)],
                         tok.pad_token_id if tok.pad_token_id is not None else 0).to(model.device)
-    norm = part(model.module, model.arch.final_norm)
-    with capture({0: norm}) as seen:
+    last = part(model.module, model.arch.layers)[-1]
+    with capture({0: last}) as seen:  # resid_post of the last layer; the architecture's own unembedding below
         model.module(input_ids=batch.ids, attention_mask=batch.mask, position_ids=position_ids(batch.mask),
-                     use_cache=False, logits_to_keep=1)
+                     use_cache=False, logits_to_keep=last_position(batch))
     hidden = seen[0][:, -longest - 1:-1]  # (rows, longest, d): the positions that predict the continuation tokens
     targets = torch.zeros(len(prompts), longest, dtype=torch.long)
     real = torch.zeros(len(prompts), longest)
@@ -105,11 +105,11 @@ def continuation_nll(model: Model, prompts: list[list[int]], continuations: list
         if c:
             targets[r, longest - len(c):] = torch.tensor(c)
             real[r, longest - len(c):] = 1
-    head = part(model.module, model.arch.lm_head)
     nll = torch.empty(len(prompts), longest)
     for start in range(0, len(prompts), NLL_CHUNK):
         rows = slice(start, start + NLL_CHUNK)
-        logp = head(hidden[rows]).float().log_softmax(-1)  # (chunk, longest, vocab)
+        logits = model.arch.logits(model.module, model.arch, hidden[rows].contiguous())  # final norm, lm_head (, cap)
+        logp = logits.float().log_softmax(-1)  # (chunk, longest, vocab)
         nll[rows] = -logp.gather(-1, targets[rows, :, None].to(logp.device))[..., 0].cpu()
     return (nll * real).sum(1) / real.sum(1)  # 0/0 = nan for an empty continuation
 
