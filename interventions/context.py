@@ -96,6 +96,7 @@ class TrialContext:
     family: FamilyRun
     others: list[FamilyRun] = field(default_factory=list)
     prefix_reuse: bool = True  # runs start at the cached residual of layer L (off: the layers below run again)
+    options: dict = field(default_factory=dict)  # the spec sections the kind declares in `options` (None: off)
 
 
 def seeded_generator(*parts: int) -> torch.Generator:

@@ -7,6 +7,7 @@ from itertools import product
 from typing import Annotated, Callable, Iterable
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from torch import Tensor
 
 from interventions.context import TrialContext
 from interventions.families import FAMILIES, is_jsonl
@@ -22,11 +23,21 @@ class TrialResult:
     steps: dict[str, list[float]] = field(default_factory=dict)  # metric -> value at step 0, 1, ... (curves)
     tags: dict[str, str] = field(default_factory=dict)  # logged as orchestrator.<name> tags
     artifacts: dict[str, bytes] = field(default_factory=dict)  # file name -> content, logged on the child run
+    items: dict[str, list[float]] = field(default_factory=dict)  # column -> one value per eval item (items.parquet)
+    tensors: dict[str, Tensor] = field(default_factory=dict)  # name -> tensor, saved once per sweep (safetensors)
+
+    def extra(self) -> dict:
+        """Everything but the metrics, as the worker sends it to the driver (tensors as safetensors bytes)."""
+        from safetensors.torch import save
+
+        tensors = save({k: v.detach().cpu().contiguous() for k, v in self.tensors.items()}) if self.tensors else b""
+        return {"steps": self.steps, "tags": self.tags, "artifacts": self.artifacts, "items": self.items,
+                "tensors": tensors}
 
 
 TrialFn = Callable[..., "dict[str, float] | TrialResult"]  # fn(ctx, **kind_axes)
 PackFn = Callable[[TrialContext, list[dict]], "list[dict[str, float] | TrialResult]"]  # fn(ctx, points)
-PointsFn = Callable[[dict[str, list], ModelInfo], Iterable[dict]]
+PointsFn = Callable[..., Iterable[dict]]  # (axes, info), or (axes, info, options) for a kind with `options`
 SplitsCheck = Callable[[dict[str, list], dict], None]  # (axes, {(family, seed): Split}) -> raise AtlasError
 
 
@@ -88,6 +99,8 @@ class Kind:
     uses_other_families: bool = False  # the trial reads the sweep's other families (collateral)
     points: PointsFn | None = None  # the kind-axis combinations when not the full product (see kind_points)
     check_splits: SplitsCheck | None = None  # item-dependent checks (patching needs corrupt prompts)
+    options: tuple[str, ...] = ()  # spec sections besides axes the kind reads (ctx.options; `points`' third argument)
+    control: dict | None = None  # the point each table row is compared with: its axis values with these replaced
 
 
 # The modules that declare kinds (imported on the first lookup, so KINDS is complete whoever reads it).
@@ -115,15 +128,16 @@ def kind_axes(k: Kind) -> list[str]:
     return [a for a in k.axes.model_fields if a not in CommonAxes.model_fields]
 
 
-def kind_points(k: Kind, axes: dict[str, list], info: ModelInfo) -> list[dict]:
+def kind_points(k: Kind, axes: dict[str, list], info: ModelInfo, options: dict | None = None) -> list[dict]:
     """Every combination of the kind's own axes for this model.
 
     The full product unless the kind says otherwise: an axis that only some values of another
     axis use (ablation's `head` only with `component: head`) is left out of the other points.
-    A kind's `points` may raise AtlasError("axes.<field>: <reason>") for model-dependent checks.
+    A kind's `points` may raise AtlasError("axes.<field>: <reason>") for model-dependent checks;
+    a kind with `options` also gets them (steering adds its prompting baseline's points).
     """
     if k.points is not None:
-        return list(k.points(axes, info))
+        return list(k.points(axes, info, options or {}) if k.options else k.points(axes, info))
     names = kind_axes(k)
     return [dict(zip(names, combo)) for combo in product(*(axes[n] for n in names))]
 

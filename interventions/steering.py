@@ -2,21 +2,29 @@
 
 A unit vector v is built at resid_post[L] from the family's train items; the trial adds
 `strength * r_L * v` to resid_post[L] at every prompt position of the eval items and
-runs the remaining layers from the cached clean residual.
+runs the remaining layers from the cached clean residual. A `layer` value may be a set of
+layers: the vector type built at each (on the clean model), each scaled by its own r_L, all
+added at once. Besides the next-token metrics a trial logs per-item reliability
+(reliability.py), the vector's cosine to mean_diff and the pairs' consistency, and, with the
+spec's `generate`, judge-free generation metrics (generation.py). The prompting baseline
+(prompting.py) runs as grid points of its own: `vector_type: prompt`, no layer, no strength.
 """
 from __future__ import annotations
 
+from itertools import product
 from typing import Annotated, Callable
 
 import torch
-from pydantic import Field, FiniteFloat
+from pydantic import FiniteFloat, PlainValidator
 from torch import Tensor
 
 from interventions.context import TrainActs, TrialContext, seeded_generator
-from interventions.forward import run_from
-from interventions.kinds import CommonAxes, axis, kind, registered
-from interventions.metrics import mean, selectivity, steering_metrics, target_logprob
+from interventions.forward import Batch, run_from
+from interventions.generation import added
+from interventions.kinds import CommonAxes, TrialResult, axis, kind, registered
+from interventions.metrics import kl, logit_diff, mean, selectivity, steering_metrics, target_logprob
 from interventions.registry import Registry
+from interventions.reliability import cosine, pair_consistency, shift_metrics
 
 VectorFn = Callable[[TrainActs, torch.Generator], Tensor]  # -> unit vector (d_model,)
 VECTORS: Registry[VectorFn] = Registry("vector type")
@@ -77,6 +85,36 @@ def steer(resid: Tensor, direction: Tensor, strength: float, resid_norm: float, 
     return resid + (strength * resid_norm) * mask[..., None].to(resid.dtype) * direction.to(resid.dtype)
 
 
+PROMPT = "prompt"  # vector_type of the prompting baseline's grid points (no layer, no strength)
+
+
+def layer_set(value: int | list[int]) -> list[int]:
+    """A `layer` value as the list of layers it steers."""
+    return [value] if isinstance(value, int) else list(value)
+
+
+def _layer_value(value):
+    """An axis value of `layer`: a layer index, or a non-empty set of distinct indices (kept sorted)."""
+    def index(x, where: str = "") -> int:
+        if isinstance(x, bool) or not isinstance(x, int):
+            raise ValueError(f"{where}a layer is an integer or a list of integers, not {x!r}")
+        if x < 0:
+            raise ValueError(f"{where}Input should be greater than or equal to 0")
+        return x
+
+    if isinstance(value, list):
+        layers = [index(x, f"layer set {value}: ") for x in value]
+        if not layers:
+            raise ValueError("a layer set needs at least one layer")
+        if len(set(layers)) != len(layers):
+            raise ValueError(f"layer set {value} repeats a layer")
+        return sorted(layers)
+    return index(value)
+
+
+LayerValue = Annotated[int | list[int], PlainValidator(_layer_value)]
+
+
 def steering_vector(ctx: TrialContext, layer: int, vector_type: str) -> Tensor:
     """The unit vector for (family, seed, layer, vector_type), built once per actor."""
     build = VECTORS.get(vector_type)
@@ -86,20 +124,38 @@ def steering_vector(ctx: TrialContext, layer: int, vector_type: str) -> Tensor:
     )
 
 
-def steered_logits(run, layer: int, steers: list[tuple[Tensor, float]], resid_norm: float,
+def vector_name(family: str, seed: int, layer: int, vector_type: str) -> str:
+    """The name of a unit vector in a sweep's vectors.safetensors (`vector_type` "r_L": the layer's r_L)."""
+    return f"{family}/seed={seed}/layer={layer}/{vector_type}"
+
+
+def steered_logits(model, batch: Batch, resid: Callable[[int], Tensor], deltas: list[dict[int, Tensor]],
                    prefix_reuse: bool = True) -> list[Tensor]:
-    """Last-position logits of `run`'s eval items with each (direction, strength) added at resid_post[layer],
-    all in one batched forward."""
-    batch, clean = run.eval_batch, run.clean_resid(layer)
-    resid = torch.cat([steer(clean, direction, strength, resid_norm, batch.mask) for direction, strength in steers])
-    logits = run_from(run.model, resid, batch.repeat(len(steers)), layer + 1, prefix_reuse=prefix_reuse)
-    return list(logits.split(len(clean)))
+    """Last-position logits of `batch` once per point, each point's deltas (layer -> (d_model,)) added to
+    resid_post[layer] at every real position; all points in one batched forward from the lowest layer, starting
+    at its clean residual resid(layer) (batch, pos, d_model)."""
+    layers = sorted(deltas[0])
+    n, first = len(batch.ids), layers[0]
+    stacked = batch.repeat(len(deltas))
+    start = torch.cat([steer(resid(first), d[first], 1.0, 1.0, batch.mask) for d in deltas])
+    later = {layer: torch.stack([d[layer] for d in deltas]).repeat_interleave(n, 0) for layer in layers[1:]}
+    with added(model, later, stacked.mask):  # (points x n, d_model) each, at the layers above the first
+        logits = run_from(model, start, stacked, first + 1, prefix_reuse=prefix_reuse)
+    return list(logits.split(n))
 
 
 class SteeringAxes(CommonAxes):
-    layer: axis(Annotated[int, Field(ge=0)])
+    layer: axis(LayerValue)  # a layer, or a set of layers steered at once ([6, 21])
     strength: axis(FiniteFloat)  # in units of r_L
     vector_type: axis(Annotated[str, registered(VECTORS)])
+
+
+def steering_points(axes: dict, info, options: dict) -> list[dict]:
+    """The product of the kind's axes, plus one prompting-baseline point (per seed and family) unless shots is 0."""
+    points = [{"layer": layer, "strength": s, "vector_type": v}
+              for layer, s, v in product(axes["layer"], axes["strength"], axes["vector_type"])]
+    shots = (options.get("baseline") or {}).get("shots", 0)
+    return points + ([{"vector_type": PROMPT, "shots": shots}] if shots else [])
 
 
 def logprob_drop(run, steered: Tensor) -> Tensor:
@@ -107,29 +163,90 @@ def logprob_drop(run, steered: Tensor) -> Tensor:
     return target_logprob(run.clean_logits, run.target) - target_logprob(steered, run.target)
 
 
+SHIFT = ("ld_delta_median", "anti_steerable_fraction", "ld_delta_ci_low", "ld_delta_ci_high", "ld_delta_select",
+         "ld_delta_report")
+GENERATION = ("target_hit_rate", "fluency_nll", "repetition", "distinct_2", "neutral_kl")
 METRICS = ("ld_delta", "target_prob_clean", "target_prob_steered", "kl", "accuracy_clean", "accuracy_steered",
-           "selectivity", "target_logprob_drop", "collateral_logprob_drop")
+           "selectivity", "target_logprob_drop", "collateral_logprob_drop", *SHIFT, "cos_mean_diff",
+           "pair_consistency", "depth", *GENERATION, *(f"{m}_clean" for m in GENERATION[:4]))
+
+
+def _geometry(ctx: TrialContext, layers: list[int], vector_type: str) -> dict[str, float]:
+    """The vector's cosine to mean_diff and the train pairs' consistency, averaged over the layers steered."""
+    def at(layer: int) -> tuple[float, float]:
+        acts = ctx.family.train_acts(layer)
+        consistency = ctx.family.memo(("pair_consistency", layer),
+                                      lambda: pair_consistency(acts.with_target - acts.with_distractor))
+        cos = cosine(steering_vector(ctx, layer, vector_type), steering_vector(ctx, layer, "mean_diff"))
+        return cos, consistency
+
+    values = [at(layer) for layer in layers]
+    return {"cos_mean_diff": sum(v[0] for v in values) / len(values),
+            "pair_consistency": sum(v[1] for v in values) / len(values)}
+
+
+def _shift(run, logits: Tensor) -> tuple[Tensor, Tensor]:
+    """Per item: LD clean and LD under `logits`."""
+    return logit_diff(run.clean_logits, run.target, run.distractor), logit_diff(logits, run.target, run.distractor)
+
+
+def prompt_baseline(ctx: TrialContext) -> TrialResult:
+    """The prompting baseline: the eval items after `shots` train demonstrations, measured like a steering trial."""
+    from interventions.prompting import kshot_logits
+
+    run, shots = ctx.family, ctx.options["baseline"]["shots"]
+    logits = run.memo(("kshot", shots), lambda: kshot_logits(run, shots))
+    out = steering_metrics(run.clean_logits, logits, run.target, run.distractor)
+    clean, steered = _shift(run, logits)
+    out.update(shift_metrics(steered - clean, 1.0, ctx.seed, run.split.family))
+    return TrialResult(out, items={"ld_clean": clean.tolist(), "ld_steered": steered.tolist()})
 
 
 @kind("steering", axes=SteeringAxes, metrics=METRICS, primary="ld_delta", shown=("kl", "accuracy_clean", "selectivity"),
-      pack_axes=("strength", "vector_type"), uses_other_families=True)
-def steering_trials(ctx: TrialContext, points: list[dict]) -> list[dict[str, float]]:
-    """Grid points of one layer (any strengths and vector types): steer the eval items at resid_post[layer];
+      pack_axes=("strength", "vector_type"), uses_other_families=True, points=steering_points,
+      options=("baseline", "generate"), control={"vector_type": "random"})
+def steering_trials(ctx: TrialContext, points: list[dict]) -> list[TrialResult]:
+    """Grid points of one layer (set) (any strengths and vector types): steer the eval items at resid_post[layer];
     metrics against the clean run. A knock-out (strength < 0) also steers the other families (collateral)."""
-    layer, run = points[0]["layer"], ctx.family
-    r_l = run.resid_norm(layer)
-    steers = [(steering_vector(ctx, layer, p["vector_type"]), p["strength"]) for p in points]
-    steered = steered_logits(run, layer, steers, r_l, ctx.prefix_reuse)
+    if points[0]["vector_type"] == PROMPT:
+        return [prompt_baseline(ctx) for _ in points]
+    run, layers = ctx.family, layer_set(points[0]["layer"])
+    norms = {layer: run.resid_norm(layer) for layer in layers}
+    units = [{layer: steering_vector(ctx, layer, p["vector_type"]) for layer in layers} for p in points]
+    deltas = [{layer: (p["strength"] * norms[layer]) * u[layer] for layer in layers} for p, u in zip(points, units)]
+    steered = steered_logits(run.model, run.eval_batch, run.clean_resid, deltas, ctx.prefix_reuse)
     knock = [i for i, p in enumerate(points) if p["strength"] < 0] if ctx.others else []
-    collateral = [dict(zip(knock, steered_logits(o, layer, [steers[i] for i in knock], r_l, ctx.prefix_reuse)))
-                  for o in ctx.others
-                  ] if knock else []
-    results = []
-    for i, logits in enumerate(steered):
+    collateral = [dict(zip(knock, steered_logits(o.model, o.eval_batch, o.clean_resid, [deltas[i] for i in knock],
+                                                 ctx.prefix_reuse)))
+                  for o in ctx.others] if knock else []
+    generated = _generated(ctx, deltas) if ctx.options.get("generate") else [({}, {})] * len(points)
+    results, saved = [], set()
+    for i, (p, logits) in enumerate(zip(points, steered)):
         out = steering_metrics(run.clean_logits, logits, run.target, run.distractor)
+        clean, moved = _shift(run, logits)
+        out.update(shift_metrics(moved - clean, p["strength"], ctx.seed, run.split.family))
+        out.update(_geometry(ctx, layers, p["vector_type"]), depth=sum(layers) / len(layers) / run.model.n_layers)
         if i in knock:  # how much of the drop is specific to this family
             own = mean(logprob_drop(run, logits))
             spill = mean(torch.cat([logprob_drop(o, c[i]) for o, c in zip(ctx.others, collateral)]))
             out.update(target_logprob_drop=own, collateral_logprob_drop=spill, selectivity=selectivity(own, spill))
-        results.append(out)
+        out.update(generated[i][0])
+        tensors = {}
+        if p["vector_type"] not in saved:  # a vector travels once per pack; the driver keeps one per name
+            saved.add(p["vector_type"])
+            for layer in layers:
+                tensors[vector_name(run.split.family, ctx.seed, layer, p["vector_type"])] = units[i][layer]
+                tensors[vector_name(run.split.family, ctx.seed, layer, "r_L")] = torch.tensor([norms[layer]])
+        results.append(TrialResult(out, items={"ld_clean": clean.tolist(), "ld_steered": moved.tolist()},
+                                   tensors=tensors, artifacts=generated[i][1]))
     return results
+
+
+def _generated(ctx: TrialContext, deltas: list[dict[int, Tensor]]) -> list[tuple[dict[str, float], dict[str, bytes]]]:
+    """Per point: generation metrics and its continuations.txt artifact (generation.py); neutral_kl from here."""
+    from interventions.generation import generation_results, neutral_clean
+
+    run = ctx.family
+    batch, logits, resid = run.memo(("neutral",), lambda: neutral_clean(run.model))
+    steered = steered_logits(run.model, batch, lambda layer: resid[layer], deltas, ctx.prefix_reuse)
+    return generation_results(run, deltas, ctx.options["generate"]["tokens"], [mean(kl(logits, s)) for s in steered])

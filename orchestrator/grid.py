@@ -28,6 +28,8 @@ def trial_id(sweep: Sweep, values: dict, digests: dict[tuple[str, int], str]) ->
         settings["dtype"] = sweep.spec.dtype
     if sweep.kind.uses_other_families:  # collateral metrics read the other families' items
         settings["families"] = sorted(items.values())
+    if sweep.id_options:  # spec sections that change every point's numbers (steering's generate), only when on
+        settings["options"] = sweep.id_options
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -51,9 +53,16 @@ def packs(sweep: Sweep, points: list[Point]) -> list[list[Point]]:
     return out
 
 
+def table_values(points: list[Point]) -> list[dict]:
+    """The points' axis values as table cells: list values (skip sets, layer sets) as their JSON text, and every
+    value of an axis that has a list somewhere too (a column of one type: 14 and [6, 21] become "14", "[6, 21]")."""
+    listed = {k for p in points for k, v in p.values.items() if isinstance(v, list)}
+    return [{k: json.dumps(v) if k in listed else v for k, v in p.values.items()} for p in points]
+
+
 def expand(sweep: Sweep) -> list[Point]:
     digests = {key: split.digest() for key, split in sweep.splits.items()}
-    combos = kind_points(sweep.kind, sweep.axes, sweep.model)
+    combos = kind_points(sweep.kind, sweep.axes, sweep.model, sweep.options)
     points = []
     for seed, family, combo in itertools.product(sweep.axes["seed"], sweep.axes["family"], combos):
         values = {"seed": seed, "family": family, **combo}

@@ -16,6 +16,7 @@ from typing import Callable
 from ray import tune
 
 from orchestrator.grid import Point
+from orchestrator.sweepfiles import Gathered
 from orchestrator.tracking import Tracker
 
 RESULT_TAGS = ("worker", "node", "gpu_ids", "model_loads", "pack_size", "trial_seconds")  # per-trial facts, as tags
@@ -24,8 +25,10 @@ RESULT_TAGS = ("worker", "node", "gpu_ids", "model_loads", "pack_size", "trial_s
 class Writer:
     """One thread that logs finished points to MLflow in arrival order; `close` waits until all are in the store."""
 
-    def __init__(self, tracker: Tracker, parent_id: str, on_written: Callable[[], None] = lambda: None) -> None:
+    def __init__(self, tracker: Tracker, parent_id: str, on_written: Callable[[], None] = lambda: None,
+                 gathered: Gathered | None = None) -> None:
         self.tracker, self.parent_id, self.on_written = tracker, parent_id, on_written
+        self.gathered = gathered if gathered is not None else Gathered()  # per-item values, tensors: sweep files
         self.written = 0
         self._queue: queue.Queue = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="mlflow-writer", daemon=True)
@@ -39,6 +42,7 @@ class Writer:
             point, metrics, tags, extra = job
             self.tracker.log_trial(self.parent_id, point, metrics, {**tags, **extra.get("tags", {})},
                                    steps=extra.get("steps", {}), artifacts=extra.get("artifacts", {}))
+            self.gathered.add(point.trial_id, extra)
             self.written += 1
             self.on_written()
 

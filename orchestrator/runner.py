@@ -23,6 +23,7 @@ from orchestrator.recorder import RecordTrials, Retries, Writer
 from orchestrator.spec import Sweep
 from orchestrator.store import resolve_uri
 from orchestrator.summary import summarise
+from orchestrator.sweepfiles import Gathered
 from orchestrator.tracking import Tracker
 from orchestrator.worker import run_trial
 
@@ -36,6 +37,7 @@ class Outcome:
     logged: int = 0
     failed: list[str] = field(default_factory=list)  # trial_ids that failed every retry
     table_path: Path | None = None
+    gathered: Gathered = field(default_factory=Gathered)  # per-item values and tensors the trials sent (sweep files)
 
     @property
     def interrupted(self) -> bool:
@@ -55,7 +57,7 @@ def _tune(sweep: Sweep, todo: list[Point], recorder: RecordTrials, storage: str,
     constants = {"kind": spec.kind, "model": spec.model, "families": sweep.axes["family"],
                  "threads": max(1, int(spec.resources.cpu)), "gpu": spec.resources.gpu,
                  "trust_remote_code": spec.trust_remote_code, "prefix_reuse": spec.execution.prefix_reuse,
-                 "dtype": spec.dtype}
+                 "dtype": spec.dtype, "options": sweep.options}
     grid = [[{"trial_id": p.trial_id, "point": p.values} for p in pack] for pack in packs(sweep, todo)]
     trainable = tune.with_resources(tune.with_parameters(run_trial, splits=sweep.splits),
                                     {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
@@ -80,7 +82,7 @@ def tune_rounds(sweep: Sweep, todo: list[Point], tracker: Tracker, outcome: Outc
     retries = Retries(sweep.spec.max_failures)
     with TrialProgress(console, sweep.spec.name, len(todo)) as progress, \
             tempfile.TemporaryDirectory(prefix="atlas-tune-") as storage, \
-            Writer(tracker, outcome.parent_run_id, progress.advance) as writer:
+            Writer(tracker, outcome.parent_run_id, progress.advance, outcome.gathered) as writer:
         recorder = RecordTrials(writer, {p.trial_id: p for p in todo}, sweep.kind.metrics, retries, console.print,
                                 progress.advance)
         again = todo
@@ -126,5 +128,6 @@ def run_sweep(sweep: Sweep, *, tracking_uri: str | None = None, address: str | N
                 console.print(f"{sweep.spec.name}: {len(points)} grid points, {len(points) - len(todo)} already "
                               f"finished, running {len(todo)}")
                 tune_rounds(sweep, todo, tracker, outcome, console)
-            outcome.table_path = summarise(sweep, tracker, points, outcome.parent_run_id, console, top, out_dir)
+            outcome.table_path = summarise(sweep, tracker, points, outcome.parent_run_id, console, top, out_dir,
+                                           outcome.gathered)
     return outcome

@@ -8,9 +8,9 @@ import difflib
 import hashlib
 import json
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Iterator, Literal
+from typing import Annotated, ClassVar, Iterator, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -42,6 +42,26 @@ class Execution(BaseModel):
     prefix_reuse: bool = True  # start at the cached residual of layer L (off: the layers below run again)
 
 
+class Baseline(BaseModel):
+    """Steering's prompting baseline: the eval items after `shots` train demonstrations (0: off). On by default."""
+
+    model_config = ConfigDict(extra="forbid")
+    shots: int = Field(4, ge=0)
+    every_point: ClassVar[bool] = False  # only the baseline's own grid points depend on it (shots is their value)
+
+
+class Generate(BaseModel):
+    """Steering's generation metrics: a greedy continuation of `tokens` tokens per eval item. Off unless given."""
+
+    model_config = ConfigDict(extra="forbid")
+    tokens: int = Field(24, ge=1, le=512)
+    every_point: ClassVar[bool] = True  # every grid point's numbers depend on it: part of every trial_id
+
+
+OPTIONS = {"baseline": Baseline, "generate": Generate}  # spec sections a kind may read (Kind.options)
+ON_BY_DEFAULT = ("baseline",)
+
+
 class SweepSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: Annotated[str, Field(min_length=1, pattern=r"^[\w.-]+$")]  # the MLflow experiment
@@ -54,6 +74,8 @@ class SweepSpec(BaseModel):
     resources: Resources = Resources()
     max_failures: int = Field(2, ge=0)  # Ray Tune retries of a trial whose actor died
     execution: Execution = Execution()
+    baseline: Baseline | None = None  # steering only (default: 4 shots)
+    generate: Generate | None = None  # steering only (default: off)
     axes: dict
 
 
@@ -67,6 +89,12 @@ class Sweep:
     axes: dict[str, list]  # axis -> values, `family` values as written in the spec
     model: ModelInfo
     splits: dict[tuple[str, int], Split]  # (family name, seed) -> items
+    options: dict[str, dict | None] = field(default_factory=dict)  # the kind's `options` sections (None: off)
+
+    @property
+    def id_options(self) -> dict[str, dict]:
+        """The options that change every grid point's numbers (part of every trial_id when on)."""
+        return {k: v for k, v in self.options.items() if v is not None and OPTIONS[k].every_point}
 
     @property
     def base_dir(self) -> Path:
@@ -83,7 +111,8 @@ class Sweep:
     def spec_hash(self) -> str:
         items = {f"{family}:{seed}": split.digest() for (family, seed), split in self.splits.items()}
         default_dtype = {"dtype"} if self.spec.dtype == "float32" else set()  # hashes from before the setting hold
-        spec = self.spec.model_dump(exclude={"execution", *default_dtype})  # how trials run: not their numbers
+        unset = {k for k in OPTIONS if getattr(self.spec, k) is None}  # hashes of specs from before options stay
+        spec = self.spec.model_dump(exclude={"execution", *default_dtype, *unset})  # how trials run: not numbers
         text = json.dumps({"spec": spec, "items": items}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -95,6 +124,7 @@ def _field_error(path: Path, exc: ValidationError, prefix: tuple = (), model: ty
     if err["type"] == "extra_forbidden":
         for part in err["loc"][:-1]:  # the (nested) model that owns the misspelt key
             model = getattr(model.model_fields.get(part), "annotation", None) if model else None
+            model = next((a for a in get_args(model) if isinstance(a, type) and issubclass(a, BaseModel)), model)
         known = list(model.model_fields) if isinstance(model, type) and issubclass(model, BaseModel) else []
         near = difflib.get_close_matches(str(err["loc"][-1]), known, n=1)
         reason = f"unknown key; did you mean {near[0]!r}?" if near else "unknown key" + (
@@ -118,10 +148,32 @@ def read_yaml(path: Path) -> dict:
 
 def _check_layers(path: Path, kind: Kind, axes: dict, info: ModelInfo) -> None:
     for name in kind.layer_axes:
-        for i, layer in enumerate(axes.get(name, ())):
-            if not 0 <= layer < info.n_layers:
-                raise SpecError(f"{path.name}: axes.{name}.{i}: layer {layer} is outside 0..{info.n_layers - 1} "
-                                f"({info.name} has {info.n_layers} layers)")
+        for i, value in enumerate(axes.get(name, ())):
+            listed = enumerate(value) if isinstance(value, list) else [(None, value)]  # a layer set: each layer
+            for j, layer in listed:
+                if not 0 <= layer < info.n_layers:
+                    where = f"axes.{name}.{i}" + ("" if j is None else f".{j}")
+                    raise SpecError(f"{path.name}: {where}: layer {layer} is outside 0..{info.n_layers - 1} "
+                                    f"({info.name} has {info.n_layers} layers)")
+
+
+def _options(path: Path, raw: dict, spec: SweepSpec, kind: Kind) -> dict[str, dict | None]:
+    """The option sections the kind reads (defaults filled in); a section given to a kind that never reads it is
+    refused."""
+    for name in OPTIONS:
+        if name in raw and name not in kind.options:
+            readers = ", ".join(k for k in KINDS.names() if name in KINDS.get(k).options)
+            raise SpecError(f"{path.name}: {name}: only the {readers} kind reads it, not {kind.name}")
+    out = {}
+    for name in kind.options:
+        value = getattr(spec, name)
+        value = OPTIONS[name]() if value is None and name in ON_BY_DEFAULT and name not in raw else value
+        out[name] = value.model_dump() if value is not None else None
+    shots = (out.get("baseline") or {}).get("shots", 0)
+    if shots > spec.n_train:
+        raise SpecError(f"{path.name}: baseline.shots: {shots} demonstrations come from the train items, but n_train "
+                        f"is {spec.n_train}")
+    return out
 
 
 @contextmanager
@@ -169,6 +221,7 @@ def load_sweep(path: str | Path) -> Sweep:
     except ValidationError as exc:
         raise _field_error(path, exc, model=SweepSpec) from None
     kind = KINDS.get(spec.kind)
+    options = _options(path, raw, spec, kind)
     try:
         # paths are relative to the spec
         validated = kind.axes.model_validate(spec.axes, context={"base_dir": path.parent})
@@ -180,10 +233,10 @@ def load_sweep(path: str | Path) -> Sweep:
     _check_dtype(path, spec)
     _check_layers(path, kind, axes, info)
     with _field(path):
-        kind_points(kind, axes, info)  # model-dependent checks of the kind's own axes
+        kind_points(kind, axes, info, options)  # model-dependent checks of the kind's own axes
     splits = _load_splits(path, spec, axes, info)
     if kind.check_splits is not None:
         with _field(path):
             kind.check_splits(axes, splits)
     axes["family"] = [family_name(v) for v in axes["family"]]
-    return Sweep(path, spec, kind, axes, info, splits)
+    return Sweep(path, spec, kind, axes, info, splits, options)

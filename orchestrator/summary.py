@@ -1,30 +1,32 @@
 """End of a sweep: the cross-seed table of every finished grid point and the kind's own summary, saved and logged."""
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import pandas as pd
 from rich.console import Console
 
-from orchestrator.aggregate import aggregate, render
-from orchestrator.grid import Point, axis_order
+from orchestrator.aggregate import aggregate, beside_control, render
+from orchestrator.grid import Point, axis_order, table_values
 from orchestrator.spec import Sweep
+from orchestrator.sweepfiles import Gathered, write_sweep_files
 from orchestrator.tracking import Tracker
 
 
 def summarise(sweep: Sweep, tracker: Tracker, points: list[Point], parent: str, console: Console, top: int,
-              out_dir: Path | None) -> Path | None:
-    """Aggregate every finished grid point across seeds: print, write Parquet, log as parent artifacts."""
+              out_dir: Path | None, gathered: Gathered | None = None) -> Path | None:
+    """Aggregate every finished grid point across seeds: print, write Parquet, log as parent artifacts (with the
+    sweep's items.parquet and vectors.safetensors when its trials send per-item values or tensors)."""
     finished = tracker.finished()
     have = [p for p in points if p.trial_id in finished]
     if not have:
         return None
-    rows = [{"model": sweep.spec.model, "kind": sweep.kind.name, **_hashable(p.values),
-             **finished[p.trial_id]} for p in have]
+    rows = [{"model": sweep.spec.model, "kind": sweep.kind.name, **values, **finished[p.trial_id]}
+            for p, values in zip(have, table_values(have))]
     group_by = ["model", "kind", *[a for a in axis_order(sweep) if a != "seed"]]
-    table = aggregate(rows, group_by, list(sweep.kind.metrics), sweep.kind.primary)
+    table = beside_control(aggregate(rows, group_by, list(sweep.kind.metrics), sweep.kind.primary), group_by,
+                           sweep.kind)
     out_dir = out_dir or Path.cwd() / "mlruns" / "reports" / sweep.spec.name
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "aggregate.parquet"
@@ -32,9 +34,11 @@ def summarise(sweep: Sweep, tracker: Tracker, points: list[Point], parent: str, 
     text = out_dir / "aggregate.txt"
     text.write_text(table.to_string(index=False), encoding="utf-8")
     tracker.log_outputs(parent, [path, text])
+    write_sweep_files(sweep, tracker, points, set(finished), parent, gathered or Gathered(), out_dir, console.print)
     axes = [a for a in group_by if a not in ("model", "kind")]
-    title = (f"{sweep.spec.name}: {len(table)} groups over seeds {sweep.axes['seed']} "
-             f"(strongest |{sweep.kind.primary}| first)")
+    order = (f"largest |{sweep.kind.primary} - control| first" if f"{sweep.kind.primary}_beyond" in table
+             else f"strongest |{sweep.kind.primary}| first")
+    title = f"{sweep.spec.name}: {len(table)} groups over seeds {sweep.axes['seed']} ({order})"
     console.print(render(table, axes, sweep.kind, top, title))
     if len(table) > top:
         console.print(f"... {len(table) - top} more groups in the table file")
@@ -58,8 +62,3 @@ def summarise(sweep: Sweep, tracker: Tracker, points: list[Point], parent: str, 
         for view in summary.views:
             console.print(view)
     return path
-
-
-def _hashable(values: dict) -> dict:
-    """List-valued axes (skip sets) as their JSON text, so that they can be grouped."""
-    return {k: json.dumps(v) if isinstance(v, list) else v for k, v in values.items()}

@@ -48,7 +48,8 @@ def trial_context(config: dict, splits: dict[tuple[str, int], Split]) -> TrialCo
     others = []
     if KINDS.get(config["kind"]).uses_other_families:
         others = [family_run(model, splits[(f, seed)]) for f in config["families"] if f != family]
-    return TrialContext(model, seed, family_run(model, splits[(family, seed)]), others, config["prefix_reuse"])
+    return TrialContext(model, seed, family_run(model, splits[(family, seed)]), others, config["prefix_reuse"],
+                        config.get("options", {}))
 
 
 def _crash_once_for_tests() -> None:
@@ -66,7 +67,7 @@ def run_trial(config: dict, splits: dict[tuple[str, int], Split]) -> None:
     """One pack of grid points (one, or several sharing a batched forward).
 
     config = {pack: [{trial_id, point}], kind, model, families, threads, gpu, trust_remote_code, prefix_reuse,
-    dtype}.
+    dtype, options}.
     """
     _crash_once_for_tests()
     torch.set_num_threads(config["threads"])
@@ -79,8 +80,7 @@ def run_trial(config: dict, splits: dict[tuple[str, int], Split]) -> None:
     if left:
         raise RuntimeError(f"{left} forward hooks left on the model after trial {pack[0]['trial_id']}")
     tune.report({
-        "results": [{"trial_id": p["trial_id"], "metrics": r.metrics,
-                     "extra": {"steps": r.steps, "tags": r.tags, "artifacts": r.artifacts}}
+        "results": [{"trial_id": p["trial_id"], "metrics": r.metrics, "extra": r.extra()}
                     for p, r in zip(pack, results)],
         "worker": f"{socket.gethostname()}:{os.getpid()}",
         "node": ray.get_runtime_context().get_node_id(),

@@ -65,6 +65,8 @@ def ablation_metrics(profiles: dict):
 
 
 def steering_metrics(v: dict) -> dict:
+    if v["vector_type"] == "prompt":  # the 4-shot prompting baseline: one point per seed and family
+        return {"ld_delta": 1.5 + 0.01 * v["seed"], "kl": 0.2, "accuracy_clean": 1.0}
     boost = 3.0 if v["vector_type"] == "mean_diff" and v["layer"] == 2 else 0.0
     return {"ld_delta": v["strength"] * (boost + 0.2) + 0.05 * v["seed"], "kl": 0.1, "accuracy_clean": 1.0}
 
@@ -190,6 +192,15 @@ def test_steering_report_shows_the_random_control_beside_each_vector(store):
     boost = next(c for c in built.cards if "raises" in c.claim)
     assert (boost.extra["layer"], boost.extra["strength"], boost.grade) == (2, 1.0, "A")
     assert boost.control_mean == pytest.approx(np.mean([0.2 + 0.05 * s for s in range(3)]))
+    # the 4-shot prompting baseline: a line on the colour bar and a column beside each heatmap, and a card
+    colorbar = next(ax for ax in heat.axes if ax not in panels)
+    line = [x for x in colorbar.lines if x.get_gid() == "prompt"]
+    assert len(line) == 1 and line[0].get_ydata()[0] == pytest.approx(1.51)
+    assert [t.get_text() for t in panels[0].get_xticklabels()][-1] == "4-shot"
+    versus = next(c for c in built.cards if "4-shot prompting" in c.claim)
+    assert "steering (mean_diff at L2" in versus.claim and versus.extra["steering_ahead"]
+    assert versus.mean == pytest.approx(np.mean([3.2 + 0.05 * s for s in range(3)]))
+    assert versus.control_mean == pytest.approx(1.51) and versus.grade == "A"
 
 
 def test_compare_puts_both_hubs_on_a_depth_axis(store, monkeypatch, capsys):

@@ -68,7 +68,7 @@ def test_a_good_spec_loads_and_expands(tmp_path):
     (tmp_path / "spec.yaml").write_text(GOOD)
     sweep = load_sweep(tmp_path / "spec.yaml")
     points = expand(sweep)
-    assert len(points) == 2 and len({p.trial_id for p in points}) == 2
+    assert len(points) == 3 and len({p.trial_id for p in points}) == 3  # two grid points and the 4-shot baseline
     assert [p.trial_id for p in expand(load_sweep(tmp_path / "spec.yaml"))] == [p.trial_id for p in points]
 
 
@@ -99,7 +99,7 @@ def test_dry_run_prints_the_grid_and_touches_nothing(tmp_path, monkeypatch, caps
     monkeypatch.chdir(tmp_path)
     (tmp_path / "spec.yaml").write_text(GOOD)
     code, out, _ = run_main(monkeypatch, capsys, "sweep", "spec.yaml", "--dry-run")
-    assert code == 0 and "2 grid points" in out and "layer=2" in out and "seed=1" in out
+    assert code == 0 and "3 grid points" in out and "layer=2" in out and "seed=1" in out  # 2 + the 4-shot baseline
     assert not (tmp_path / "mlruns").exists()
 
 
@@ -168,7 +168,7 @@ FLAG_CASES = [
      "no Ray cluster answered"),
     ("address that is not host:port", ["--address", "my-cluster"], {}, "--address my-cluster", "host:port"),
     ("grid larger than --max-trials", ["--max-trials", "1"], {}, "--max-trials",
-     "the grid has 2 points, more than --max-trials 1; pass --yes"),
+     "the grid has 3 points, more than --max-trials 1; pass --yes"),
     ("--max-trials of 0", ["--max-trials", "0"], {}, "Invalid value for '--max-trials'", "0 is not in the range x>=1"),
     ("misspelt flag", ["--resum"], {}, "No such option '--resum'", "Did you mean"),
     ("--yes lets a large grid through to the next check", ["--max-trials", "1", "--yes", "--tracking-uri",

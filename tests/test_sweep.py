@@ -44,7 +44,9 @@ def test_every_grid_point_is_one_finished_child_run(smoke_run):
         point = by_id[run.data.tags["orchestrator.trial_id"]]
         assert run.data.params == {"model": "tiny-llama", "kind": "steering",
                                    **{k: str(v) for k, v in point.values.items()}}
-        expected = {"ld_delta", "target_prob_clean", "target_prob_steered", "kl", "accuracy_clean", "accuracy_steered"}
+        expected = {"ld_delta", "target_prob_clean", "target_prob_steered", "kl", "accuracy_clean", "accuracy_steered",
+                    "ld_delta_median", "anti_steerable_fraction", "ld_delta_ci_low", "ld_delta_ci_high",
+                    "ld_delta_select", "ld_delta_report", "cos_mean_diff", "pair_consistency", "depth"}
         if point.values["strength"] < 0:
             expected |= {"selectivity", "target_logprob_drop", "collateral_logprob_drop"}
         assert set(run.data.metrics) == expected
@@ -69,8 +71,9 @@ def test_aggregate_groups_over_seeds_with_numpy_std(smoke_run):
             assert row[f"{metric}_mean"] == pytest.approx(xs.mean(), rel=1e-9, abs=1e-12)
             assert row[f"{metric}_std"] == pytest.approx(np.std(xs, ddof=1), rel=1e-9, abs=1e-12)
             assert row[f"{metric}_min"] == xs.min() and row[f"{metric}_max"] == xs.max()
-    means = table["ld_delta_mean"].abs().tolist()
-    assert means == sorted(means, reverse=True)
+    beyond = table["ld_delta_beyond"].abs()  # the effect beyond the random vector at the same cell, largest first
+    assert beyond.notna().tolist() == sorted(beyond.notna().tolist(), reverse=True)  # the controls' own rows last
+    assert beyond.dropna().tolist() == sorted(beyond.dropna().tolist(), reverse=True)
 
 
 def test_model_is_loaded_once_per_actor_not_per_trial(smoke_run):

@@ -22,6 +22,23 @@ Grading rule (n = seeds with a value, k = seeds that support the claim):
   B  otherwise: at least two seeds, most of them agree, the mean beyond the control's range,
      but short of A (fewer than 3 seeds, a dissenting seed, overlap with the control, d < 2,
      or no control in the sweep: a claim without a control is at best B).
+A knock-out (a steering vector lowering the target's logit difference) is graded A only if it
+is also selective: selectivity (the target log-prob drop on its family / the mean drop on the
+sweep's other families, mean over seeds) >= 2. Otherwise it is at best B and its card says
+"not selective" (with one family in the sweep selectivity is not measured: at best B).
+
+Held-out selection: a card that picks one cell out of many (steering: the boost and the
+knock-out of each vector type, the best cell against prompting) picks it on the selection half
+of the eval items (a seeded split, fixed per family and seed) and states its numbers, the
+seeds agreeing and the grade on the other half (the reporting half), so that the pick does
+not inflate the grade. The card also prints the effect on the selection half, and the cell
+and grade that choosing and grading on all items would give. Sweeps logged before the halves
+existed are chosen and graded on all items, and their cards say so.
+Steering cards choose, among the cells whose mean effect (on the selection half) is in the
+claimed direction and beyond the control's whole range over seeds at the same layer and
+strength, the one with the largest own effect; the control is the random vector at that cell.
+Cards comparing steering with the prompting baseline take the k-shot prompt (the same family and
+seed) as the control.
 Cards are ranked by grade, then by d capped at 10 (largest first; undefined last): past ten
 pooled standard deviations the std of a few seeds is mostly luck and no longer orders claims,
 so ties keep the order in which the section states its claims (a hub before its runners-up).
@@ -35,6 +52,7 @@ import numpy as np
 
 MARGIN_D = 2.0  # A needs the effect to exceed the control by two pooled standard deviations
 MIN_SEEDS_A = 3
+SELECTIVE_A = 2.0  # a knock-out graded A must drop its own family's target at least twice the others'
 RANK_CAP = 10.0  # d beyond this does not reorder cards
 
 
@@ -46,6 +64,7 @@ class Evidence:
     agree: dict[int, bool]  # seed -> does this seed support the claim
     control: dict[int, float] | None = None  # seed -> c_s; None: the sweep has no control for this claim
     direction: int = 1  # +1: the claim says larger (than the control, or than 0); -1: smaller
+    selectivity: float | None = None  # knock-out claims only: own / collateral target log-prob drop
 
     @property
     def n(self) -> int:
@@ -96,10 +115,17 @@ def grade(ev: Evidence) -> tuple[str, str]:
         (not ev.control, "no control in this sweep"),
         (bool(ev.control) and not separated, "some seeds overlap the control's range"),
         (bool(ev.control) and not d >= MARGIN_D, f"d = {d:.2g} < {MARGIN_D:g}"),
+        (ev.selectivity is not None and not ev.selectivity >= SELECTIVE_A, _not_selective(ev.selectivity)),
     ) if failed]
     if not short:
         return "A", f"all {n} seeds agree and every seed clears the control's range with d >= {MARGIN_D:g}"
     return "B", "; ".join(short)
+
+
+def _not_selective(selectivity: float | None) -> str:
+    if selectivity is None or math.isnan(selectivity):
+        return "not selective: selectivity not measured (no other families in the sweep)"
+    return f"not selective: selectivity {selectivity:.2g} < {SELECTIVE_A:g}"
 
 
 D_WITH_CONTROL = "d = (mean - control mean) / pooled cross-seed std"

@@ -51,31 +51,6 @@ def mark_hub(ax, layer: float, text: str) -> None:
                 fontsize=8)
 
 
-def steering_heatmaps(cells: pd.DataFrame, control: str = "random") -> Figure:
-    """Layer x strength heatmap of mean ld_delta per vector type (control last), cells annotated mean / +-std."""
-    types = sorted(set(cells["vector_type"]) - {control}) + ([control] if control in set(cells["vector_type"]) else [])
-    fig, axes = new_figure(len(types), cols=min(len(types), 4), size=(3.6, 3.4))
-    limit = float(np.nanmax(np.abs(cells["mean"]))) or 1.0
-    image = None
-    for ax, vtype in zip(axes, types):
-        part = cells[cells["vector_type"] == vtype]
-        mean = part.pivot(index="layer", columns="strength", values="mean").sort_index()
-        std = part.pivot(index="layer", columns="strength", values="std").reindex_like(mean)
-        image = ax.imshow(mean.to_numpy(float), cmap="RdBu", vmin=-limit, vmax=limit, origin="lower", aspect="auto")
-        for (i, j), value in np.ndenumerate(mean.to_numpy(float)):
-            s = std.to_numpy(float)[i, j]
-            text = f"{value:+.2f}" + ("" if math.isnan(s) else f"\n±{s:.2f}")
-            ax.text(j, i, text, ha="center", va="center", fontsize=7,
-                    color="white" if abs(value) > 0.6 * limit else "black")
-        ax.set_xticks(range(mean.shape[1]), [f"{s:g}" for s in mean.columns])
-        ax.set_yticks(range(mean.shape[0]), [str(int(x)) for x in mean.index])
-        ax.set_xlabel("strength (units of r_L)")
-        ax.set_ylabel("layer")
-        ax.set_title(f"{vtype} (control)" if vtype == control else vtype)
-    fig.colorbar(image, ax=axes, label="ld_delta: mean over seeds (cells: mean, ±std)")
-    return fig
-
-
 def layer_profiles(stats: pd.DataFrame, hubs: dict, ylabel: dict | str, panel: str = "panel",
                    cols: int = 3, sharey: bool = False) -> Figure:
     """One panel per value of `panel`: mean +- std band over seeds by layer, the panel's hub marked.

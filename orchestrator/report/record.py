@@ -34,6 +34,16 @@ class SweepRecord:
     axes: list[str] = field(default_factory=list)  # axis columns of `frame` (params but model and kind)
     parent_id: str | None = None  # the newest invocation's parent run
     notes: list[str] = field(default_factory=list)  # what the reader had to decide (shown in the report)
+    uri: str | None = None  # the store it was read from (None: a record built in memory)
+    experiment_id: str | None = None
+
+    def sweep_file(self, name: str, folder: Path) -> Path | None:
+        """A sweep-level file (items.parquet, ...) from the newest parent run that has it, downloaded into folder."""
+        if self.uri is None or self.experiment_id is None:
+            return None
+        from orchestrator.sweepfiles import newest_file
+
+        return newest_file(_client(self.uri), self.experiment_id, name, folder)
 
 
 def parse_column(values: pd.Series) -> pd.Series:
@@ -136,7 +146,7 @@ def read(uri: str, name: str, argument: str = "SWEEP_NAME") -> SweepRecord:
                               order_by=["attributes.start_time DESC"]))
     axes = [k for k in dict.fromkeys(k for r in runs for k in r["params"]) if k not in ("model", "kind")]
     return SweepRecord(name, kinds[0], model, n_layers_of(model, kinds[0], frame, notes), frame, curves, axes,
-                       parents[0].info.run_id if parents else None, notes)
+                       parents[0].info.run_id if parents else None, notes, uri, experiment.experiment_id)
 
 
 def _curves(client, found: list, keys: tuple[str, ...], kept: set[str]) -> pd.DataFrame:
