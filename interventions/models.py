@@ -16,6 +16,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from interventions import hub
 from interventions.architectures import ARCHITECTURES, Architecture
 from interventions.registry import AtlasError, Registry, first_line
 
@@ -134,9 +135,11 @@ MODELS.register("tiny-qwen2")(lambda weights: _tiny("qwen2", weights))
 def _resolve(name: str, weights: bool, trust_remote_code: bool):
     if name in MODELS:
         return MODELS.get(name)(weights)
-    if Path(name).is_dir() or "/" in name:
+    if Path(name).is_dir() or "/" in name or hub.looks_like_hub_id(name, MODELS.names()):
         if not Path(name).is_dir() and (name.startswith((".", "/", "~")) or name.count("/") > 1):
             raise AtlasError(f"no such model folder {name!r} (a hub id is org/name)")
+        if not Path(name).is_dir():
+            hub.check(name, MODELS.names())  # seconds, not transformers' minute of retries when offline
         if Path(name).is_dir() and not any(Path(name).glob("*.safetensors")):
             raise AtlasError(f"{name!r} has no *.safetensors weights (.bin/.pt files are pickles and never loaded)")
         try:

@@ -58,6 +58,6 @@ def render(table: pd.DataFrame, axes: list[str], kind: Kind, top: int, title: st
         out.add_column(metric, justify="right")
     for _, row in table.head(top).iterrows():
         cells = [_axis_cell(row[a]) for a in shown_axes] + [str(int(row[f"{primary}_n"]))]
-        cells += [pm(row[f"{m}_mean"], row[f"{m}_std"], "+.3g") for m in shown]
+        cells += [pm(row[f"{m}_mean"], row[f"{m}_std"]) for m in shown]
         out.add_row(*cells)
     return out

@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from interventions.families import Split, family_name, make_split
+from interventions.families.pairs import warnings as pair_warnings
 from interventions.kinds import KINDS, Kind, kind_points, registered
 from interventions.models import EMBEDDED, ModelInfo, describe
 from interventions.registry import AtlasError
@@ -66,6 +67,7 @@ class Sweep:
     axes: dict[str, list]  # axis -> values, `family` values as written in the spec
     model: ModelInfo
     splits: dict[tuple[str, int], Split]  # (family name, seed) -> items
+    warnings: tuple[str, ...] = ()  # printed, never fatal: e.g. train pairs that cancel (families/pairs.py)
 
     @property
     def base_dir(self) -> Path:
@@ -171,4 +173,5 @@ def load_sweep(path: str | Path) -> Sweep:
         with _field(path):
             kind.check_splits(axes, splits)
     axes["family"] = [family_name(v) for v in axes["family"]]
-    return Sweep(path, spec, kind, axes, info, splits)
+    notes = tuple(pair_warnings(splits, info.tokenizer)) if "vector_type" in axes else ()
+    return Sweep(path, spec, kind, axes, info, splits, notes)

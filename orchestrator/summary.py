@@ -14,9 +14,9 @@ from orchestrator.spec import Sweep
 from orchestrator.tracking import Tracker
 
 
-def summarise(sweep: Sweep, tracker: Tracker, points: list[Point], parent: str, console: Console, top: int,
+def summarise(sweep: Sweep, tracker: Tracker, points: list[Point], parent: str | None, console: Console, top: int,
               out_dir: Path | None) -> Path | None:
-    """Aggregate every finished grid point across seeds: print, write Parquet, log as parent artifacts."""
+    """Aggregate every finished grid point across seeds: print, write Parquet, log as parent artifacts (if a parent)."""
     finished = tracker.finished()
     have = [p for p in points if p.trial_id in finished]
     if not have:
@@ -31,16 +31,17 @@ def summarise(sweep: Sweep, tracker: Tracker, points: list[Point], parent: str, 
     table.to_parquet(path, index=False)
     text = out_dir / "aggregate.txt"
     text.write_text(table.to_string(index=False), encoding="utf-8")
-    tracker.log_outputs(parent, [path, text])
+    if parent:
+        tracker.log_outputs(parent, [path, text])
     axes = [a for a in group_by if a not in ("model", "kind")]
     title = (f"{sweep.spec.name}: {len(table)} groups over seeds {sweep.axes['seed']} "
              f"(strongest |{sweep.kind.primary}| first)")
     console.print(render(table, axes, sweep.kind, top, title))
     if len(table) > top:
         console.print(f"... {len(table) - top} more groups in the table file")
-    console.print(f"aggregate table: {path}  (also an artifact of parent run {parent})")
+    console.print(f"aggregate table: {path}" + (f"  (also an artifact of parent run {parent})" if parent else ""))
     best = table.iloc[0][f"{sweep.kind.primary}_mean"]
-    if not math.isnan(best):
+    if parent and not math.isnan(best):
         tracker.log_summary(parent, {f"best_{sweep.kind.primary}_mean": best, "groups": len(table),
                                      "finished_points": len(have)})
     from orchestrator.report.sections import SECTIONS  # the report side: matplotlib, only when a sweep ends
@@ -52,8 +53,9 @@ def summarise(sweep: Sweep, tracker: Tracker, points: list[Point], parent: str, 
         for name, frame in summary.tables.items():
             files.append(out_dir / f"{name}.parquet")
             frame.to_parquet(files[-1], index=False)
-        tracker.log_outputs(parent, files)
-        if summary.metrics:
+        if parent:
+            tracker.log_outputs(parent, files)
+        if parent and summary.metrics:
             tracker.log_summary(parent, summary.metrics)
         for view in summary.views:
             console.print(view)

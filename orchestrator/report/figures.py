@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import io
 import math
+import textwrap
 
 import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 
 BAND_ALPHA = 0.25
+CLIP_PERCENTILE = 95  # the steering heatmap's colour scale ends at this percentile of |cell|
 
 
 def new_figure(n_panels: int, cols: int | None = None, size=(4.2, 3.2), sharey=False) -> tuple[Figure, list]:
@@ -51,28 +54,65 @@ def mark_hub(ax, layer: float, text: str) -> None:
                 fontsize=8)
 
 
+def wrapped(label: str, inches: float, points: float = 10) -> str:
+    """A label broken into lines that fit `inches` of axis (at ~0.55 em per character), so it is never clipped."""
+    return textwrap.fill(label, max(12, int(inches * 72 / (0.55 * points))))
+
+
+def robust_limit(values) -> float:
+    """Symmetric colour limit: the CLIP_PERCENTILE-th percentile of |value|, so that one extreme cell does not wash
+    out every other (cells beyond it are clipped to the end colours, and marked)."""
+    finite = np.abs(np.asarray(values, float))
+    finite = finite[np.isfinite(finite)]
+    if finite.size == 0:
+        return 1.0
+    return float(np.percentile(finite, CLIP_PERCENTILE)) or float(finite.max()) or 1.0
+
+
 def steering_heatmaps(cells: pd.DataFrame, control: str = "random") -> Figure:
-    """Layer x strength heatmap of mean ld_delta per vector type (control last), cells annotated mean / +-std."""
+    """Layer x strength heatmap of mean ld_delta per vector type (control last), cells annotated mean / ±std.
+
+    Sized for reading at 100 %: two panels a row, ~60 x 45 px per cell at 100 dpi, 9 pt numbers.
+    One symmetric colour scale for every panel, at the 95th percentile of |mean|; a clipped cell
+    has a black outline (gid "clipped") and bold text, and the colour bar shows arrows.
+    """
     types = sorted(set(cells["vector_type"]) - {control}) + ([control] if control in set(cells["vector_type"]) else [])
-    fig, axes = new_figure(len(types), cols=min(len(types), 4), size=(3.6, 3.4))
-    limit = float(np.nanmax(np.abs(cells["mean"]))) or 1.0
+    n_strengths, n_layers = cells["strength"].nunique(), cells["layer"].nunique()
+    size = (0.62 * n_strengths + 1.3, 0.45 * n_layers + 1.2)
+    fig, axes = new_figure(len(types), cols=min(len(types), 2), size=size)
+    limit = robust_limit(cells["mean"])
+    clipped_any = bool((np.abs(cells["mean"]) > limit).any())
     image = None
     for ax, vtype in zip(axes, types):
         part = cells[cells["vector_type"] == vtype]
-        mean = part.pivot(index="layer", columns="strength", values="mean").sort_index()
+        mean = part.pivot(index="layer", columns="strength", values="mean").sort_index().sort_index(axis=1)
         std = part.pivot(index="layer", columns="strength", values="std").reindex_like(mean)
-        image = ax.imshow(mean.to_numpy(float), cmap="RdBu", vmin=-limit, vmax=limit, origin="lower", aspect="auto")
-        for (i, j), value in np.ndenumerate(mean.to_numpy(float)):
+        values = mean.to_numpy(float)
+        image = ax.imshow(np.clip(values, -limit, limit), cmap="RdBu", vmin=-limit, vmax=limit, origin="lower",
+                          aspect="auto")
+        for (i, j), value in np.ndenumerate(values):
+            if math.isnan(value):
+                continue
             s = std.to_numpy(float)[i, j]
-            text = f"{value:+.2f}" + ("" if math.isnan(s) else f"\n±{s:.2f}")
-            ax.text(j, i, text, ha="center", va="center", fontsize=7,
-                    color="white" if abs(value) > 0.6 * limit else "black")
-        ax.set_xticks(range(mean.shape[1]), [f"{s:g}" for s in mean.columns])
+            clipped = abs(value) > limit
+            colour = "white" if abs(value) > 0.6 * limit else "black"
+            ax.text(j, i + (0.12 if not math.isnan(s) else 0), f"{value:.2f}", ha="center", va="center", fontsize=9,
+                    color=colour, fontweight="bold" if clipped else "normal")
+            if not math.isnan(s):
+                ax.text(j, i - 0.22, f"±{s:.2f}", ha="center", va="center", fontsize=7, color=colour)
+            if clipped:
+                ax.add_patch(Rectangle((j - 0.47, i - 0.47), 0.94, 0.94, fill=False, edgecolor="black",
+                                       linewidth=1.5, gid="clipped"))
+        ax.set_xticks(range(mean.shape[1]), [f"{s:g}" for s in mean.columns], rotation=45 if n_strengths > 10 else 0)
         ax.set_yticks(range(mean.shape[0]), [str(int(x)) for x in mean.index])
         ax.set_xlabel("strength (units of r_L)")
         ax.set_ylabel("layer")
         ax.set_title(f"{vtype} (control)" if vtype == control else vtype)
-    fig.colorbar(image, ax=axes, label="ld_delta: mean over seeds (cells: mean, ±std)")
+    label = "ld_delta, mean over seeds (cells: mean, ±std)"
+    if clipped_any:
+        label += f"; colours clipped at ±{limit:.2g} ({CLIP_PERCENTILE}th percentile of |cell|), clipped cells outlined"
+    rows = math.ceil(len(types) / 2)
+    fig.colorbar(image, ax=axes, extend="both" if clipped_any else "neither", label=wrapped(label, size[1] * rows))
     return fig
 
 
@@ -91,7 +131,7 @@ def layer_profiles(stats: pd.DataFrame, hubs: dict, ylabel: dict | str, panel: s
             mark_hub(ax, hubs[name], f"hub L{hubs[name]}")
         ax.set_title(str(name))
         ax.set_xlabel("layer")
-        ax.set_ylabel(ylabel[name] if isinstance(ylabel, dict) else ylabel)
+        ax.set_ylabel(wrapped(ylabel[name] if isinstance(ylabel, dict) else ylabel, 3.2 - 0.8))
     return fig
 
 
@@ -183,7 +223,8 @@ def depth_compare(profiles: dict[str, pd.DataFrame], hubs: dict[str, float], yla
     profiles: sweep -> depth, mean, std; hubs: sweep -> hub depth fraction.
     """
     names = list(profiles)
-    fig, axes = new_figure(len(names) + 1, size=(4.4, 3.4))
+    height = 3.6
+    fig, axes = new_figure(len(names) + 1, size=(4.4, height))
     for ax, name in zip(axes, names):
         part = profiles[name].sort_values("depth")
         band(ax, part["depth"], part["mean"], part["std"])
@@ -200,6 +241,6 @@ def depth_compare(profiles: dict[str, pd.DataFrame], hubs: dict[str, float], yla
         ax.set_xlabel("depth (layer / n_layers)")
         ax.set_xlim(-0.02, 1.0)
     for ax in axes[:-1]:
-        ax.set_ylabel(ylabel)
-    overlay.set_ylabel(f"{ylabel} / peak")
+        ax.set_ylabel(wrapped(ylabel, height - 0.8))
+    overlay.set_ylabel(wrapped(f"{ylabel} / peak", height - 0.8))
     return fig
