@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow  # subprocess CLIs, Ray and an MLflow server, end 
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 FENCE = re.compile(r"^```(\w*)([^\n`]*)\n(.*?)^```\s*$", re.M | re.S)
 KNOWN = {"python", "python3", "pip", "ray", "ruff", "."}  # what a command in a no-test block may start with
-UI = re.compile(r"^python -m orchestrator ui\b(.*)$", re.M)
+UI = re.compile(r"^python -m orchestrator ui\b([^#\n]*)(#.*)?$", re.M)
 
 
 def blocks(page: Path) -> list[tuple[str, str, str]]:
@@ -40,7 +40,7 @@ def commands(body: str) -> list[str]:
 def ui_checked(body: str) -> str:
     """`python -m orchestrator ui` serves until stopped: start it on a free port, wait for its address, SIGTERM it."""
     def check(m: re.Match) -> str:
-        line = f"python -m orchestrator ui{m[1]} --port {free_port()}"
+        line = f"python -m orchestrator ui {m[1].strip()} --port {free_port()}"
         return (f"({line} > ui.out 2>&1 & pid=$!; for i in $(seq 180); do grep -q 'MLflow UI: http' ui.out && break; "
                 f"sleep 1; done; kill -TERM $pid; wait $pid || true; cat ui.out; grep -q 'MLflow UI: http' ui.out)")
     return UI.sub(check, body)
@@ -50,7 +50,9 @@ def scratch(tmp_path: Path) -> tuple[Path, dict]:
     shutil.copytree(REPO / "sweeps", tmp_path / "sweeps")
     bin_dir = tmp_path / ".bin"
     bin_dir.mkdir()
-    (bin_dir / "python").symlink_to(sys.executable)  # `python` in the pages is this interpreter
+    wrapper = bin_dir / "python"  # `python` in the pages is this interpreter (a symlink would lose its venv)
+    wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    wrapper.chmod(0o755)
     env = cli_env()
     env["PATH"] = f"{bin_dir}{os.pathsep}{env['PATH']}"
     return tmp_path, env
