@@ -12,7 +12,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from interventions import packs
+from interventions import hub, packs
 from interventions.architectures import ARCHITECTURES, Architecture
 from interventions.packs import PACKS, cache_root  # noqa: F401  (cache_root: where adapters are cached too)
 from interventions.registry import AtlasError, Registry, first_line
@@ -118,9 +118,11 @@ for _name in ARCHITECTURES:
 def _resolve(name: str, weights: bool, trust_remote_code: bool, dtype=torch.float32):
     if name in MODELS:
         return MODELS.get(name)(weights, dtype)
-    if Path(name).is_dir() or "/" in name:
+    if Path(name).is_dir() or "/" in name or hub.looks_like_hub_id(name, MODELS.names()):
         if not Path(name).is_dir() and (name.startswith((".", "/", "~")) or name.count("/") > 1):
             raise AtlasError(f"no such model folder {name!r} (a hub id is org/name)")
+        if not Path(name).is_dir():
+            hub.check(name, MODELS.names())  # seconds, not transformers' minute of retries when offline
         if Path(name).is_dir() and not any(Path(name).glob("*.safetensors")):
             raise AtlasError(f"{name!r} has no *.safetensors weights (.bin/.pt files are pickles and never loaded)")
         try:

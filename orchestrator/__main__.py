@@ -1,12 +1,18 @@
 """Command line: `python -m orchestrator sweep SPEC`, `ui`, `report SWEEP_NAME` and `compare SWEEP_A SWEEP_B`."""
 from __future__ import annotations
 
+import os
+import signal
 import sys
 
-import click
-from rich.console import Console
+if __name__ == "__main__":
+    signal.signal(signal.SIGINT, lambda signum, frame: os._exit(130))  # Ctrl-C while importing: nothing to clean up
+    os.environ.setdefault("TQDM_DISABLE", "1")  # transformers' GGUF bars: the CLI says what it is doing instead
 
-from interventions.registry import AtlasError
+import click  # noqa: E402
+from rich.console import Console  # noqa: E402
+
+from interventions.registry import AtlasError  # noqa: E402
 
 MAX_TRIALS = 20_000  # a grid larger than this needs --yes: a typo in an axis should not start a week of work
 
@@ -41,11 +47,17 @@ def sweep(spec: str, tracking_uri: str | None, address: str | None, dry_run: boo
     Exit codes: 0 done, 1 some trials failed after retries, 2 bad input, 130 interrupted
     (rerun the same command to finish the rest).
     """
+    from pathlib import Path
+
     from orchestrator.grid import axis_order, expand
+    from orchestrator.progress import phase
     from orchestrator.spec import load_sweep
 
     console = Console(width=None if sys.stdout.isatty() else 160)  # pipes and CI logs get the whole table
-    loaded = load_sweep(spec)
+    with phase(console, f"validating {Path(spec).name}: {_validation_steps()}"):
+        loaded = load_sweep(spec)
+    for line in loaded.warnings:
+        click.echo(line, err=True)
     points = expand(loaded)
     if dry_run:
         sizes = ", ".join(f"{a}={len(loaded.axes[a])}" for a in axis_order(loaded))
@@ -65,9 +77,12 @@ def sweep(spec: str, tracking_uri: str | None, address: str | None, dry_run: boo
 
     outcome = run_sweep(loaded, tracking_uri=uri, address=address, console=console, top=top)
     if outcome.interrupted:
-        console.print(f"interrupted: {outcome.skipped + outcome.logged} of {outcome.n_points} grid points finished; "
-                      "rerun the same command to finish the rest")
-        sys.exit(130)
+        from orchestrator.signals import leave
+
+        finished = outcome.skipped + outcome.logged
+        console.print(f"interrupted: {finished} of {outcome.n_points} grid points finished; rerun the same command to "
+                      + ("finish the rest" if finished < outcome.n_points else "print the table"))
+        leave(130)
     if outcome.failed:
         console.print(f"{len(outcome.failed)} trials failed after retries: {', '.join(outcome.failed[:5])}")
         sys.exit(1)
@@ -78,16 +93,23 @@ def sweep(spec: str, tracking_uri: str | None, address: str | None, dry_run: boo
 @click.option("--port", default=5000, show_default=True)
 @click.option("--tracking-uri", help="MLflow store to browse (default: the same one `sweep` writes).")
 def ui(host: str, port: int, tracking_uri: str | None) -> None:
-    """Browse every sweep's runs in the MLflow UI."""
+    """Browse every sweep's runs in the MLflow UI (its URL is printed once the server answers)."""
     from orchestrator.store import resolve_uri
-    from orchestrator.ui import is_loopback, serve_ui
+    from orchestrator.ui import is_loopback, serve_ui, sweeps
+    from orchestrator.view import url as sweep_url
 
     uri = resolve_uri(tracking_uri)
     if not is_loopback(host):
         click.echo(f"warning: --host {host} is not a loopback address: anyone who can reach this machine on port "
                    f"{port} can read, change and delete every run (the MLflow UI has no login)", err=True)
-    click.echo(f"MLflow UI for {uri} on http://{host}:{port}  (Ctrl-C stops it)")
-    sys.exit(serve_ui(uri, host, port))
+    click.echo(f"starting the MLflow UI for {uri} ...")
+
+    def ready(base: str) -> None:
+        click.echo(f"MLflow UI: {base}/#/experiments?workflowType=machine_learning  (Ctrl-C stops it)")
+        for name, experiment_id in sweeps(base)[:10]:
+            click.echo(f"  {name}: {sweep_url(experiment_id, base)}")
+
+    sys.exit(serve_ui(uri, host, port, ready=ready))
 
 
 @cli.command()
@@ -128,6 +150,16 @@ def compare(sweep_a: str, sweep_b: str, tracking_uri: str | None, out: str | Non
     _print_cards(write_compare(_store(tracking_uri), sweep_a, sweep_b, Path(out) if out else None), top)
 
 
+def _validation_steps() -> str:
+    """What validating a spec does, and the one slow part of a machine's first run."""
+    from interventions.models import cache_root
+
+    first = not cache_root().is_dir() or not any(cache_root().iterdir())
+    return "model config and tokenizer, every family's items" + (
+        " (first run on this machine: the embedded model is converted once from GGUF to a float32 safetensors cache, "
+        "about 25 s)" if first else "")
+
+
 def _store(tracking_uri: str | None) -> str:
     """The MLflow store to use, checked to answer before anything starts."""
     from orchestrator.store import check_store, resolve_uri
@@ -162,20 +194,34 @@ def _print_cards(done, top: int) -> None:
         click.echo(f"  #{i} [{card.grade}] {card.claim}")
 
 
+from orchestrator.export import export  # noqa: E402  (a command of its own module)
+
+cli.add_command(export)
+
+
 def main() -> None:
+    from orchestrator.signals import first_interrupt_only, leave
+
+    previous = first_interrupt_only()
     try:
         cli(standalone_mode=False)
     except AtlasError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
     except (click.exceptions.Abort, KeyboardInterrupt):
-        sys.exit(130)
+        click.echo("interrupted", err=True)
+        leave(130)
+    except click.exceptions.NoArgsIsHelpError as exc:  # a bare command asks for its help: no "error:"
+        click.echo(exc.ctx.get_help())
     except click.UsageError as exc:  # a bad flag or argument: one line, like every other bad input
-        click.echo(f"error: {exc.format_message()}", err=True)
+        hint = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx else ""
+        click.echo(f"error: {exc.format_message().rstrip('.')}{hint}", err=True)
         sys.exit(2)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 if __name__ == "__main__":

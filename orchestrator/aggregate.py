@@ -86,9 +86,9 @@ def render(table: pd.DataFrame, axes: list[str], kind: Kind, top: int, title: st
     for _, row in table.head(top).iterrows():
         cells = [_axis_cell(row[a]) for a in shown_axes] + [str(int(row[f"{primary}_n"]))]
         for m in shown:
-            cells.append(pm(row[f"{m}_mean"], row[f"{m}_std"], "+.3g"))
+            cells.append(pm(row[f"{m}_mean"], row[f"{m}_std"]))
             if control and m == primary:
-                cells.append(pm(row[f"{m}_control_mean"], row[f"{m}_control_std"], "+.3g"))
+                cells.append(pm(row[f"{m}_control_mean"], row[f"{m}_control_std"]))
         out.add_row(*cells)
     return out
 

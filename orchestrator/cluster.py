@@ -8,6 +8,7 @@ from typing import Iterator
 import ray
 
 from interventions.registry import AtlasError, first_line
+from orchestrator.signals import shielded
 from orchestrator.spec import Resources
 
 
@@ -43,18 +44,18 @@ def check_address(address: str | None, timeout: float = 3.0) -> None:
 @contextmanager
 def ray_session(address: str | None, needed: bool = True) -> Iterator[None]:
     """Ray for the block: joined at `address`, or started here; shut down afterwards only if started here."""
-    started = False
-    if needed and not ray.is_initialized():
-        try:
-            ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
-        except ConnectionError as exc:
-            raise AtlasError(f"--address {address}: no Ray cluster answered ({first_line(exc)})") from None
-        started = True
+    started = needed and not ray.is_initialized()
     try:
+        if started:
+            try:
+                ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+            except ConnectionError as exc:
+                raise AtlasError(f"--address {address}: no Ray cluster answered ({first_line(exc)})") from None
         yield
     finally:
-        if started:
-            ray.shutdown()
+        if started:  # also after a Ctrl-C inside ray.init: whatever it started stops here
+            with shielded():
+                ray.shutdown()
 
 
 def check_resources(want: Resources) -> None:

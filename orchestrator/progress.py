@@ -1,38 +1,109 @@
-"""The sweep's progress: a bar with ETA on a terminal, a line every tenth of the points elsewhere (CI logs, pipes)."""
+"""What a sweep is doing: a line per step before the first trial, then a bar (terminal) or a line per 5 % (logs), with
+an ETA from the overall rate of finished work, each grid point weighted by the layers it runs."""
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
+from typing import Iterator
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+STEP, SMALL = 0.05, 200  # off a terminal, a line per 5 % of the points (per 25 % below SMALL points)
+
+
+def duration(seconds: float) -> str:
+    """'45 s', '12 min 5 s', '1 h 02 min'."""
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+@contextmanager
+def phase(console: Console, text: str) -> Iterator[None]:
+    """One step before the trials: a spinner on a terminal, a line elsewhere; how long it took, after."""
+    start = time.monotonic()
+    if console.is_terminal:
+        with console.status(f"{text} ..."):
+            yield
+    else:
+        console.print(f"{text} ...")
+        yield
+    console.print(f"{text}: {duration(time.monotonic() - start)}")
+
+
+def point_cost(values: dict, layer_axes: tuple[str, ...], n_layers: int, prefix_reuse: bool) -> float:
+    """Relative work of a grid point: the decoder layers it runs (from its layer up, with prefix reuse) plus one
+    for the unembedding and logging; a point without a layer axis runs the whole model."""
+    layer = next((values[a] for a in layer_axes if isinstance(values.get(a), int)), None)
+    if layer is None or not prefix_reuse:
+        return n_layers + 1.0
+    return n_layers - layer + 1.0
 
 
 class TrialProgress:
-    """A bar with ETA on a terminal; a line every tenth of the trials elsewhere (CI logs, pipes)."""
+    """Points logged so far, and an ETA = work left / overall rate of work since the first result.
 
-    def __init__(self, console: Console, name: str, total: int) -> None:
-        self.console, self.name, self.total, self.count = console, name, total, 0
+    The rate is measured from the first logged point on, so the start-up (actors loading the
+    model, baselines) does not count as work; each point weighs `point_cost`, so that the cheap
+    high-layer points at the end of a (seed, family) block do not make the ETA undershoot.
+    """
+
+    def __init__(self, console: Console, name: str, costs: dict[str, float], workers: int = 1) -> None:
+        self.console, self.name, self.costs = console, name, costs
+        self.total, self.count = len(costs), 0
+        self.work_total, self.work_done = sum(costs.values()), 0.0
+        self.mean_cost = self.work_total / max(1, self.total)
         self.start = time.monotonic()
+        self.first: tuple[float, float] | None = None  # (time, work done) at the first logged point
+        self.step = STEP if self.total >= SMALL else 0.25
+        self.next_line = self.step
         self.bar = None
         if console.is_terminal:
             self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=console)
-            self.task = self.bar.add_task(name, total=total)
+                                TimeElapsedColumn(), TextColumn("eta {task.fields[eta]}"), console=console)
+            self.task = self.bar.add_task(f"{name}: {workers} actors load the model, build baselines",
+                                          total=self.total, eta="after the first results")
 
     def __enter__(self) -> TrialProgress:
         if self.bar:
             self.bar.start()
+        else:
+            self.console.print(f"{self.name}: {self.total} points to run; the actors load the model once and build "
+                               "baselines per (family, seed) before the first result")
         return self
 
     def __exit__(self, *exc) -> None:
         if self.bar:
             self.bar.stop()
 
-    def advance(self) -> None:
+    def eta(self) -> float | None:
+        """Seconds left, or None before the rate can be measured (a second pack must land after the first)."""
+        if self.first is None:
+            return None
+        since, work = time.monotonic() - self.first[0], self.work_done - self.first[1]
+        if since < 1 or work <= 0:
+            return None
+        return (self.work_total - self.work_done) / (work / since)
+
+    def advance(self, trial_id: str | None = None) -> None:
+        """One point logged (or given up on)."""
+        now = time.monotonic()
         self.count += 1
+        self.work_done += self.costs.get(trial_id, self.mean_cost)
+        if self.first is None:
+            self.first = (now, self.work_done)
+            if not self.bar:
+                self.console.print(f"{self.name}: first result after {duration(now - self.start)}")
+        eta = self.eta()
+        text = "after the first results" if eta is None else duration(eta)
         if self.bar:
-            self.bar.advance(self.task)
-        elif self.count == self.total or self.count % max(1, self.total // 10) == 0:
-            elapsed = time.monotonic() - self.start
-            eta = elapsed / self.count * (self.total - self.count)
-            self.console.print(f"{self.name}: {self.count}/{self.total} trials, {elapsed:.0f} s, eta {eta:.0f} s")
+            self.bar.update(self.task, advance=1, eta=text, description=self.name)
+        elif self.count == self.total or self.count >= self.next_line * self.total:
+            while self.next_line * self.total <= self.count:
+                self.next_line += self.step
+            self.console.print(f"{self.name}: {self.count}/{self.total} points ({100 * self.count / self.total:.0f} "
+                               f"%), {duration(now - self.start)}, eta {text}")

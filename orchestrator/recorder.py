@@ -16,6 +16,7 @@ from typing import Callable
 from ray import tune
 
 from orchestrator.grid import Point
+from orchestrator.signals import shielded
 from orchestrator.sweepfiles import Gathered
 from orchestrator.tracking import Tracker
 
@@ -25,8 +26,8 @@ RESULT_TAGS = ("worker", "node", "gpu_ids", "model_loads", "pack_size", "trial_s
 class Writer:
     """One thread that logs finished points to MLflow in arrival order; `close` waits until all are in the store."""
 
-    def __init__(self, tracker: Tracker, parent_id: str, on_written: Callable[[], None] = lambda: None,
-                 gathered: Gathered | None = None) -> None:
+    def __init__(self, tracker: Tracker, parent_id: str,
+                 on_written: Callable[[str], None] = lambda trial_id: None, gathered: Gathered | None = None) -> None:
         self.tracker, self.parent_id, self.on_written = tracker, parent_id, on_written
         self.gathered = gathered if gathered is not None else Gathered()  # per-item values, tensors: sweep files
         self.written = 0
@@ -44,11 +45,14 @@ class Writer:
                                    steps=extra.get("steps", {}), artifacts=extra.get("artifacts", {}))
             self.gathered.add(point.trial_id, extra)
             self.written += 1
-            self.on_written()
+            self.on_written(point.trial_id)
 
     def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join()
+        """Wait until every queued point is in the store (once; later calls return at once)."""
+        if self._thread.is_alive():
+            self._queue.put(None)
+            with shielded():  # Ctrl-C waits for the points already finished: they are not computed again
+                self._thread.join()
 
     def __enter__(self) -> Writer:
         return self
@@ -75,7 +79,7 @@ class RecordTrials(tune.Callback):
     """Tune callback: finished packs -> the writer, one run per point (never twice); failed packs -> `retries`."""
 
     def __init__(self, writer: Writer, points: dict[str, Point], metrics: tuple[str, ...], retries: Retries,
-                 say: Callable[[str], None], skip: Callable[[], None]) -> None:
+                 say: Callable[[str], None], skip: Callable[[str], None]) -> None:
         self.writer, self.points, self.metrics, self.retries = writer, points, metrics, retries
         self.say, self.skip = say, skip  # print a line; count a point that will never be written
         self.done: set[str] = set()
@@ -107,8 +111,8 @@ class RecordTrials(tune.Callback):
             return
         self.say(f"{_pack_name(trial)}: failed {trial.num_failures} times, giving up ({_last_error(trial)})")
         self.retries.failed.extend(ids)
-        for _ in ids:
-            self.skip()
+        for trial_id in ids:
+            self.skip(trial_id)
 
 
 def _pack_name(trial) -> str:

@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from interventions.families import Split, family_name, make_split
+from interventions.families.pairs import warnings as pair_warnings
 from interventions.kinds import KINDS, Kind, kind_points, registered
 from interventions.models import EMBEDDED, ModelInfo, check_dtype, describe
 from interventions.registry import AtlasError
@@ -90,6 +91,7 @@ class Sweep:
     model: ModelInfo
     splits: dict[tuple[str, int], Split]  # (family name, seed) -> items
     options: dict[str, dict | None] = field(default_factory=dict)  # the kind's `options` sections (None: off)
+    warnings: tuple[str, ...] = ()  # printed, never fatal: e.g. train pairs that cancel (families/pairs.py)
 
     @property
     def id_options(self) -> dict[str, dict]:
@@ -239,4 +241,5 @@ def load_sweep(path: str | Path) -> Sweep:
         with _field(path):
             kind.check_splits(axes, splits)
     axes["family"] = [family_name(v) for v in axes["family"]]
-    return Sweep(path, spec, kind, axes, info, splits, options)
+    notes = tuple(pair_warnings(splits, info.tokenizer)) if "vector_type" in axes else ()
+    return Sweep(path, spec, kind, axes, info, splits, options=options, warnings=notes)

@@ -14,10 +14,10 @@ from orchestrator.sweepfiles import Gathered, write_sweep_files
 from orchestrator.tracking import Tracker
 
 
-def summarise(sweep: Sweep, tracker: Tracker, points: list[Point], parent: str, console: Console, top: int,
+def summarise(sweep: Sweep, tracker: Tracker, points: list[Point], parent: str | None, console: Console, top: int,
               out_dir: Path | None, gathered: Gathered | None = None) -> Path | None:
-    """Aggregate every finished grid point across seeds: print, write Parquet, log as parent artifacts (with the
-    sweep's items.parquet and vectors.safetensors when its trials send per-item values or tensors)."""
+    """Aggregate every finished grid point across seeds: print, write Parquet, log as parent artifacts (if a parent,
+    with the sweep's items.parquet and vectors.safetensors when its trials send per-item values or tensors)."""
     finished = tracker.finished()
     have = [p for p in points if p.trial_id in finished]
     if not have:
@@ -33,8 +33,10 @@ def summarise(sweep: Sweep, tracker: Tracker, points: list[Point], parent: str, 
     table.to_parquet(path, index=False)
     text = out_dir / "aggregate.txt"
     text.write_text(table.to_string(index=False), encoding="utf-8")
-    tracker.log_outputs(parent, [path, text])
-    write_sweep_files(sweep, tracker, points, set(finished), parent, gathered or Gathered(), out_dir, console.print)
+    if parent:
+        tracker.log_outputs(parent, [path, text])
+        write_sweep_files(sweep, tracker, points, set(finished), parent, gathered or Gathered(), out_dir,
+                          console.print)
     axes = [a for a in group_by if a not in ("model", "kind")]
     order = (f"largest |{sweep.kind.primary} - control| first" if f"{sweep.kind.primary}_beyond" in table
              else f"strongest |{sweep.kind.primary}| first")
@@ -42,9 +44,9 @@ def summarise(sweep: Sweep, tracker: Tracker, points: list[Point], parent: str, 
     console.print(render(table, axes, sweep.kind, top, title))
     if len(table) > top:
         console.print(f"... {len(table) - top} more groups in the table file")
-    console.print(f"aggregate table: {path}  (also an artifact of parent run {parent})")
+    console.print(f"aggregate table: {path}" + (f"  (also an artifact of parent run {parent})" if parent else ""))
     best = table.iloc[0][f"{sweep.kind.primary}_mean"]
-    if not math.isnan(best):
+    if parent and not math.isnan(best):
         tracker.log_summary(parent, {f"best_{sweep.kind.primary}_mean": best, "groups": len(table),
                                      "finished_points": len(have)})
     from orchestrator.report.sections import SECTIONS  # the report side: matplotlib, only when a sweep ends
@@ -56,8 +58,9 @@ def summarise(sweep: Sweep, tracker: Tracker, points: list[Point], parent: str, 
         for name, frame in summary.tables.items():
             files.append(out_dir / f"{name}.parquet")
             frame.to_parquet(files[-1], index=False)
-        tracker.log_outputs(parent, files)
-        if summary.metrics:
+        if parent:
+            tracker.log_outputs(parent, files)
+        if parent and summary.metrics:
             tracker.log_summary(parent, summary.metrics)
         for view in summary.views:
             console.print(view)

@@ -31,6 +31,7 @@ from orchestrator.store import (
     search_all,
     store_dir,
 )
+from orchestrator.view import set_view
 
 
 def _driver_id() -> str:
@@ -102,13 +103,15 @@ class Tracker:
             self.client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
         return len(stale)
 
+    def _parents(self) -> list:
+        """Parent runs, the one used last first (a continued parent keeps its start time: its end time says when)."""
+        runs = self._runs(f"tags.`{TAG}role` = '{ROLE_PARENT}'")
+        return sorted(runs, key=lambda r: max(r.info.start_time or 0, r.info.end_time or 0), reverse=True)
+
     def last_spec_hash(self) -> str | None:
         """spec_hash of the newest invocation (parent run) of this sweep, if any."""
-        if self.experiment_id is None:
-            return None
-        runs = self.client.search_runs([self.experiment_id], f"tags.`{TAG}role` = '{ROLE_PARENT}'", max_results=1,
-                                       order_by=["attributes.start_time DESC"])
-        return runs[0].data.tags.get(f"{TAG}spec_hash") if runs else None
+        parents = self._parents()
+        return parents[0].data.tags.get(f"{TAG}spec_hash") if parents else None
 
     def live_driver(self) -> str | None:
         """host:pid of another driver on this machine still running this sweep (its parent run RUNNING), if any.
@@ -124,22 +127,47 @@ class Tracker:
                 return driver.rsplit(":", 1)[0]
         return None
 
+    def newest_parent(self, spec_hash: str | None = None) -> str | None:
+        """run_id of the parent run used last (of `spec_hash`, if given), if any."""
+        found = [r for r in self._parents() if spec_hash is None or r.data.tags.get(f"{TAG}spec_hash") == spec_hash]
+        return found[0].info.run_id if found else None
+
     def start_parent(self, n_points: int, n_todo: int) -> str:
+        """The parent run of this spec, continued (RUNNING again) when an earlier invocation left one, else new.
+
+        So a sweep interrupted and rerun keeps every grid point under one parent run. `to_run`
+        is a metric with one step per invocation; the view the UI opens on is set on the experiment.
+        """
         self._connect()
         if self.experiment_id is None:
             location = None  # the server's or the store's default
             if default_store(self.uri):
                 location = (store_dir() / "artifacts").as_uri() + f"/{self.sweep.spec.name}"
             self.experiment_id = self.client.create_experiment(self.sweep.spec.name, artifact_location=location)
+        set_view(self.client, self.experiment_id, self.sweep)
         spec = self.sweep.spec
-        run = self.client.create_run(self.experiment_id, run_name=f"{spec.name} {time.strftime('%Y-%m-%d %H:%M:%S')}",
-                                     tags={**self.tags, f"{TAG}role": ROLE_PARENT, f"{TAG}driver": _driver_id()})
-        params = {"model": spec.model, "dtype": spec.dtype, "kind": spec.kind, "n_train": spec.n_train,
-                  "n_eval": spec.n_eval, "grid_size": n_points, "to_run": n_todo,
-                  "resources": json.dumps(spec.resources.model_dump())}
-        self.client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
-        self._log_inputs(run.info.run_id)
-        return run.info.run_id
+        driver = {f"{TAG}driver": _driver_id()}
+        run_id = self.newest_parent(self.sweep.spec_hash)
+        if run_id is not None:
+            self.client.update_run(run_id, status="RUNNING")
+            self.client.set_tag(run_id, f"{TAG}driver", driver[f"{TAG}driver"])
+            step = len(self.client.get_metric_history(run_id, "to_run"))
+        else:
+            run = self.client.create_run(self.experiment_id, tags={**self.tags, f"{TAG}role": ROLE_PARENT, **driver},
+                                         run_name=f"{spec.name} {time.strftime('%Y-%m-%d %H:%M:%S')}")
+            run_id, step = run.info.run_id, 0
+            params = {"model": spec.model, "dtype": spec.dtype, "kind": spec.kind, "n_train": spec.n_train,
+                      "n_eval": spec.n_eval, "grid_size": n_points,
+                      "resources": json.dumps(spec.resources.model_dump())}
+            self.client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
+            self._log_inputs(run_id)
+        self.client.log_batch(run_id, metrics=[Metric("to_run", n_todo, int(time.time() * 1000), step)])
+        return run_id
+
+    def complete_parent(self, run_id: str | None) -> None:
+        """A parent left KILLED or FAILED whose grid is now complete (a rerun found nothing to do) becomes FINISHED."""
+        if run_id is not None and self.client.get_run(run_id).info.status != "FINISHED":
+            self.client.set_terminated(run_id, "FINISHED")
 
     def _log_inputs(self, run_id: str) -> None:
         """The spec as written and every item used, so that a sweep can be re-read without rerunning."""

@@ -254,8 +254,9 @@ CASES = [
     ("ablation without layers", GOOD.replace("  layer: [0, 3]\n", ""), "axes.layer", "operation layer_ablation needs"),
     ("layer out of range", GOOD.replace("[0, 3]", "[0, 4]"), "axes.layer.1", "outside 0..3"),
     ("unused axis", GOOD + "  target_model: [tiny-qwen2]\n", "axes.target_model", "only used by operation compat"),
-    ("unknown target model", GOOD.replace("layer_ablation]", "layer_ablation, compat]") + "  target_model: [gpt9]\n",
-     "axes.target_model.0", "unknown model 'gpt9'"),
+    ("unknown target model",
+     GOOD.replace("layer_ablation]", "layer_ablation, compat]") + "  target_model: [tiny-lama]\n",
+     "axes.target_model.0", "unknown model 'tiny-lama'"),
     ("cross-model layer missing", GOOD.replace("kind: adapter", "kind: cross_model_patch").split("  operation")[0],
      "axes.layer", "Field required"),
 ]

@@ -137,6 +137,11 @@ def test_jsonl_item_that_does_not_fit_the_tokenizer_names_its_line(tok, tmp_path
     write(tmp_path / "multi.jsonl", data)
     with pytest.raises(AtlasError, match=r"multi\.jsonl:2: target ' Paris Rome' is 2 tokens"):
         make_split("multi.jsonl", 0, tok, 1, 1, tmp_path)
+    data[1]["target"] = "Berlin"  # no leading space: two tokens, while " Berlin" is one
+    write(tmp_path / "multi.jsonl", data)
+    with pytest.raises(AtlasError, match=r"multi\.jsonl:2: target 'Berlin' is 2 tokens, not 1; ' Berlin' \(with a "
+                       r"leading space, as it follows the prompt\) is one token$"):
+        make_split("multi.jsonl", 0, tok, 1, 1, tmp_path)
     data[1] = dict(rows(tok, 5)[4], corrupt_prompt="The capital of the United Kingdom is")
     write(tmp_path / "multi.jsonl", data)
     with pytest.raises(AtlasError, match=r"multi\.jsonl:2: corrupt_prompt is \d+ tokens but prompt is"):
@@ -160,13 +165,13 @@ def test_jsonl_split_on_some_lines_only_is_refused(tok, tmp_path):
 
 def test_jsonl_with_too_few_items_or_none_or_no_file(tok, tmp_path):
     write(tmp_path / "few.jsonl", rows(tok, 5))
-    with pytest.raises(AtlasError, match="has 4 train / 1 eval items.*n_train=4, n_eval=2"):
+    with pytest.raises(AtlasError, match=r"few\.jsonl: needs n_train \+ n_eval = 6 items, has 5$"):
         make_split("few.jsonl", 0, tok, n_train=4, n_eval=2, base_dir=tmp_path)
     data = rows(tok, 3)
     for row, split in zip(data, ("train", "train", "train")):
         row["split"] = split
     write(tmp_path / "no_eval.jsonl", data)
-    with pytest.raises(AtlasError, match="has 3 train / 0 eval items"):
+    with pytest.raises(AtlasError, match='needs n_eval = 1 items with "split": "eval", has 0'):
         make_split("no_eval.jsonl", 0, tok, n_train=1, n_eval=1, base_dir=tmp_path)
     (tmp_path / "empty.jsonl").write_text("\n\n", encoding="utf-8")
     with pytest.raises(AtlasError, match="holds no items"):

@@ -24,7 +24,7 @@ CASES = [
     ("unsafe yaml tag", GOOD + "x: !!python/object/apply:os.system ['touch pwned']\n", {}, "line 12",
      "not valid YAML"),
     ("tab-indented yaml", GOOD.replace("  seed: [0]", "\tseed: [0]"), {}, "line 7", "not valid YAML"),
-    ("unknown model", GOOD.replace("tiny-llama", "tiny-gpt9"), {}, "model", "unknown model"),
+    ("unknown model", GOOD.replace("tiny-llama", "tiny-lama"), {}, "model", "unknown model 'tiny-lama'"),
     ("unknown kind", GOOD.replace("kind: steering", "kind: steerng"), {}, "kind", "did you mean 'steering'"),
     ("unknown vector type", GOOD.replace("[mean_diff]", "[mean_dif]"), {}, "axes.vector_type.0", "unknown vector type"),
     ("unknown family", GOOD.replace("[antonyms]", "[antonym]"), {}, "axes.family.0", "unknown task family"),
@@ -50,7 +50,7 @@ CASES = [
     ("jsonl multi-token target", GOOD.replace("[antonyms]", "[mine.jsonl]"),
      {"mine.jsonl": jsonl({**ITEM, "target": " smallish thing"})}, "axes.family", "mine.jsonl:1: target"),
     ("jsonl too few items", GOOD.replace("[antonyms]", "[mine.jsonl]"),
-     {"mine.jsonl": jsonl(ITEM, ITEM2)}, "axes.family", "n_train=4, n_eval=2"),
+     {"mine.jsonl": jsonl(ITEM, ITEM2)}, "axes.family", "mine.jsonl: needs n_train + n_eval = 6 items, has 2"),
 ]
 
 
@@ -212,7 +212,7 @@ def test_ui_binds_loopback_unless_told_and_warns_when_not(tmp_path, monkeypatch,
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     served = []
-    monkeypatch.setattr(ui, "serve_ui", lambda uri, h, port: served.append(h) or 0)
+    monkeypatch.setattr(ui, "serve_ui", lambda uri, h, port, **kw: served.append(h) or 0)
     code, _, err = run_main(monkeypatch, capsys, "ui", *(["--host", host] if host else []))
     assert code == 0 and served == [host or "127.0.0.1"]
     assert ("warning: --host" in err and "not a loopback address" in err) == warned, err

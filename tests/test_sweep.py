@@ -107,13 +107,15 @@ def test_packed_trials_equal_unpacked_trials_without_prefix_reuse(smoke_run, tmp
 
 def test_rerun_resumes_and_duplicates_nothing(smoke_run):
     cwd, _ = smoke_run
+    before = sweep_runs(cwd)
     again = cli(cwd, "sweep", str(SMOKE))
     assert again.returncode == 0, again.stderr
-    assert "running" not in again.stdout  # every point already finished: no Tune run started
+    assert "nothing to run" in again.stdout and "ld_delta" in again.stdout  # no Tune run; the table again
+    assert "starting a local Ray" not in again.stdout
     all_runs = sweep_runs(cwd)
     assert len(children(all_runs)) == 32
-    parents = sorted(role(all_runs, "parent"), key=lambda r: r.info.start_time)
-    assert len(parents) == 2 and parents[-1].data.params["to_run"] == "0"
+    assert {r.info.run_id for r in all_runs} == {r.info.run_id for r in before}  # no new run, no empty parent
+    assert [r.info.status for r in role(all_runs, "parent")] == ["FINISHED"]
 
 
 def test_a_crashed_worker_is_retried_and_logged_once(tmp_path):
@@ -137,11 +139,16 @@ def test_an_interrupted_driver_resumes_without_loss_or_duplicates(tmp_path):
     first = len(children(sweep_runs(tmp_path)))
     assert proc.returncode == 130, out
     assert 4 <= first < 32, out
+    assert "Traceback" not in out, out
     again = cli(tmp_path, "sweep", str(SMOKE))
     assert again.returncode == 0, again.stdout + again.stderr
     assert f"{first} already finished" in again.stdout
-    ids = Counter(r.data.tags["orchestrator.trial_id"] for r in children(sweep_runs(tmp_path)))
+    runs = sweep_runs(tmp_path)
+    ids = Counter(r.data.tags["orchestrator.trial_id"] for r in children(runs))
     assert len(ids) == 32 and max(ids.values()) == 1
+    parents = role(runs, "parent")  # the rerun continued the interrupted parent: every point in one place
+    assert [r.info.status for r in parents] == ["FINISHED"]
+    assert {r.data.tags["mlflow.parentRunId"] for r in children(runs)} == {parents[0].info.run_id}
 
 
 def test_gpu_request_on_a_cpu_cluster_is_bad_input(tmp_path):

@@ -64,9 +64,13 @@ def token_ids(tokenizer, string: str, special: bool = True) -> list[int]:
 def misfit(item: Item, tokenizer) -> str | None:
     """Why `item` cannot be used with this tokenizer, or None if it can."""
     for key in ("target", "distractor"):
-        n = len(token_ids(tokenizer, getattr(item, key), special=False))
+        value = getattr(item, key)
+        n = len(token_ids(tokenizer, value, special=False))
         if n != 1:
-            return f"{key} {getattr(item, key)!r} is {n} tokens, not 1"
+            spaced = " " + value.lstrip()
+            hint = (f"; {spaced!r} (with a leading space, as it follows the prompt) is one token"
+                    if spaced != value and len(token_ids(tokenizer, spaced, special=False)) == 1 else "")
+            return f"{key} {value!r} is {n} tokens, not 1{hint}"
     if token_ids(tokenizer, item.target, False) == token_ids(tokenizer, item.distractor, False):
         return "target and distractor are the same token"
     if not item.corrupt_prompt:

@@ -65,9 +65,10 @@ def jsonl_split(path: Path, seed: int, tokenizer, n_train: int, n_eval: int) -> 
         items = [item for _, item, _ in rows]
         random.Random(f"{path.stem}:{seed}").shuffle(items)
         train, eval_ = items[:n_train], items[n_train:]
-    if len(train) < n_train or len(eval_) < n_eval:
-        raise AtlasError(
-            f"{path.name}: has {len(train)} train / {len(eval_)} eval items; the spec asks for "
-            f"n_train={n_train}, n_eval={n_eval}"
-        )
+    if given == {None} and len(items) < n_train + n_eval:
+        raise AtlasError(f"{path.name}: needs n_train + n_eval = {n_train + n_eval} items, has {len(items)}")
+    for name, have, need in (("train", train, n_train), ("eval", eval_, n_eval)):
+        if len(have) < need:
+            raise AtlasError(f"{path.name}: needs n_{name} = {need} items with \"split\": \"{name}\", "
+                             f"has {len(have)}")
     return train[:n_train], eval_[:n_eval]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import math
+import textwrap
 
 import numpy as np
 import pandas as pd
@@ -16,6 +17,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 BAND_ALPHA = 0.25
+CLIP_PERCENTILE = 95  # the steering heatmap's colour scale ends at this percentile of |cell|
 
 
 def new_figure(n_panels: int, cols: int | None = None, size=(4.2, 3.2), sharey=False) -> tuple[Figure, list]:
@@ -51,6 +53,21 @@ def mark_hub(ax, layer: float, text: str) -> None:
                 fontsize=8)
 
 
+def wrapped(label: str, inches: float, points: float = 10) -> str:
+    """A label broken into lines that fit `inches` of axis (at ~0.55 em per character), so it is never clipped."""
+    return textwrap.fill(label, max(12, int(inches * 72 / (0.55 * points))))
+
+
+def robust_limit(values) -> float:
+    """Symmetric colour limit: the CLIP_PERCENTILE-th percentile of |value|, so that one extreme cell does not wash
+    out every other (cells beyond it are clipped to the end colours, and marked)."""
+    finite = np.abs(np.asarray(values, float))
+    finite = finite[np.isfinite(finite)]
+    if finite.size == 0:
+        return 1.0
+    return float(np.percentile(finite, CLIP_PERCENTILE)) or float(finite.max()) or 1.0
+
+
 def layer_profiles(stats: pd.DataFrame, hubs: dict, ylabel: dict | str, panel: str = "panel",
                    cols: int = 3, sharey: bool = False) -> Figure:
     """One panel per value of `panel`: mean +- std band over seeds by layer, the panel's hub marked.
@@ -66,7 +83,7 @@ def layer_profiles(stats: pd.DataFrame, hubs: dict, ylabel: dict | str, panel: s
             mark_hub(ax, hubs[name], f"hub L{hubs[name]}")
         ax.set_title(str(name))
         ax.set_xlabel("layer")
-        ax.set_ylabel(ylabel[name] if isinstance(ylabel, dict) else ylabel)
+        ax.set_ylabel(wrapped(ylabel[name] if isinstance(ylabel, dict) else ylabel, 3.2 - 0.8))
     return fig
 
 
@@ -158,7 +175,8 @@ def depth_compare(profiles: dict[str, pd.DataFrame], hubs: dict[str, float], yla
     profiles: sweep -> depth, mean, std; hubs: sweep -> hub depth fraction.
     """
     names = list(profiles)
-    fig, axes = new_figure(len(names) + 1, size=(4.4, 3.4))
+    height = 3.6
+    fig, axes = new_figure(len(names) + 1, size=(4.4, height))
     for ax, name in zip(axes, names):
         part = profiles[name].sort_values("depth")
         band(ax, part["depth"], part["mean"], part["std"])
@@ -175,6 +193,6 @@ def depth_compare(profiles: dict[str, pd.DataFrame], hubs: dict[str, float], yla
         ax.set_xlabel("depth (layer / n_layers)")
         ax.set_xlim(-0.02, 1.0)
     for ax in axes[:-1]:
-        ax.set_ylabel(ylabel)
-    overlay.set_ylabel(f"{ylabel} / peak")
+        ax.set_ylabel(wrapped(ylabel, height - 0.8))
+    overlay.set_ylabel(wrapped(f"{ylabel} / peak", height - 0.8))
     return fig

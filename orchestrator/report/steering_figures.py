@@ -10,21 +10,29 @@ import math
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 
-from orchestrator.report.figures import band, new_figure
+from orchestrator.report.figures import CLIP_PERCENTILE, band, new_figure, robust_limit, wrapped
 
 
-def steering_heatmaps(cells: pd.DataFrame, rows: list[str], control: str = "random", baseline: float | None = None,
-                      baseline_label: str = "prompt") -> Figure:
-    """Layer x strength heatmap of mean ld_delta per vector type (control last), cells annotated mean / +-std.
+def steering_heatmaps(cells: pd.DataFrame, rows: list[str] | None = None, control: str = "random",
+                      baseline: float | None = None, baseline_label: str = "prompt") -> Figure:
+    """Layer x strength heatmap of mean ld_delta per vector type (control last), cells annotated mean / ±std.
 
-    cells: layer (a row label), strength, vector_type, mean, std; rows: the layer labels bottom to top. With a
-    prompting baseline its mean ld_delta is a column beside each heatmap (the same colour scale) and a line on
-    the colour bar.
+    cells: layer (a row label), strength, vector_type, mean, std; rows: the layer labels bottom to top (default:
+    the layers in order). With a prompting baseline its mean ld_delta is a column beside each heatmap (the same
+    colour scale) and a line on the colour bar. Sized for reading at 100 %: two panels a row, ~60 x 45 px per
+    cell at 100 dpi, 9 pt numbers. One symmetric colour scale for every panel at the CLIP_PERCENTILE-th
+    percentile of |mean|; a clipped cell has a black outline (gid "clipped") and bold text, and the bar arrows.
     """
+    rows = rows if rows is not None else [str(x) for x in sorted(set(cells["layer"]))]
+    cells = cells.assign(layer=cells["layer"].astype(str))
     types = sorted(set(cells["vector_type"]) - {control}) + ([control] if control in set(cells["vector_type"]) else [])
-    fig, axes = new_figure(len(types), cols=min(len(types), 4), size=(3.9 if baseline is not None else 3.6, 3.4))
-    limit = float(np.nanmax(np.abs([*cells["mean"], baseline if baseline is not None else 0.0]))) or 1.0
+    n_strengths = cells["strength"].nunique() + (2 if baseline is not None else 0)
+    size = (0.62 * n_strengths + 1.3, 0.45 * len(rows) + 1.2)
+    fig, axes = new_figure(len(types), cols=min(len(types), 2), size=size)
+    limit = robust_limit([*cells["mean"], *([baseline] if baseline is not None else [])])
+    clipped_any = bool((np.abs(cells["mean"]) > limit).any())
     image = None
     for ax, vtype in zip(axes, types):
         part = cells[cells["vector_type"] == vtype]
@@ -33,28 +41,40 @@ def steering_heatmaps(cells: pd.DataFrame, rows: list[str], control: str = "rand
         values, spread = mean.to_numpy(float), std.to_numpy(float)
         if baseline is not None:  # the prompting baseline as a bar beside the heatmap
             values = np.column_stack([values, np.full(len(rows), np.nan), np.full(len(rows), baseline)])
-            spread = np.column_stack([spread, np.full((len(rows), 2), np.nan)])
-        image = ax.imshow(values, cmap="RdBu", vmin=-limit, vmax=limit, origin="lower", aspect="auto")
+        image = ax.imshow(np.clip(values, -limit, limit), cmap="RdBu", vmin=-limit, vmax=limit, origin="lower",
+                          aspect="auto")
         for (i, j), value in np.ndenumerate(mean.to_numpy(float)):
-            s = spread[i, j]
-            text = "–" if math.isnan(value) else f"{value:+.2f}" + ("" if math.isnan(s) else f"\n±{s:.2f}")
-            ax.text(j, i, text, ha="center", va="center", fontsize=7,
-                    color="white" if abs(value) > 0.6 * limit else "black")
+            if math.isnan(value):
+                ax.text(j, i, "–", ha="center", va="center", fontsize=9)
+                continue
+            s, clipped = spread[i, j], abs(value) > limit
+            colour = "white" if abs(value) > 0.6 * limit else "black"
+            ax.text(j, i + (0.12 if not math.isnan(s) else 0), f"{value:.2f}", ha="center", va="center", fontsize=9,
+                    color=colour, fontweight="bold" if clipped else "normal")
+            if not math.isnan(s):
+                ax.text(j, i - 0.22, f"±{s:.2f}", ha="center", va="center", fontsize=7, color=colour)
+            if clipped:
+                ax.add_patch(Rectangle((j - 0.47, i - 0.47), 0.94, 0.94, fill=False, edgecolor="black",
+                                       linewidth=1.5, gid="clipped"))
         labels = [f"{s:g}" for s in mean.columns]
         if baseline is not None:
             labels += ["", baseline_label]
-            ax.text(len(mean.columns) + 1, (len(rows) - 1) / 2, f"{baseline:+.2f}", ha="center", va="center",
-                    fontsize=7, rotation=90, color="white" if abs(baseline) > 0.6 * limit else "black")
-        ax.set_xticks(range(len(labels)), labels, fontsize=7)
+            ax.text(len(mean.columns) + 1, (len(rows) - 1) / 2, f"{baseline:.2f}", ha="center", va="center",
+                    fontsize=9, rotation=90, color="white" if abs(baseline) > 0.6 * limit else "black")
+        ax.set_xticks(range(len(labels)), labels, rotation=45 if n_strengths > 10 else 0)
         ax.set_yticks(range(len(rows)), rows)
         ax.set_xlabel("strength (units of r_L)")
         ax.set_ylabel("layer")
         ax.set_title(f"{vtype} (control)" if vtype == control else vtype)
-    bar = fig.colorbar(image, ax=axes, label="ld_delta: mean over seeds (cells: mean, ±std)")
+    label = "ld_delta, mean over seeds (cells: mean, ±std)"
+    if clipped_any:
+        label += f"; colours clipped at ±{limit:.2g} ({CLIP_PERCENTILE}th percentile of |cell|), clipped cells outlined"
+    bar = fig.colorbar(image, ax=axes, extend="both" if clipped_any else "neither",
+                       label=wrapped(label, size[1] * math.ceil(len(types) / 2)))
     if baseline is not None:
-        bar.ax.axhline(baseline, color="black", linewidth=2, gid="prompt")
-        bar.ax.text(1.05, baseline, baseline_label, transform=bar.ax.get_yaxis_transform(), fontsize=7,
-                    va="center")
+        bar.ax.axhline(max(-limit, min(limit, baseline)), color="black", linewidth=2, gid="prompt")
+        bar.ax.text(1.05, max(-limit, min(limit, baseline)), baseline_label, transform=bar.ax.get_yaxis_transform(),
+                    fontsize=7, va="center")
     return fig
 
 

@@ -1,0 +1,59 @@
+"""`orchestrator export SWEEP`: one row per grid point (run id, trial id, axis values, metrics) as Parquet or CSV."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from interventions.registry import AtlasError
+
+FORMATS = ("parquet", "csv")
+
+
+def points(uri: str, name: str):
+    """Every FINISHED grid point of sweep `name` as a DataFrame (parents dropped; a point run twice keeps its newest
+    run)."""
+    from interventions.kinds import KINDS
+    from orchestrator.report.record import _client, tidy
+    from orchestrator.store import ROLE_CHILD, TAG, search_all
+
+    client = _client(uri)
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None or experiment.lifecycle_stage == "deleted":
+        known = sorted(e.name for e in client.search_experiments() if e.name != "Default")
+        raise AtlasError(f"SWEEP: no sweep named {name!r} in {uri} (sweeps there: {', '.join(known) or 'none'})")
+    found = list(search_all(client, experiment.experiment_id,
+                            f"attributes.status = 'FINISHED' and tags.`{TAG}role` = '{ROLE_CHILD}'"))
+    if not found:
+        raise AtlasError(f"SWEEP: sweep {name!r} has no FINISHED grid points in {uri}")
+    kinds = {r.data.params.get("kind") for r in found}
+    curves = tuple(c for k in sorted(kinds & set(KINDS)) for c in KINDS.get(k).curves)
+    runs = [{"run_id": r.info.run_id, "start_time": r.info.start_time, "params": dict(r.data.params),
+             "metrics": dict(r.data.metrics)} for r in found]
+    frame, _ = tidy(runs, curves)  # step-indexed curves have no single value: dropped
+    trial_ids = {r.info.run_id: r.data.tags.get(f"{TAG}trial_id") for r in found}
+    frame.insert(1, "trial_id", frame["run_id"].map(trial_ids))
+    return frame
+
+
+def write(frame, out: Path, fmt: str) -> Path:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "csv":
+        frame.to_csv(out, index=False)
+    else:
+        frame.to_parquet(out, index=False)
+    return out
+
+
+@click.command()
+@click.argument("sweep_name")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="parquet", show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False), help="File to write (default: ./SWEEP_NAME.FORMAT).")
+@click.option("--tracking-uri", help="MLflow store to read (default: the same one `sweep` writes).")
+def export(sweep_name: str, fmt: str, out: str | None, tracking_uri: str | None) -> None:
+    """Write a sweep's grid points as a table: one row per FINISHED point, axis values and metrics as columns."""
+    from orchestrator.__main__ import _store
+
+    frame = points(_store(tracking_uri), sweep_name)
+    path = write(frame, Path(out or f"{sweep_name}.{fmt}"), fmt)
+    click.echo(f"{path}: {len(frame)} grid points, {frame.shape[1]} columns (run_id, trial_id, params, metrics)")
