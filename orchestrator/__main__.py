@@ -1,6 +1,7 @@
 """Command line: `python -m orchestrator sweep SPEC`, `ui`, `report SWEEP_NAME` and `compare SWEEP_A SWEEP_B`."""
 from __future__ import annotations
 
+import math
 import os
 import signal
 import sys
@@ -61,6 +62,8 @@ def sweep(spec: str, tracking_uri: str | None, address: str | None, dry_run: boo
     points = expand(loaded)
     if dry_run:
         sizes = ", ".join(f"{a}={len(loaded.axes[a])}" for a in axis_order(loaded))
+        added = len(points) - math.prod(len(loaded.axes[a]) for a in axis_order(loaded))
+        sizes += f"; plus {added} the kind adds, e.g. a prompting baseline" if added > 0 else ""
         console.print(f"{loaded.spec.name}: {len(points)} grid points ({sizes}); "
                       f"model {loaded.spec.model} ({loaded.model.n_layers} layers), kind {loaded.spec.kind}")
         return

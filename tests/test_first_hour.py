@@ -154,7 +154,8 @@ def test_the_sweep_prints_the_warning_and_runs_on(tmp_path, monkeypatch, capsys,
                                              layer=[0], strength=[1.0], vector_type=["mean_diff"]))
     monkeypatch.chdir(tmp_path)
     code, out, err = run_main(monkeypatch, capsys, "sweep", "spec.yaml", "--dry-run")
-    assert code == 0 and "1 grid points" in out, out + err
+    sizes = "(seed=1, family=1, layer=1, strength=1, vector_type=1; plus 1 the kind adds"  # its prompting baseline
+    assert code == 0 and f"2 grid points {sizes}" in out, out + err
     assert [line for line in err.splitlines() if line.startswith("warning: family swapped")], err
 
 
@@ -232,7 +233,8 @@ def no_ray(monkeypatch):
 def test_a_rerun_continues_the_parent_and_one_with_nothing_to_do_adds_no_run(tmp_path, monkeypatch, capsys, no_ray):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "spec.yaml").write_text(spec("steering", "cont", layer=[0, 1, 2, 3], strength=[0.5, 1.0],
-                                             vector_type=["mean_diff", "random"]))
+                                             vector_type=["mean_diff", "random"],
+                                             extra={"baseline": {"shots": 0}}))  # 16 points in 4 packs
     sweep, uri = load_sweep(tmp_path / "spec.yaml"), f"sqlite:///{tmp_path}/m.db"
     console = Console(file=open("/dev/null", "w"))
     monkeypatch.setattr(no_ray, "_tune", fake_tune(stop_after=2))  # Ctrl-C after two of four packs
