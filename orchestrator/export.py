@@ -5,8 +5,6 @@ from pathlib import Path
 
 import click
 
-from interventions.registry import AtlasError
-
 FORMATS = ("parquet", "csv")
 
 
@@ -14,18 +12,10 @@ def points(uri: str, name: str):
     """Every FINISHED grid point of sweep `name` as a DataFrame (parents dropped; a point run twice keeps its newest
     run)."""
     from interventions.kinds import KINDS
-    from orchestrator.report.record import _client, tidy
-    from orchestrator.store import ROLE_CHILD, TAG, search_all
+    from orchestrator.report.record import finished_trials, tidy
+    from orchestrator.store import TAG
 
-    client = _client(uri)
-    experiment = client.get_experiment_by_name(name)
-    if experiment is None or experiment.lifecycle_stage == "deleted":
-        known = sorted(e.name for e in client.search_experiments() if e.name != "Default")
-        raise AtlasError(f"SWEEP: no sweep named {name!r} in {uri} (sweeps there: {', '.join(known) or 'none'})")
-    found = list(search_all(client, experiment.experiment_id,
-                            f"attributes.status = 'FINISHED' and tags.`{TAG}role` = '{ROLE_CHILD}'"))
-    if not found:
-        raise AtlasError(f"SWEEP: sweep {name!r} has no FINISHED grid points in {uri}")
+    _, _, found = finished_trials(uri, name, "SWEEP")
     kinds = {r.data.params.get("kind") for r in found}
     curves = tuple(c for k in sorted(kinds & set(KINDS)) for c in KINDS.get(k).curves)
     runs = [{"run_id": r.info.run_id, "start_time": r.info.start_time, "params": dict(r.data.params),

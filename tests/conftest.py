@@ -1,8 +1,9 @@
 """Shared test helpers: tiny seeded models, the embedded model, small splits, spec texts, the CLI (in-process and
 as a subprocess), a sweep's MLflow record, a free port. Test modules import helpers from here, never from each other.
 
-Tiers: files marked `slow` (module `pytestmark`) run Ray, subprocess CLIs or servers end to end;
-`pytest -m "not slow"` is the fast tier.
+Tiers: files marked `slow` (module `pytestmark`) run Ray, subprocess CLIs or servers end to end; the hook below
+adds the embedded model's tests and the repeated cases of parametrized tests. `pytest -m "not slow"` is the fast
+tier.
 """
 from __future__ import annotations
 
@@ -30,19 +31,23 @@ KINDS.names()
 REPO = Path(__file__).resolve().parents[1]
 
 
-FAST_ARCHITECTURES = ("llama", "qwen2")  # the architecture suite's rows in the fast tier; the others are slow
-
-
 def pytest_collection_modifyitems(items) -> None:
-    """Tests on the embedded model (a real 135M model), and the architecture suite's rows beyond llama and qwen2,
-    belong to the slow tier, like the end-to-end files."""
+    """The slow tier, besides the end-to-end files: tests on the embedded model (a real 135M model), and every case
+    of a parametrized test but its first (the fast tier runs each matrix of models, methods and architectures once;
+    the full suite runs all of it)."""
+    seen: set[tuple[str, str]] = set()
     for item in items:
         params = getattr(item, "callspec", None)
         values = params.params if params is not None else {}
         on_embedded = "smollm2" in getattr(item, "fixturenames", ()) or models.EMBEDDED in values.values()
-        other_architecture = "model" in values and values["model"] not in FAST_ARCHITECTURES
-        if on_embedded or other_architecture:
+        matrix = (item.nodeid.split("::")[0], getattr(item, "originalname", item.name))
+        repeated = params is not None and matrix in seen
+        if not on_embedded:
+            seen.add(matrix)
+        if on_embedded or repeated:
             item.add_marker(pytest.mark.slow)
+
+
 SMOKE = REPO / "sweeps" / "smoke.yaml"
 N_SMOKE = 32  # grid points of smoke.yaml
 

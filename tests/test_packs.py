@@ -150,7 +150,7 @@ MODEL_CASES = [
     ("layer outside a NeoX", GOOD.replace("tiny-llama", "tiny-gpt_neox").replace("[0, 3]", "[4]"), {},
      "axes.layer.0", "layer 4 is outside 0..3 (tiny-gpt_neox has 4 layers)"),
     ("family left with too few items", GOOD.replace("[antonyms]", "[mine.jsonl]"), TOO_FEW, "axes.family",
-     "the spec asks for n_train=4, n_eval=2 (model tiny-llama)"),
+     "mine.jsonl: needs n_train + n_eval = 6 items, has 2 (model tiny-llama)"),
 ]
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
+from mlflow.entities import Experiment, Run
 from mlflow.tracking import MlflowClient
 
 from interventions.kinds import KINDS
@@ -116,12 +117,9 @@ def n_layers_of(model: str, kind: str, frame: pd.DataFrame, notes: list[str]) ->
         return max(seen, default=0) + 1
 
 
-def read(uri: str, name: str, argument: str = "SWEEP_NAME") -> SweepRecord:
-    """Every FINISHED trial run of sweep `name` (never the parent, never FAILED or KILLED runs).
-
-    The kind's step-indexed metrics (`Kind.curves`) are read as curves. Bad input (no such store,
-    sweep, or finished run) is an AtlasError that names `argument`.
-    """
+def finished_trials(uri: str, name: str, argument: str = "SWEEP_NAME") -> tuple[MlflowClient, Experiment, list[Run]]:
+    """The store's client, sweep `name`'s experiment and its FINISHED trial runs; AtlasError naming `argument` if
+    there is no such store, sweep or finished run."""
     client = _client(uri)
     experiment = client.get_experiment_by_name(name)
     if experiment is None or experiment.lifecycle_stage == "deleted":
@@ -131,6 +129,16 @@ def read(uri: str, name: str, argument: str = "SWEEP_NAME") -> SweepRecord:
                             f"attributes.status = 'FINISHED' and tags.`{TAG}role` = '{ROLE_CHILD}'"))
     if not found:
         raise AtlasError(f"{argument}: sweep {name!r} has no FINISHED trial runs in {uri}")
+    return client, experiment, found
+
+
+def read(uri: str, name: str, argument: str = "SWEEP_NAME") -> SweepRecord:
+    """Every FINISHED trial run of sweep `name` (never the parent, never FAILED or KILLED runs).
+
+    The kind's step-indexed metrics (`Kind.curves`) are read as curves. Bad input (no such store,
+    sweep, or finished run) is an AtlasError that names `argument`.
+    """
+    client, experiment, found = finished_trials(uri, name, argument)
     kinds = sorted({r.data.params.get("kind", "?") for r in found})
     if len(kinds) != 1:
         raise AtlasError(f"{argument}: sweep {name!r} mixes experiment kinds {kinds}; one report needs one kind")
