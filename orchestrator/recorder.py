@@ -16,6 +16,7 @@ from typing import Callable
 from ray import tune
 
 from orchestrator.grid import Point
+from orchestrator.store import ROLE_CHILD
 from orchestrator.tracking import Tracker
 
 RESULT_TAGS = ("worker", "node", "gpu_ids", "model_loads", "pack_size", "trial_seconds")  # per-trial facts, as tags
@@ -24,8 +25,9 @@ RESULT_TAGS = ("worker", "node", "gpu_ids", "model_loads", "pack_size", "trial_s
 class Writer:
     """One thread that logs finished points to MLflow in arrival order; `close` waits until all are in the store."""
 
-    def __init__(self, tracker: Tracker, parent_id: str, on_written: Callable[[], None] = lambda: None) -> None:
-        self.tracker, self.parent_id, self.on_written = tracker, parent_id, on_written
+    def __init__(self, tracker: Tracker, parent_id: str, on_written: Callable[[], None] = lambda: None,
+                 role: str = ROLE_CHILD) -> None:
+        self.tracker, self.parent_id, self.on_written, self.role = tracker, parent_id, on_written, role
         self.written = 0
         self._queue: queue.Queue = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="mlflow-writer", daemon=True)
@@ -38,7 +40,7 @@ class Writer:
         while (job := self._queue.get()) is not None:
             point, metrics, tags, extra = job
             self.tracker.log_trial(self.parent_id, point, metrics, {**tags, **extra.get("tags", {})},
-                                   steps=extra.get("steps", {}), artifacts=extra.get("artifacts", {}))
+                                   steps=extra.get("steps", {}), artifacts=extra.get("artifacts", {}), role=self.role)
             self.written += 1
             self.on_written()
 
@@ -71,8 +73,10 @@ class RecordTrials(tune.Callback):
     """Tune callback: finished packs -> the writer, one run per point (never twice); failed packs -> `retries`."""
 
     def __init__(self, writer: Writer, points: dict[str, Point], metrics: tuple[str, ...], retries: Retries,
-                 say: Callable[[str], None], skip: Callable[[], None]) -> None:
+                 say: Callable[[str], None], skip: Callable[[], None],
+                 point_tags: dict[str, dict[str, str]] | None = None) -> None:
         self.writer, self.points, self.metrics, self.retries = writer, points, metrics, retries
+        self.point_tags = point_tags or {}  # trial_id -> tags of its own (a screen's reason to verify it)
         self.say, self.skip = say, skip  # print a line; count a point that will never be written
         self.done: set[str] = set()
 
@@ -86,7 +90,8 @@ class RecordTrials(tune.Callback):
             if entry["trial_id"] not in self.done:
                 self.done.add(entry["trial_id"])
                 metrics = {k: v for k, v in entry["metrics"].items() if k in self.metrics}
-                self.writer.put(self.points[entry["trial_id"]], metrics, tags, entry["extra"])
+                own = self.point_tags.get(entry["trial_id"], {})
+                self.writer.put(self.points[entry["trial_id"]], metrics, {**tags, **own}, entry["extra"])
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         self.say(f"{_pack_name(trial)}: worker failed ({_last_error(trial)}); "

@@ -16,12 +16,14 @@ from typing import Iterator
 from ray import tune
 from rich.console import Console
 
+from interventions.attribution import ESTIMATES
 from orchestrator.cluster import check_resources, ray_session
 from orchestrator.grid import Point, expand, packs
 from orchestrator.progress import TrialProgress
 from orchestrator.recorder import RecordTrials, Retries, Writer
+from orchestrator.screen import Screening, by_family
 from orchestrator.spec import Sweep
-from orchestrator.store import resolve_uri
+from orchestrator.store import ROLE_CHILD, ROLE_ESTIMATE, resolve_uri
 from orchestrator.summary import summarise
 from orchestrator.tracking import Tracker
 from orchestrator.worker import run_trial
@@ -47,15 +49,19 @@ class Outcome:
         return "KILLED" if self.interrupted else "FAILED" if self.failed else "FINISHED"
 
 
-def _tune(sweep: Sweep, todo: list[Point], recorder: RecordTrials, storage: str, round_: int = 0) -> None:
-    """One Ray Tune trial per pack of grid points; reused actors keep the model and baselines."""
+def _tune(sweep: Sweep, todo: list[Point], recorder: RecordTrials, storage: str, round_: int = 0, *,
+          estimate: str | None = None) -> None:
+    """One Ray Tune trial per pack of grid points; reused actors keep the model and baselines. With `estimate`, one
+    trial per (seed, family) estimates its points instead (a screen)."""
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's own console report off: we draw the progress bar
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # no per-trial CSV/JSON/TensorBoard files
     spec = sweep.spec
     constants = {"kind": spec.kind, "model": spec.model, "families": sweep.axes["family"],
                  "threads": max(1, int(spec.resources.cpu)), "gpu": spec.resources.gpu,
-                 "trust_remote_code": spec.trust_remote_code, "prefix_reuse": spec.execution.prefix_reuse}
-    grid = [[{"trial_id": p.trial_id, "point": p.values} for p in pack] for pack in packs(sweep, todo)]
+                 "trust_remote_code": spec.trust_remote_code, "prefix_reuse": spec.execution.prefix_reuse,
+                 "estimate": estimate}
+    grouped = by_family(todo) if estimate else packs(sweep, todo)
+    grid = [[{"trial_id": p.trial_id, "point": p.values} for p in pack] for pack in grouped]
     trainable = tune.with_resources(tune.with_parameters(run_trial, splits=sweep.splits),
                                     {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
     tuner = tune.Tuner(
@@ -67,36 +73,50 @@ def _tune(sweep: Sweep, todo: list[Point], recorder: RecordTrials, storage: str,
             trial_dirname_creator=lambda t: t.config["pack"][0]["trial_id"],
         ),
         run_config=tune.RunConfig(
-            name=f"{spec.name}-{round_}", storage_path=storage, callbacks=[recorder], verbose=0,
+            name=f"{spec.name}-{'estimate-' if estimate else ''}{round_}", storage_path=storage, callbacks=[recorder],
+            verbose=0,
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
         ),
     )
     tuner.fit()
 
 
-def tune_rounds(sweep: Sweep, todo: list[Point], tracker: Tracker, outcome: Outcome, console: Console) -> None:
-    """Tune runs of the points to do; points Tune gave up on early run again, at most max_failures more rounds."""
+def tune_rounds(sweep: Sweep, todo: list[Point], tracker: Tracker, parent_id: str, console: Console, *,
+                estimate: str | None = None, tags: dict[str, dict[str, str]] | None = None) -> tuple[int, list[str]]:
+    """Tune runs of the points to do; points Tune gave up on early run again, at most max_failures more rounds.
+    With `estimate`, the points are estimated (a screen) and logged as estimate runs. Returns (logged, failed ids)."""
     retries = Retries(sweep.spec.max_failures)
-    with TrialProgress(console, sweep.spec.name, len(todo)) as progress, \
+    label = f"{sweep.spec.name} ({estimate} estimates)" if estimate else sweep.spec.name
+    metrics = ESTIMATES.get(estimate).metrics if estimate else sweep.kind.metrics
+    with TrialProgress(console, label, len(todo)) as progress, \
             tempfile.TemporaryDirectory(prefix="atlas-tune-") as storage, \
-            Writer(tracker, outcome.parent_run_id, progress.advance) as writer:
-        recorder = RecordTrials(writer, {p.trial_id: p for p in todo}, sweep.kind.metrics, retries, console.print,
-                                progress.advance)
+            Writer(tracker, parent_id, progress.advance, ROLE_ESTIMATE if estimate else ROLE_CHILD) as writer:
+        recorder = RecordTrials(writer, {p.trial_id: p for p in todo}, metrics, retries, console.print,
+                                progress.advance, tags)
         again = todo
         for round_ in itertools.count():
-            _tune(sweep, again, recorder, storage, round_)
+            _tune(sweep, again, recorder, storage, round_, **({"estimate": estimate} if estimate else {}))
             again = retries.take_early(todo)
             if not again or round_ == sweep.spec.max_failures:
                 break
-    outcome.logged += writer.written
-    outcome.failed += retries.failed + [p.trial_id for p in again]
+    return writer.written, retries.failed + [p.trial_id for p in again]
+
+
+def screened(screen: Screening, tracker: Tracker, outcome: Outcome, console: Console) -> list[Point]:
+    """A screen: estimate the grid points that have no estimate yet, then the verify set's points still to run."""
+    failed: list[str] = []
+    if screen.missing:
+        _, failed = tune_rounds(screen.sweep, screen.missing, tracker, outcome.parent_run_id, console,
+                                estimate=screen.sweep.spec.screen.estimate)
+    return screen.select(outcome, console, failed)
 
 
 @contextmanager
-def parent_run(tracker: Tracker, n_points: int, n_todo: int) -> Iterator[Outcome]:
-    """The invocation's parent run, ended FINISHED, KILLED (interrupted) or FAILED (an error, failed points)."""
+def parent_run(tracker: Tracker, n_points: int, n_todo: int | None) -> Iterator[Outcome]:
+    """The invocation's parent run, ended FINISHED, KILLED (interrupted) or FAILED (an error, failed points).
+    n_todo None: not known yet (a screen decides it, and fills in the outcome's counts)."""
     parent = tracker.start_parent(n_points, n_todo)
-    outcome = Outcome(tracker.experiment_id, parent, n_points, n_points - n_todo)
+    outcome = Outcome(tracker.experiment_id, parent, n_points, n_points - (n_points if n_todo is None else n_todo))
     status = "FAILED"
     try:
         yield outcome
@@ -116,14 +136,23 @@ def run_sweep(sweep: Sweep, *, tracking_uri: str | None = None, address: str | N
     tracker = Tracker(resolve_uri(tracking_uri), sweep)
     done = tracker.finished()
     todo = [p for p in points if p.trial_id not in done]
-    with ray_session(address, needed=bool(todo)):
-        if todo:
+    screen = Screening(sweep, points, tracker, done) if sweep.spec.screen else None
+    needed = screen.needed if screen else bool(todo)
+    with ray_session(address, needed=needed):
+        if needed:
             check_resources(sweep.spec.resources)
         tracker.close_stale()
-        with parent_run(tracker, len(points), len(todo)) as outcome:
-            if todo:
+        with parent_run(tracker, len(points), None if screen else len(todo)) as outcome:
+            if screen:
+                todo = screened(screen, tracker, outcome, console)
+            elif todo:
                 console.print(f"{sweep.spec.name}: {len(points)} grid points, {len(points) - len(todo)} already "
                               f"finished, running {len(todo)}")
-                tune_rounds(sweep, todo, tracker, outcome, console)
+            if todo:
+                logged, failed = tune_rounds(sweep, todo, tracker, outcome.parent_run_id, console,
+                                             tags=screen.tags if screen else None)
+                outcome.logged, outcome.failed = outcome.logged + logged, outcome.failed + failed
             outcome.table_path = summarise(sweep, tracker, points, outcome.parent_run_id, console, top, out_dir)
+            if screen:
+                screen.report(console, outcome.parent_run_id)
     return outcome

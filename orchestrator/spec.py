@@ -7,6 +7,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import typing
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Annotated, Iterator
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from interventions.attribution import ESTIMATES
 from interventions.families import Split, family_name, make_split
 from interventions.kinds import KINDS, Kind, kind_points, registered
 from interventions.models import EMBEDDED, ModelInfo, describe
@@ -42,6 +44,17 @@ class Execution(BaseModel):
     prefix_reuse: bool = True  # start at the cached residual of layer L (off: the layers below run again)
 
 
+class Screen(BaseModel):
+    """Estimate every grid point, then run exact trials only for the top `verify_top` by |estimate| and a seeded
+    sample of `verify_random` others, per (component, method) (orchestrator/screen.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+    estimate: Annotated[str, registered(ESTIMATES)] = "attribution"
+    verify_top: int = Field(20, ge=0)
+    verify_random: int = Field(10, ge=0)
+    seed: int = Field(0, ge=0)  # of the random sample
+
+
 class SweepSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: Annotated[str, Field(min_length=1, pattern=r"^[\w.-]+$")]  # the MLflow experiment
@@ -53,6 +66,7 @@ class SweepSpec(BaseModel):
     resources: Resources = Resources()
     max_failures: int = Field(2, ge=0)  # Ray Tune retries of a trial whose actor died
     execution: Execution = Execution()
+    screen: Screen | None = None  # estimate the grid, verify the top and a random sample exactly
     axes: dict
 
 
@@ -81,7 +95,7 @@ class Sweep:
     @property
     def spec_hash(self) -> str:
         items = {f"{family}:{seed}": split.digest() for (family, seed), split in self.splits.items()}
-        spec = self.spec.model_dump(exclude={"execution"})  # how trials run does not change their numbers
+        spec = self.spec.model_dump(exclude={"execution", "screen"})  # which and how trials run: not their numbers
         text = json.dumps({"spec": spec, "items": items}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -93,6 +107,7 @@ def _field_error(path: Path, exc: ValidationError, prefix: tuple = (), model: ty
     if err["type"] == "extra_forbidden":
         for part in err["loc"][:-1]:  # the (nested) model that owns the misspelt key
             model = getattr(model.model_fields.get(part), "annotation", None) if model else None
+            model = next((a for a in typing.get_args(model) if isinstance(a, type)), model)  # `X | None` -> X
         known = list(model.model_fields) if isinstance(model, type) and issubclass(model, BaseModel) else []
         near = difflib.get_close_matches(str(err["loc"][-1]), known, n=1)
         reason = f"unknown key; did you mean {near[0]!r}?" if near else "unknown key" + (
@@ -155,6 +170,9 @@ def load_sweep(path: str | Path) -> Sweep:
     except ValidationError as exc:
         raise _field_error(path, exc, model=SweepSpec) from None
     kind = KINDS.get(spec.kind)
+    if spec.screen is not None and kind.name not in ESTIMATES.get(spec.screen.estimate).kinds:
+        raise SpecError(f"{path.name}: screen: {spec.screen.estimate} estimates only kind "
+                        f"{', '.join(ESTIMATES.get(spec.screen.estimate).kinds)}, not {kind.name!r}")
     try:
         # paths are relative to the spec
         validated = kind.axes.model_validate(spec.axes, context={"base_dir": path.parent})

@@ -18,7 +18,7 @@ from interventions.cache import LRU
 from interventions.context import FamilyRun, TrialContext
 from interventions.families import Split
 from interventions.hooks import count_hooks
-from interventions.kinds import KINDS, run_pack
+from interventions.kinds import KINDS, TrialResult, run_pack
 from interventions.models import Model, load
 
 MODEL_LOADS = 0  # per process: the model-load test reads it back from every trial's result
@@ -62,10 +62,18 @@ def _crash_once_for_tests() -> None:
         os._exit(1)
 
 
+def run_estimates(name: str, ctx: TrialContext, pack: list[dict]) -> list[TrialResult]:
+    """A screen's estimates of one (family, seed)'s grid points (interventions.attribution.ESTIMATES)."""
+    from interventions.attribution import ESTIMATES
+
+    return [TrialResult(m, tags={"estimate": name}) for m in ESTIMATES.get(name).fn(ctx, [p["point"] for p in pack])]
+
+
 def run_trial(config: dict, splits: dict[tuple[str, int], Split]) -> None:
     """One pack of grid points (one, or several sharing a batched forward).
 
-    config = {pack: [{trial_id, point}], kind, model, families, threads, gpu, trust_remote_code, prefix_reuse}.
+    config = {pack: [{trial_id, point}], kind, model, families, threads, gpu, trust_remote_code, prefix_reuse}, and
+    `estimate` (a screen's estimate name) when the pack's points are to be estimated, not run.
     """
     _crash_once_for_tests()
     torch.set_num_threads(config["threads"])
@@ -73,7 +81,8 @@ def run_trial(config: dict, splits: dict[tuple[str, int], Split]) -> None:
     pack = config["pack"]
     ctx = trial_context(config, splits)
     hooks_before = count_hooks(ctx.model.module)  # transformers may keep hooks of its own (output capturing)
-    results = run_pack(config["kind"], ctx, [p["point"] for p in pack])
+    results = run_estimates(config["estimate"], ctx, pack) if config.get("estimate") else \
+        run_pack(config["kind"], ctx, [p["point"] for p in pack])
     left = count_hooks(ctx.model.module) - hooks_before
     if left:
         raise RuntimeError(f"{left} forward hooks left on the model after trial {pack[0]['trial_id']}")
