@@ -19,14 +19,16 @@ from orchestrator.grid import Point
 from orchestrator.store import ROLE_CHILD
 from orchestrator.tracking import Tracker
 
-RESULT_TAGS = ("worker", "node", "gpu_ids", "model_loads", "pack_size", "trial_seconds")  # per-trial facts, as tags
+RESULT_TAGS = ("worker", "node", "gpu_ids", "model_loads", "pack_size", "trial_seconds",
+               "peak_rss_mb")  # per-trial facts, as tags
 
 
 class Writer:
     """One thread that logs finished points to MLflow in arrival order; `close` waits until all are in the store."""
 
-    def __init__(self, tracker: Tracker, parent_id: str, on_written: Callable[[], None] = lambda: None,
+    def __init__(self, tracker: Tracker, parent_id: Callable[[], str], on_written: Callable[[], None] = lambda: None,
                  role: str = ROLE_CHILD) -> None:
+        """parent_id() is asked for at the first write (the parent run may still be in the making)."""
         self.tracker, self.parent_id, self.on_written, self.role = tracker, parent_id, on_written, role
         self.written = 0
         self._queue: queue.Queue = queue.Queue()
@@ -37,9 +39,17 @@ class Writer:
         self._queue.put((point, metrics, tags, extra))
 
     def _run(self) -> None:
+        parent = None
         while (job := self._queue.get()) is not None:
+            if parent is None:
+                try:
+                    parent = self.parent_id()
+                except BaseException:  # no parent run: nothing is logged; the driver re-raises it when it asks
+                    while self._queue.get() is not None:
+                        pass
+                    return
             point, metrics, tags, extra = job
-            self.tracker.log_trial(self.parent_id, point, metrics, {**tags, **extra.get("tags", {})},
+            self.tracker.log_trial(parent, point, metrics, {**tags, **extra.get("tags", {})},
                                    steps=extra.get("steps", {}), artifacts=extra.get("artifacts", {}), role=self.role)
             self.written += 1
             self.on_written()

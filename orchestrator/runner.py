@@ -23,6 +23,7 @@ from orchestrator.progress import TrialProgress
 from orchestrator.recorder import RecordTrials, Retries, Writer
 from orchestrator.screen import Screening, by_family
 from orchestrator.spec import Sweep
+from orchestrator.startup import Deferred, preload_env
 from orchestrator.store import ROLE_CHILD, ROLE_ESTIMATE, resolve_uri
 from orchestrator.summary import summarise
 from orchestrator.tracking import Tracker
@@ -31,13 +32,20 @@ from orchestrator.worker import run_trial
 
 @dataclass
 class Outcome:
-    experiment_id: str
-    parent_run_id: str
+    parent: Deferred[tuple[str, str]]  # (experiment_id, parent_run_id), made while Ray and Tune start
     n_points: int
     skipped: int  # already FINISHED before this invocation
     logged: int = 0
     failed: list[str] = field(default_factory=list)  # trial_ids that failed every retry
     table_path: Path | None = None
+
+    @property
+    def experiment_id(self) -> str:
+        return self.parent.result()[0]
+
+    @property
+    def parent_run_id(self) -> str:
+        return self.parent.result()[1]
 
     @property
     def interrupted(self) -> bool:
@@ -81,7 +89,7 @@ def _tune(sweep: Sweep, todo: list[Point], recorder: RecordTrials, storage: str,
     tuner.fit()
 
 
-def tune_rounds(sweep: Sweep, todo: list[Point], tracker: Tracker, parent_id: str, console: Console, *,
+def tune_rounds(sweep: Sweep, todo: list[Point], tracker: Tracker, outcome: Outcome, console: Console, *,
                 estimate: str | None = None, tags: dict[str, dict[str, str]] | None = None) -> tuple[int, list[str]]:
     """Tune runs of the points to do; points Tune gave up on early run again, at most max_failures more rounds.
     With `estimate`, the points are estimated (a screen) and logged as estimate runs. Returns (logged, failed ids)."""
@@ -90,7 +98,8 @@ def tune_rounds(sweep: Sweep, todo: list[Point], tracker: Tracker, parent_id: st
     metrics = ESTIMATES.get(estimate).metrics if estimate else sweep.kind.metrics
     with TrialProgress(console, label, len(todo)) as progress, \
             tempfile.TemporaryDirectory(prefix="atlas-tune-") as storage, \
-            Writer(tracker, parent_id, progress.advance, ROLE_ESTIMATE if estimate else ROLE_CHILD) as writer:
+            Writer(tracker, lambda: outcome.parent_run_id, progress.advance,
+                   ROLE_ESTIMATE if estimate else ROLE_CHILD) as writer:
         recorder = RecordTrials(writer, {p.trial_id: p for p in todo}, metrics, retries, console.print,
                                 progress.advance, tags)
         again = todo
@@ -106,7 +115,7 @@ def screened(screen: Screening, tracker: Tracker, outcome: Outcome, console: Con
     """A screen: estimate the grid points that have no estimate yet, then the verify set's points still to run."""
     failed: list[str] = []
     if screen.missing:
-        _, failed = tune_rounds(screen.sweep, screen.missing, tracker, outcome.parent_run_id, console,
+        _, failed = tune_rounds(screen.sweep, screen.missing, tracker, outcome, console,
                                 estimate=screen.sweep.spec.screen.estimate)
     return screen.select(outcome, console, failed)
 
@@ -114,9 +123,17 @@ def screened(screen: Screening, tracker: Tracker, outcome: Outcome, console: Con
 @contextmanager
 def parent_run(tracker: Tracker, n_points: int, n_todo: int | None) -> Iterator[Outcome]:
     """The invocation's parent run, ended FINISHED, KILLED (interrupted) or FAILED (an error, failed points).
-    n_todo None: not known yet (a screen decides it, and fills in the outcome's counts)."""
-    parent = tracker.start_parent(n_points, n_todo)
-    outcome = Outcome(tracker.experiment_id, parent, n_points, n_points - (n_points if n_todo is None else n_todo))
+
+    Stale runs are closed and the parent run is made in a thread (startup.py): the block starts Tune meanwhile, and
+    the first use of the outcome's ids waits for it. n_todo None: not known yet (a screen decides it, and fills in
+    the outcome's counts)."""
+
+    def start() -> tuple[str, str]:
+        tracker.close_stale()
+        parent = tracker.start_parent(n_points, n_todo)
+        return tracker.experiment_id, parent
+
+    outcome = Outcome(Deferred(start), n_points, n_points - (n_points if n_todo is None else n_todo))
     status = "FAILED"
     try:
         yield outcome
@@ -125,7 +142,7 @@ def parent_run(tracker: Tracker, n_points: int, n_todo: int | None) -> Iterator[
         status = "KILLED"
         raise
     finally:
-        tracker.end_parent(parent, status)
+        tracker.end_parent(outcome.parent_run_id, status)
 
 
 def run_sweep(sweep: Sweep, *, tracking_uri: str | None = None, address: str | None = None,
@@ -138,10 +155,10 @@ def run_sweep(sweep: Sweep, *, tracking_uri: str | None = None, address: str | N
     todo = [p for p in points if p.trial_id not in done]
     screen = Screening(sweep, points, tracker, done) if sweep.spec.screen else None
     needed = screen.needed if screen else bool(todo)
-    with ray_session(address, needed=needed):
+    with tempfile.TemporaryDirectory(prefix="atlas-preload-") as slots, \
+            ray_session(address, needed, preload_env(sweep.spec, len(screen.missing if screen else todo), slots)):
         if needed:
             check_resources(sweep.spec.resources)
-        tracker.close_stale()
         with parent_run(tracker, len(points), None if screen else len(todo)) as outcome:
             if screen:
                 todo = screened(screen, tracker, outcome, console)
@@ -149,7 +166,7 @@ def run_sweep(sweep: Sweep, *, tracking_uri: str | None = None, address: str | N
                 console.print(f"{sweep.spec.name}: {len(points)} grid points, {len(points) - len(todo)} already "
                               f"finished, running {len(todo)}")
             if todo:
-                logged, failed = tune_rounds(sweep, todo, tracker, outcome.parent_run_id, console,
+                logged, failed = tune_rounds(sweep, todo, tracker, outcome, console,
                                              tags=screen.tags if screen else None)
                 outcome.logged, outcome.failed = outcome.logged + logged, outcome.failed + failed
             outcome.table_path = summarise(sweep, tracker, points, outcome.parent_run_id, console, top, out_dir)

@@ -7,7 +7,9 @@ driver, which alone writes MLflow.
 from __future__ import annotations
 
 import os
+import resource
 import socket
+import threading
 import time
 
 import ray
@@ -23,6 +25,7 @@ from interventions.models import Model, load
 
 MODEL_LOADS = 0  # per process: the model-load test reads it back from every trial's result
 _MODEL: dict[str, Model] = {}
+_LOADING = threading.Lock()  # a preload (orchestrator/startup.py) and the first trial never load twice
 _RUNS: LRU[FamilyRun] = LRU(16)  # (family, seed) baselines kept per actor; trials come grouped by seed and family
 
 
@@ -30,11 +33,12 @@ def actor_model(name: str, trust_remote_code: bool, device: str) -> Model:
     """The actor's one model, loaded on first use."""
     global MODEL_LOADS
     key = f"{name}|{trust_remote_code}|{device}"
-    if key not in _MODEL:
-        _MODEL.clear()
-        MODEL_LOADS += 1
-        _MODEL[key] = load(name, trust_remote_code, device)
-    return _MODEL[key]
+    with _LOADING:
+        if key not in _MODEL:
+            _MODEL.clear()
+            MODEL_LOADS += 1
+            _MODEL[key] = load(name, trust_remote_code, device)
+        return _MODEL[key]
 
 
 def family_run(model: Model, split: Split) -> FamilyRun:
@@ -96,4 +100,5 @@ def run_trial(config: dict, splits: dict[tuple[str, int], Split]) -> None:
         "model_loads": MODEL_LOADS,
         "pack_size": len(pack),
         "trial_seconds": (time.perf_counter() - start) / len(pack),  # the pack's wall time per grid point
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),  # the actor's, so far
     })
