@@ -104,7 +104,7 @@ def tune_rounds(sweep: Sweep, todo: list[Point], tracker: Tracker, outcome: Outc
                                 progress.advance, tags)
         again = todo
         for round_ in itertools.count():
-            _tune(sweep, again, recorder, storage, round_, **({"estimate": estimate} if estimate else {}))
+            _tune(sweep, again, recorder, storage, round_, **({"estimate": estimate} if estimate else {}))  # as before
             again = retries.take_early(todo)
             if not again or round_ == sweep.spec.max_failures:
                 break
@@ -156,7 +156,7 @@ def run_sweep(sweep: Sweep, *, tracking_uri: str | None = None, address: str | N
     screen = Screening(sweep, points, tracker, done) if sweep.spec.screen else None
     needed = screen.needed if screen else bool(todo)
     with tempfile.TemporaryDirectory(prefix="atlas-preload-") as slots, \
-            ray_session(address, needed, preload_env(sweep.spec, len(screen.missing if screen else todo), slots)):
+            ray_session(address, needed, preload_env(sweep.spec, len(points if screen else todo), slots)):
         if needed:
             check_resources(sweep.spec.resources)
         with parent_run(tracker, len(points), None if screen else len(todo)) as outcome:
