@@ -76,15 +76,17 @@ def _config(name: str):
 
 @lru_cache(maxsize=8)
 def layer_linears(name: str) -> dict[str, tuple[int, int]]:
-    """Linear module name -> (in, out) in a decoder layer of model `name`, from a weightless (meta) copy."""
+    """Linear module name -> (in, out) in a decoder layer of model `name`, from a weightless (meta) copy
+    (GPT-2's Conv1D projections count: peft adapts them as linears with transposed weights)."""
     from transformers import AutoModelForCausalLM
+    from transformers.pytorch_utils import Conv1D
 
     config = _config(name)
     with torch.device("meta"):
         module = AutoModelForCausalLM.from_config(config)
     layer = part(module, ARCHITECTURES.get(config.model_type).layers)[0]
-    return {n.rsplit(".", 1)[-1]: (m.in_features, m.out_features)
-            for n, m in layer.named_modules() if isinstance(m, nn.Linear)}
+    return {n.rsplit(".", 1)[-1]: (m.in_features, m.out_features) if isinstance(m, nn.Linear) else tuple(m.weight.shape)
+            for n, m in layer.named_modules() if isinstance(m, (nn.Linear, Conv1D))}
 
 
 def check_targets(axes: dict, info: ModelInfo) -> None:

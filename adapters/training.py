@@ -22,7 +22,7 @@ import torch
 
 from adapters.lora import Adapter, attached, load_folder, trim_heap
 from interventions.families import Split
-from interventions.forward import encode, position_ids, single_token_ids
+from interventions.forward import encode, last_position, position_ids, single_token_ids
 from interventions.models import Model, cache_root
 
 if TYPE_CHECKING:  # peft is imported where it is used (adapters/lora.py says why)
@@ -79,7 +79,7 @@ def train(model: Model, split: Split, settings: LoraSettings, key: str) -> Adapt
             losses = []
             for _ in range(settings.steps):
                 logits = model.module(input_ids=batch.ids, attention_mask=batch.mask, position_ids=pos,
-                                      use_cache=False, logits_to_keep=1).logits[:, -1]  # (n_train, vocab)
+                                      use_cache=False, logits_to_keep=last_position(batch)).logits[:, -1]
                 loss = torch.nn.functional.cross_entropy(logits.float(), target)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()

@@ -13,7 +13,7 @@ from torch import Tensor
 
 from interventions.architectures import part
 from interventions.context import FamilyRun
-from interventions.forward import Batch, clean_run, position_ids, run_from
+from interventions.forward import Batch, clean_run, embed, last_position, position_ids, run_from
 from interventions.hooks import capture, observe, replace
 from interventions.registry import AtlasError
 
@@ -61,16 +61,17 @@ def corrupt_run(run: FamilyRun) -> tuple[Tensor, dict[int, Tensor]]:
 def capture_all(run: FamilyRun, which: str, component: str) -> dict[int, Tensor]:
     model, batch = run.model, batch_of(run, which)
     blocks = _blocks(model)
-    if component in ("attn", "head"):
+    if component == "head":
         modules = {i: part(b, model.arch.attn_out) for i, b in enumerate(blocks)}
+    elif component == "attn":
+        modules = {i: part(b, model.arch.attn) for i, b in enumerate(blocks)}
     elif component == "mlp":
         modules = {i: part(b, model.arch.mlp) for i, b in enumerate(blocks)}
     else:
         modules = dict(enumerate(blocks))
     with capture(modules) as outs, capture(modules, inputs=True) as ins:
         model.module(input_ids=batch.ids, attention_mask=batch.mask, position_ids=position_ids(batch.mask),
-                     use_cache=False,
-                     logits_to_keep=1)
+                     use_cache=False, logits_to_keep=last_position(batch))
     if component == "layer":
         return {i: outs[i] - ins[i] for i in outs}
     if component == "head":
@@ -93,15 +94,18 @@ def masked_means(run: FamilyRun, which: str) -> dict[str, dict[int, Tensor]]:
         add("layer", i, x_out - x_in)
         add("resid", i, x_out)
 
-    def attn(i, x_in, x_out):
-        add("attn", i, x_out)
+    def heads(i, x_in, _x_out):
         add("head", i, x_in.unflatten(-1, (n_heads(model), -1)))
 
+    def modules(path: str) -> dict[int, torch.nn.Module]:
+        return {i: part(b, path) for i, b in blocks.items()}
+
     blocks = dict(enumerate(_blocks(model)))
-    with observe(blocks, block), observe({i: part(b, model.arch.attn_out) for i, b in blocks.items()}, attn), \
-            observe({i: part(b, model.arch.mlp) for i, b in blocks.items()}, lambda i, _x, out: add("mlp", i, out)):
+    with observe(blocks, block), observe(modules(model.arch.attn), lambda i, _x, out: add("attn", i, out)), \
+            observe(modules(model.arch.attn_out), heads), \
+            observe(modules(model.arch.mlp), lambda i, _x, out: add("mlp", i, out)):
         model.module(input_ids=batch.ids, attention_mask=batch.mask, position_ids=position_ids(batch.mask),
-                     use_cache=False, logits_to_keep=1)
+                     use_cache=False, logits_to_keep=last_position(batch))
     n = int(mask.sum())
     return {c: {i: (s / n).float() for i, s in layers.items()} for c, layers in sums.items()}
 
@@ -131,8 +135,7 @@ def at_site(acts: dict[int, Tensor], site: Site) -> Tensor:
 def resid_pre(run: FamilyRun, which: str, layer: int) -> Tensor:
     """The input of layer `layer` on the clean or corrupt eval batch."""
     if layer == 0:
-        batch = batch_of(run, which)
-        return part(run.model.module, run.model.arch.embed)(batch.ids).detach()
+        return embed(run.model, batch_of(run, which)).detach()
     return run.clean_resid(layer - 1) if which == "clean" else corrupt_run(run)[1][layer - 1]
 
 
@@ -157,12 +160,12 @@ def patched_logits(run: FamilyRun, patches: list[Patch], prefix_reuse: bool = Tr
         def set_heads(x: Tensor) -> Tensor:
             x = x.unflatten(-1, (n_heads(model), -1)).clone()
             for i, (_, site, v) in enumerate(patches):
-                x[i * n:(i + 1) * n, :, list(site.heads)] = v
+                x[i * n:(i + 1) * n, :, list(site.heads)] = v.to(x.dtype)
             return x.flatten(-2)
 
         with replace(part(block, model.arch.attn_out), set_heads, inputs=True):
             logits = run_from(model, start, batch, layer, prefix_reuse=prefix_reuse)
     else:
-        with replace(part(block, model.arch.attn_out if component == "attn" else model.arch.mlp), lambda _x: value):
+        with replace(part(block, model.arch.attn if component == "attn" else model.arch.mlp), lambda _x: value):
             logits = run_from(model, start, batch, layer, prefix_reuse=prefix_reuse)
     return list(logits.split(n))

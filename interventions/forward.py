@@ -6,7 +6,6 @@ layers, so work before an intervened layer is never repeated.
 """
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 
 import torch
@@ -50,6 +49,13 @@ def position_ids(mask: Tensor) -> Tensor:
     return (mask.cumsum(-1) - 1).clamp(min=0)  # left padding: real tokens count from 0
 
 
+def last_position(batch: Batch) -> Tensor:
+    """`logits_to_keep` for the last position only, as an index (a contiguous copy): the strided slice that
+    `logits_to_keep=1` gives sends torch 2.13's CPU linear to a path that expands the unembedding weight per
+    row (8x slower in float32 at a 150k vocabulary; 200x and gigabytes in bfloat16 / float16)."""
+    return torch.tensor([batch.ids.shape[1] - 1], device=batch.ids.device)
+
+
 @torch.no_grad()
 def clean_run(model: Model, batch: Batch) -> tuple[Tensor, dict[int, Tensor]]:
     """Last-position logits (batch, vocab) and resid_post[L] (batch, pos, d_model) for every layer."""
@@ -57,22 +63,14 @@ def clean_run(model: Model, batch: Batch) -> tuple[Tensor, dict[int, Tensor]]:
     with capture(dict(enumerate(layers))) as resid:
         out = model.module(
             input_ids=batch.ids, attention_mask=batch.mask, position_ids=position_ids(batch.mask),
-            use_cache=False, logits_to_keep=1,
+            use_cache=False, logits_to_keep=last_position(batch),
         )
     return out.logits[:, -1].float(), dict(resid)
 
 
-def _masks(model: Model, hidden: Tensor, mask: Tensor, pos: Tensor) -> dict[str, object]:
-    """The 4-d attention masks the layers expect, built as the model's own forward builds them."""
-    from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
-
-    cache_arg = "cache" if "cache" in inspect.signature(create_causal_mask).parameters else "past_key_values"
-    kwargs = {"config": model.config, "inputs_embeds": hidden, "attention_mask": mask, cache_arg: None,
-              "position_ids": pos}
-    masks = {"full_attention": create_causal_mask(**kwargs)}
-    if "sliding_attention" in (getattr(model.config, "layer_types", None) or ()):
-        masks["sliding_attention"] = create_sliding_window_causal_mask(**kwargs)
-    return masks
+def embed(model: Model, batch: Batch) -> Tensor:
+    """resid_pre[0]: the input of layer 0 (token embedding, plus learned positions where the family has them)."""
+    return model.arch.embed_tokens(model.module, batch.ids, position_ids(batch.mask))
 
 
 @torch.no_grad()
@@ -83,28 +81,26 @@ def run_from(model: Model, resid: Tensor, batch: Batch, start: int, skip: frozen
     Layers in `skip` pass the residual through unchanged. With `prefix_reuse` off, layers
     0..start-1 first run again on `batch`'s tokens, as a full hooked forward would: what a trial
     costs without the cached residuals (benchmarks measure it); the result is the same.
+    Each layer gets what the model's own forward gives it (masks, rotary tables: the architecture table).
     """
-    mask = batch.mask
-    pos = position_ids(mask)
+    resid = resid.to(model.dtype)
+    pos = position_ids(batch.mask)
     layers = part(model.module, model.arch.layers)
-    layer_types = getattr(model.config, "layer_types", None) or ["full_attention"] * len(layers)
-    masks = _masks(model, resid, mask, pos)
-    rotary = part(model.module, model.arch.rotary)(resid, pos)
+    kwargs = model.arch.layer_kwargs(model.module, resid, batch.mask, pos)
 
     def through(hidden: Tensor, indices: range) -> Tensor:
         for index in indices:
             if index not in skip:
-                out = layers[index](hidden, attention_mask=masks[layer_types[index]], position_embeddings=rotary,
-                                    position_ids=pos, use_cache=False)
+                out = layers[index](hidden, **kwargs[index])
                 hidden = out[0] if isinstance(out, tuple) else out
         return hidden
 
     if not prefix_reuse and start > 0:
-        through(part(model.module, model.arch.embed)(batch.ids), range(start))  # recomputed, then replaced by resid
+        through(embed(model, batch), range(start))  # recomputed, then replaced by resid
     return unembed_last(model, through(resid, range(start, len(layers))))
 
 
 def unembed_last(model: Model, hidden: Tensor) -> Tensor:
-    """Logits (batch, vocab) of the last position: lm_head(final_norm(hidden[:, -1]))."""
-    last = part(model.module, model.arch.final_norm)(hidden[:, -1:])  # (batch, 1, d_model)
-    return part(model.module, model.arch.lm_head)(last)[:, -1].float()
+    """Logits (batch, vocab) of the last position: lm_head(final_norm(hidden[:, -1])) (Gemma: soft-capped)."""
+    last = hidden[:, -1:].to(model.dtype).contiguous()  # contiguous: see last_position
+    return model.arch.logits(model.module, model.arch, last)[:, -1].float()

@@ -53,7 +53,13 @@ def observe(modules: dict[int, nn.Module], fn: Callable[[int, Tensor, Tensor], N
 
 @contextmanager
 def replace(module: nn.Module, fn: Callable[[Tensor], Tensor], inputs: bool = False) -> Iterator[None]:
-    """While the block runs, `module`'s output tensor (or, with inputs=True, its first input) becomes fn(tensor)."""
+    """While the block runs, `module`'s output tensor (or, with inputs=True, its first input) becomes fn(tensor),
+    in the tensor's dtype (a float32 mean patched into a bfloat16 model stays bfloat16)."""
+    given = fn
+
+    def fn(x: Tensor) -> Tensor:
+        return given(x).to(x.dtype)
+
     if inputs:
         def pre_hook(_m, args, kwargs):
             if args:

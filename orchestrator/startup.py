@@ -19,7 +19,7 @@ import threading
 from typing import Callable, Generic, TypeVar
 
 V = TypeVar("V")
-PRELOAD = "ATLAS_PRELOAD"  # JSON: {model, trust_remote_code, slots, dir}
+PRELOAD = "ATLAS_PRELOAD"  # JSON: {model, trust_remote_code, dtype, slots, dir}
 SETUP_HOOK = "__RAY_WORKER_PROCESS_SETUP_HOOK_ENV_VAR"  # ray_constants.WORKER_PROCESS_SETUP_HOOK_ENV_VAR
 
 
@@ -53,7 +53,8 @@ def preload_env(spec, n_trials: int, folder: str) -> dict[str, str]:
     slots = actors(spec.resources, n_trials)
     if spec.resources.gpu > 0 or slots < 1:
         return {}
-    settings = {"model": spec.model, "trust_remote_code": spec.trust_remote_code, "slots": slots, "dir": folder}
+    settings = {"model": spec.model, "trust_remote_code": spec.trust_remote_code, "dtype": spec.dtype, "slots": slots,
+                "dir": folder}
     return {SETUP_HOOK: "orchestrator.startup.preload", PRELOAD: json.dumps(settings)}
 
 
@@ -85,6 +86,6 @@ def _load(settings: dict) -> None:
     try:
         from orchestrator.worker import actor_model
 
-        actor_model(settings["model"], settings["trust_remote_code"], "cpu")
+        actor_model(settings["model"], settings["trust_remote_code"], "cpu", settings["dtype"])
     except Exception:  # the trial loads it (and reports what is wrong with it)
         return

@@ -142,8 +142,9 @@ class Tracker:
         spec = self.sweep.spec
         run = self.client.create_run(self.experiment_id, run_name=f"{spec.name} {time.strftime('%Y-%m-%d %H:%M:%S')}",
                                      tags={**self.tags, f"{TAG}role": ROLE_PARENT, f"{TAG}driver": _driver_id()})
-        params = {"model": spec.model, "kind": spec.kind, "n_train": spec.n_train, "n_eval": spec.n_eval,
-                  "grid_size": n_points, "to_run": n_todo, "resources": json.dumps(spec.resources.model_dump())}
+        params = {"model": spec.model, "dtype": spec.dtype, "kind": spec.kind, "n_train": spec.n_train,
+                  "n_eval": spec.n_eval, "grid_size": n_points, "to_run": n_todo,
+                  "resources": json.dumps(spec.resources.model_dump())}
         self.log_params(run.info.run_id, {k: v for k, v in params.items() if v is not None})
         self._log_inputs(run.info.run_id)
         return run.info.run_id

@@ -29,15 +29,15 @@ _LOADING = threading.Lock()  # a preload (orchestrator/startup.py) and the first
 _RUNS: LRU[FamilyRun] = LRU(16)  # (family, seed) baselines kept per actor; trials come grouped by seed and family
 
 
-def actor_model(name: str, trust_remote_code: bool, device: str) -> Model:
+def actor_model(name: str, trust_remote_code: bool, device: str, dtype: str = "float32") -> Model:
     """The actor's one model, loaded on first use."""
     global MODEL_LOADS
-    key = f"{name}|{trust_remote_code}|{device}"
+    key = f"{name}|{trust_remote_code}|{device}|{dtype}"
     with _LOADING:
         if key not in _MODEL:
             _MODEL.clear()
             MODEL_LOADS += 1
-            _MODEL[key] = load(name, trust_remote_code, device)
+            _MODEL[key] = load(name, trust_remote_code, device, dtype)
         return _MODEL[key]
 
 
@@ -47,7 +47,7 @@ def family_run(model: Model, split: Split) -> FamilyRun:
 
 def trial_context(config: dict, splits: dict[tuple[str, int], Split]) -> TrialContext:
     device = "cuda" if config["gpu"] > 0 and torch.cuda.is_available() else "cpu"
-    model = actor_model(config["model"], config["trust_remote_code"], device)
+    model = actor_model(config["model"], config["trust_remote_code"], device, config.get("dtype", "float32"))
     seed, family = config["pack"][0]["point"]["seed"], config["pack"][0]["point"]["family"]
     others = []
     if KINDS.get(config["kind"]).uses_other_families:
@@ -76,8 +76,8 @@ def run_estimates(name: str, ctx: TrialContext, pack: list[dict]) -> list[TrialR
 def run_trial(config: dict, splits: dict[tuple[str, int], Split]) -> None:
     """One pack of grid points (one, or several sharing a batched forward).
 
-    config = {pack: [{trial_id, point}], kind, model, families, threads, gpu, trust_remote_code, prefix_reuse}, and
-    `estimate` (a screen's estimate name) when the pack's points are to be estimated, not run.
+    config = {pack: [{trial_id, point}], kind, model, families, threads, gpu, trust_remote_code, prefix_reuse,
+    dtype}, and `estimate` (a screen's estimate name) when the pack's points are to be estimated, not run.
     """
     _crash_once_for_tests()
     torch.set_num_threads(config["threads"])

@@ -6,6 +6,7 @@ Tiers: files marked `slow` (module `pytestmark`) run Ray, subprocess CLIs or ser
 """
 from __future__ import annotations
 
+import json
 import os
 import socket
 import sqlite3
@@ -29,13 +30,18 @@ KINDS.names()
 REPO = Path(__file__).resolve().parents[1]
 
 
+FAST_ARCHITECTURES = ("llama", "qwen2")  # the architecture suite's rows in the fast tier; the others are slow
+
+
 def pytest_collection_modifyitems(items) -> None:
-    """Tests on the embedded model (a real 135M model) belong to the slow tier, like the end-to-end files."""
+    """Tests on the embedded model (a real 135M model), and the architecture suite's rows beyond llama and qwen2,
+    belong to the slow tier, like the end-to-end files."""
     for item in items:
         params = getattr(item, "callspec", None)
-        on_embedded = "smollm2" in getattr(item, "fixturenames", ()) or (
-            params is not None and models.EMBEDDED in params.params.values())
-        if on_embedded:
+        values = params.params if params is not None else {}
+        on_embedded = "smollm2" in getattr(item, "fixturenames", ()) or models.EMBEDDED in values.values()
+        other_architecture = "model" in values and values["model"] not in FAST_ARCHITECTURES
+        if on_embedded or other_architecture:
             item.add_marker(pytest.mark.slow)
 SMOKE = REPO / "sweeps" / "smoke.yaml"
 N_SMOKE = 32  # grid points of smoke.yaml
@@ -84,6 +90,33 @@ def context(model, family="antonyms", seed=0, others=(), n_train=8, n_eval=6) ->
     run = FamilyRun(model, split(model, family, seed, n_train, n_eval))
     other_runs = [FamilyRun(model, split(model, f, seed, n_train, n_eval)) for f in others]
     return TrialContext(model, seed, run, other_runs)
+
+
+# --- specs and items ---------------------------------------------------------------------------------------------
+
+# A valid steering spec whose text the bad-input tables edit (their messages name its line numbers).
+GOOD = """\
+name: bad_input
+model: tiny-llama
+kind: steering
+n_train: 4
+n_eval: 2
+axes:
+  seed: [0]
+  layer: [0, 3]
+  strength: [1.0]
+  vector_type: [mean_diff]
+  family: [antonyms]
+"""
+
+ITEM = {"prompt": "hot -> cold\nbig ->", "target": " small", "distractor": " large",
+        "corrupt_prompt": "hot -> cold\nbig ->"}
+ITEM2 = {**ITEM, "prompt": "up -> down\nbig ->", "corrupt_prompt": "up -> down\nbig ->"}
+
+
+def jsonl(*rows) -> str:
+    """A JSONL file's text: dicts as JSON lines, strings as they are."""
+    return "\n".join(r if isinstance(r, str) else json.dumps(r) for r in rows) + "\n"
 
 
 # --- the CLI ---------------------------------------------------------------------------------------------------------

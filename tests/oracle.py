@@ -3,6 +3,10 @@ from __future__ import annotations
 
 import torch
 
+from interventions.ablation import item_generator, resample_choice
+from interventions.architectures import part
+from interventions.components import COMPONENTS, Site
+
 
 @torch.no_grad()
 def last_logits(model, prompt: str, add_at_layer: tuple[int, torch.Tensor] | None = None) -> torch.Tensor:
@@ -17,7 +21,7 @@ def last_logits(model, prompt: str, add_at_layer: tuple[int, torch.Tensor] | Non
                 return (output[0] + vector, *output[1:])
             return output + vector
 
-        handle = model.module.model.layers[layer].register_forward_hook(hook)
+        handle = part(model.module, model.arch.layers)[layer].register_forward_hook(hook)
     try:
         return model.module(input_ids=ids).logits[0, -1]
     finally:
@@ -37,8 +41,17 @@ def logit_diff(model, logits: torch.Tensor, target: str, distractor: str) -> flo
 # --- ablation oracle: one prompt at a time, a full HF forward, hooks written here from the module paths ----------
 
 def _modules(model, layer: int):
-    block = model.module.model.layers[layer]
-    return block, block.self_attn.o_proj, block.mlp
+    """The block, its attention output projection (heads are its input), and the two branches' last modules."""
+    block = part(model.module, model.arch.layers)[layer]
+    return block, part(block, model.arch.attn_out), part(block, model.arch.attn), part(block, model.arch.mlp)
+
+
+def _out(o) -> torch.Tensor:
+    return o[0] if isinstance(o, tuple) else o  # GPT-2 / NeoX attention modules return (output, weights)
+
+
+def _set(value: torch.Tensor):
+    return lambda m, i, o: (value[None], *o[1:]) if isinstance(o, tuple) else value[None]
 
 
 def _ids(model, prompt: str) -> torch.Tensor:
@@ -48,15 +61,15 @@ def _ids(model, prompt: str) -> torch.Tensor:
 @torch.no_grad()
 def component_value(model, prompt: str, layer: int, component: str) -> torch.Tensor:
     """The component's value over the prompt's positions: (pos, d) or, for heads, (pos, n_heads, head_dim)."""
-    block, o_proj, mlp = _modules(model, layer)
+    block, o_proj, attn, mlp = _modules(model, layer)
     seen = {}
     hooks = [
         block.register_forward_pre_hook(lambda m, a, k: seen.__setitem__("in", (a[0] if a else k["hidden_states"])[0]),
                                         with_kwargs=True),
-        block.register_forward_hook(lambda m, i, o: seen.__setitem__("out", (o[0] if isinstance(o, tuple) else o)[0])),
+        block.register_forward_hook(lambda m, i, o: seen.__setitem__("out", _out(o)[0])),
         o_proj.register_forward_pre_hook(lambda m, a: seen.__setitem__("o_in", a[0][0])),
-        o_proj.register_forward_hook(lambda m, i, o: seen.__setitem__("attn", o[0])),
-        mlp.register_forward_hook(lambda m, i, o: seen.__setitem__("mlp", o[0])),
+        attn.register_forward_hook(lambda m, i, o: seen.__setitem__("attn", _out(o)[0])),
+        mlp.register_forward_hook(lambda m, i, o: seen.__setitem__("mlp", _out(o)[0])),
     ]
     try:
         model.module(input_ids=_ids(model, prompt))
@@ -72,7 +85,7 @@ def component_value(model, prompt: str, layer: int, component: str) -> torch.Ten
 @torch.no_grad()
 def logits_with(model, prompt: str, layer: int, component: str, value: torch.Tensor, heads=()) -> torch.Tensor:
     """Last-position logits (vocab,) with the component of `layer` set to `value` (pos, ...) at every position."""
-    block, o_proj, mlp = _modules(model, layer)
+    block, o_proj, attn, mlp = _modules(model, layer)
     layer_in = {}
 
     def set_block(m, i, o):
@@ -91,9 +104,57 @@ def logits_with(model, prompt: str, layer: int, component: str, value: torch.Ten
     elif component == "head":
         hooks = [o_proj.register_forward_pre_hook(set_heads)]
     else:
-        hooks = [(o_proj if component == "attn" else mlp).register_forward_hook(lambda m, i, o: value[None])]
+        hooks = [(attn if component == "attn" else mlp).register_forward_hook(_set(value))]
     try:
         return model.module(input_ids=_ids(model, prompt)).logits[0, -1]
     finally:
         for h in hooks:
             h.remove()
+
+
+# --- each ablation method's replacement, built by hand ---------------------------------------------------------
+
+SEED = 3
+VALUES: dict = {}  # the oracle's component values, per (model, prompt, layer, component)
+
+
+def expected(model, run, site: Site, method: str) -> torch.Tensor:
+    """Per eval item, the method's replacement built by hand, run through a plain forward with hooks."""
+    component, layer = site.component, site.layer
+    heads = list(site.heads)
+
+    def val(prompt):
+        key = (id(model), prompt, layer, component)
+        if key not in VALUES:
+            VALUES[key] = component_value(model, prompt, layer, component)
+        v = VALUES[key]
+        return v[:, heads] if component == "head" else v
+
+    train = [i.prompt for i in run.split.train]
+    rows = []
+    for i, item in enumerate(run.split.eval):
+        prompt = item.corrupt_prompt if method == "clean_to_corrupt" else item.prompt
+        base = val(prompt)
+        n = base.shape[0]
+        if method == "zero":
+            new = torch.zeros_like(base)
+        elif method == "mean":
+            new = torch.cat([val(p) for p in train]).double().mean(0).float().expand_as(base)
+        elif method == "resample":
+            lens = [val(p).shape[0] for p in train]
+            j = resample_choice(SEED, site, i, n, lens)
+            new, k = base.clone(), min(n, lens[j])
+            new[-k:] = val(train[j])[-k:]
+        elif method == "random":
+            noise = torch.randn(base.shape, generator=item_generator(SEED, site, i), dtype=torch.float64)
+            new = (noise / noise.norm(dim=-1, keepdim=True) * base.double().norm(dim=-1, keepdim=True)).float()
+        elif method == "corrupt_to_clean":
+            new = val(item.corrupt_prompt)
+        else:  # clean_to_corrupt
+            new = val(item.prompt)
+        rows.append(logits_with(model, prompt, layer, component, new, heads))
+    return torch.stack(rows)
+
+
+def sites(layer: int):
+    return [Site(c, layer, (1,) if c == "head" else ()) for c in COMPONENTS]

