@@ -15,18 +15,19 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import torch
-from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
-from peft.tuners.lora import LoraLayer
-from peft.tuners.tuners_utils import BaseTunerLayer
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from interventions.models import Model
 from interventions.registry import AtlasError, first_line
+
+if TYPE_CHECKING:  # peft (and the transformers modules it pulls in) is imported where it is used: seconds at start-up
+    from peft import LoraConfig
+    from peft.tuners.lora import LoraLayer
 
 WEIGHTS, CONFIG = "adapter_model.safetensors", "adapter_config.json"
 PREFIX = "base_model.model."
@@ -98,16 +99,22 @@ def load_folder(folder: Path, key: str) -> Adapter:
         raise AtlasError(problem)
     with safe_open(str(folder / WEIGHTS), "pt") as f:
         loss = json.loads((f.metadata() or {}).get(LOSS_KEY, "[]"))
+    from peft import LoraConfig
+
     return Adapter(LoraConfig.from_pretrained(str(folder)), load_file(folder / WEIGHTS), key, tuple(loss))
 
 
 def tuner_layers(root: nn.Module) -> int:
     """peft layers left anywhere under root: 0 whenever no adapter is attached."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
     return sum(isinstance(m, BaseTunerLayer) for m in root.modules())
 
 
 def lora_layers(root: nn.Module) -> dict[str, LoraLayer]:
     """Module path (as in the base model) -> peft LoRA layer, while an adapter is attached."""
+    from peft.tuners.lora import LoraLayer
+
     return {name: m for name, m in root.named_modules() if isinstance(m, LoraLayer)}
 
 
@@ -117,6 +124,8 @@ def attached(model: Model, adapter: Adapter | None, config: LoraConfig | None = 
 
     `adapter=None` with a `config` attaches peft's fresh initialisation (B = 0), for training.
     """
+    from peft import get_peft_model, set_peft_model_state_dict
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # transformers' deprecation notes from inside peft
         peft_model = get_peft_model(model.module, copy.deepcopy(config or adapter.config))
@@ -161,6 +170,8 @@ def layer_norms(peft_model: nn.Module) -> dict[str, float]:
 
 def merged_copy(model: Model, adapter: Adapter) -> Model:
     """A copy of the model with the adapter merged into its weights (peft merge_and_unload); the model is untouched."""
+    from peft import get_peft_model, set_peft_model_state_dict
+
     module = copy.deepcopy(model.module)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

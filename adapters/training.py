@@ -16,14 +16,17 @@ import shutil
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from peft import LoraConfig, get_peft_model_state_dict
 
 from adapters.lora import Adapter, attached, load_folder, trim_heap
 from interventions.families import Split
 from interventions.forward import encode, last_position, position_ids, single_token_ids
 from interventions.models import Model, cache_root
+
+if TYPE_CHECKING:  # peft is imported where it is used (adapters/lora.py says why)
+    from peft import LoraConfig
 
 FORMAT = 1  # bump when training changes, so that old cached adapters are not reused
 
@@ -37,6 +40,8 @@ class LoraSettings:
     targets: tuple[str, ...]  # module names in every decoder layer (q_proj, v_proj, ...)
 
     def config(self) -> LoraConfig:
+        from peft import LoraConfig
+
         return LoraConfig(r=self.rank, lora_alpha=self.alpha, target_modules=list(self.targets), lora_dropout=0.0,
                           bias="none")
 
@@ -60,6 +65,8 @@ def init_seed(split: Split) -> int:
 
 def train(model: Model, split: Split, settings: LoraSettings, key: str) -> Adapter:
     """Fit a fresh LoRA on the train items; the model is left as it was."""
+    from peft import get_peft_model_state_dict
+
     batch = encode(model.tokenizer, [i.prompt for i in split.train]).to(model.device)
     target = single_token_ids(model.tokenizer, [i.target for i in split.train]).to(model.device)
     pos = position_ids(batch.mask)

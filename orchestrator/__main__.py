@@ -29,7 +29,8 @@ def cli() -> None:
               help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlruns/mlflow.db).")
 @click.option("--address", help="Ray cluster to join, e.g. 'auto' after `ray up cluster.yaml` (default: a local Ray).")
 @click.option("--dry-run", is_flag=True,
-              help="Validate the spec, print the grid size and per-axis counts; touch nothing.")
+              help="Validate the spec, print the grid size, the forwards it implies and an estimate of its wall time "
+                   "and memory (the model is loaded and timed here); touch nothing.")
 @click.option("--top", default=20, show_default=True, help="Rows of the cross-seed table to print.")
 @click.option("--resume", is_flag=True,
               help="Continue a sweep whose spec changed: keep its finished runs (those no longer in the grid are not "
@@ -66,6 +67,10 @@ def sweep(spec: str, tracking_uri: str | None, address: str | None, dry_run: boo
         sizes += f"; plus {added} the kind adds, e.g. a prompting baseline" if added > 0 else ""
         console.print(f"{loaded.spec.name}: {len(points)} grid points ({sizes}); "
                       f"model {loaded.spec.model} ({loaded.model.n_layers} layers), kind {loaded.spec.kind}")
+        from orchestrator.cost import dry_run_cost
+
+        for line in dry_run_cost(loaded, points):
+            console.print(line)
         return
     if len(points) > max_trials and not yes:
         raise AtlasError(f"--max-trials: the grid has {len(points)} points, more than --max-trials {max_trials}; "

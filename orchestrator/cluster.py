@@ -1,6 +1,7 @@
 """Ray for a sweep: checking that the cluster to join answers, starting or joining it, and its resources."""
 from __future__ import annotations
 
+import os
 import socket
 from contextlib import contextmanager
 from typing import Iterator
@@ -42,15 +43,26 @@ def check_address(address: str | None, timeout: float = 3.0) -> None:
 
 
 @contextmanager
-def ray_session(address: str | None, needed: bool = True) -> Iterator[None]:
-    """Ray for the block: joined at `address`, or started here; shut down afterwards only if started here."""
+def ray_session(address: str | None, needed: bool = True, env: dict[str, str] | None = None) -> Iterator[None]:
+    """Ray for the block: joined at `address`, or started here; shut down afterwards only if started here.
+
+    `env`: variables the processes of a Ray started here inherit (startup.preload_env); not set when joining."""
     started = needed and not ray.is_initialized()
     try:
         if started:
+            saved = {k: os.environ.get(k) for k in env or {}}
+            if address in (None, "local"):
+                os.environ.update(env or {})
             try:
                 ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
             except ConnectionError as exc:
                 raise AtlasError(f"--address {address}: no Ray cluster answered ({first_line(exc)})") from None
+            finally:
+                for key, value in saved.items():  # the raylet has its copy; nothing else of ours inherits them
+                    if value is None:
+                        os.environ.pop(key, None)
+                    else:
+                        os.environ[key] = value
         yield
     finally:
         if started:  # also after a Ctrl-C inside ray.init: whatever it started stops here

@@ -17,18 +17,22 @@ from ray import tune
 
 from orchestrator.grid import Point
 from orchestrator.signals import shielded
+from orchestrator.store import ROLE_CHILD
 from orchestrator.sweepfiles import Gathered
 from orchestrator.tracking import Tracker
 
-RESULT_TAGS = ("worker", "node", "gpu_ids", "model_loads", "pack_size", "trial_seconds")  # per-trial facts, as tags
+RESULT_TAGS = ("worker", "node", "gpu_ids", "model_loads", "pack_size", "trial_seconds",
+               "peak_rss_mb")  # per-trial facts, as tags
 
 
 class Writer:
     """One thread that logs finished points to MLflow in arrival order; `close` waits until all are in the store."""
 
-    def __init__(self, tracker: Tracker, parent_id: str,
-                 on_written: Callable[[str], None] = lambda trial_id: None, gathered: Gathered | None = None) -> None:
-        self.tracker, self.parent_id, self.on_written = tracker, parent_id, on_written
+    def __init__(self, tracker: Tracker, parent_id: Callable[[], str],
+                 on_written: Callable[[str], None] = lambda trial_id: None, gathered: Gathered | None = None,
+                 role: str = ROLE_CHILD) -> None:
+        """parent_id() is asked for at the first write (the parent run may still be in the making)."""
+        self.tracker, self.parent_id, self.on_written, self.role = tracker, parent_id, on_written, role
         self.gathered = gathered if gathered is not None else Gathered()  # per-item values, tensors: sweep files
         self.written = 0
         self._queue: queue.Queue = queue.Queue()
@@ -39,10 +43,18 @@ class Writer:
         self._queue.put((point, metrics, tags, extra))
 
     def _run(self) -> None:
+        parent = None
         while (job := self._queue.get()) is not None:
+            if parent is None:
+                try:
+                    parent = self.parent_id()
+                except BaseException:  # no parent run: nothing is logged; the driver re-raises it when it asks
+                    while self._queue.get() is not None:
+                        pass
+                    return
             point, metrics, tags, extra = job
-            self.tracker.log_trial(self.parent_id, point, metrics, {**tags, **extra.get("tags", {})},
-                                   steps=extra.get("steps", {}), artifacts=extra.get("artifacts", {}))
+            self.tracker.log_trial(parent, point, metrics, {**tags, **extra.get("tags", {})},
+                                   steps=extra.get("steps", {}), artifacts=extra.get("artifacts", {}), role=self.role)
             self.gathered.add(point.trial_id, extra)
             self.written += 1
             self.on_written(point.trial_id)
@@ -79,8 +91,10 @@ class RecordTrials(tune.Callback):
     """Tune callback: finished packs -> the writer, one run per point (never twice); failed packs -> `retries`."""
 
     def __init__(self, writer: Writer, points: dict[str, Point], metrics: tuple[str, ...], retries: Retries,
-                 say: Callable[[str], None], skip: Callable[[str], None]) -> None:
+                 say: Callable[[str], None], skip: Callable[[str], None],
+                 point_tags: dict[str, dict[str, str]] | None = None) -> None:
         self.writer, self.points, self.metrics, self.retries = writer, points, metrics, retries
+        self.point_tags = point_tags or {}  # trial_id -> tags of its own (a screen's reason to verify it)
         self.say, self.skip = say, skip  # print a line; count a point that will never be written
         self.done: set[str] = set()
 
@@ -94,7 +108,8 @@ class RecordTrials(tune.Callback):
             if entry["trial_id"] not in self.done:
                 self.done.add(entry["trial_id"])
                 metrics = {k: v for k, v in entry["metrics"].items() if k in self.metrics}
-                self.writer.put(self.points[entry["trial_id"]], metrics, tags, entry["extra"])
+                own = self.point_tags.get(entry["trial_id"], {})
+                self.writer.put(self.points[entry["trial_id"]], metrics, {**tags, **own}, entry["extra"])
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         self.say(f"{_pack_name(trial)}: worker failed ({_last_error(trial)}); "

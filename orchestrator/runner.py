@@ -17,13 +17,16 @@ import ray
 from ray import tune
 from rich.console import Console
 
+from interventions.attribution import ESTIMATES
 from orchestrator.cluster import check_resources, ray_session
 from orchestrator.grid import Point, expand, packs
 from orchestrator.progress import TrialProgress, phase, point_cost
 from orchestrator.recorder import RecordTrials, Retries, Writer
+from orchestrator.screen import Screening, by_family
 from orchestrator.signals import shielded
 from orchestrator.spec import Sweep
-from orchestrator.store import resolve_uri
+from orchestrator.startup import Deferred, preload_env
+from orchestrator.store import ROLE_CHILD, ROLE_ESTIMATE, resolve_uri
 from orchestrator.summary import summarise
 from orchestrator.sweepfiles import Gathered
 from orchestrator.tracking import Tracker
@@ -33,8 +36,7 @@ from orchestrator.worker import run_trial
 
 @dataclass
 class Outcome:
-    experiment_id: str | None
-    parent_run_id: str | None  # None: nothing ran and no earlier parent run exists
+    parent: Deferred[tuple[str | None, str | None]]  # (experiment_id, parent_run_id), made while Ray and Tune start
     n_points: int
     skipped: int  # already FINISHED before this invocation
     logged: int = 0
@@ -42,6 +44,14 @@ class Outcome:
     table_path: Path | None = None
     gathered: Gathered = field(default_factory=Gathered)  # per-item values and tensors the trials sent (sweep files)
     stopped: bool = False  # Ctrl-C
+
+    @property
+    def experiment_id(self) -> str:
+        return self.parent.result()[0]
+
+    @property
+    def parent_run_id(self) -> str:
+        return self.parent.result()[1]
 
     @property
     def interrupted(self) -> bool:
@@ -53,8 +63,10 @@ class Outcome:
         return "KILLED" if self.interrupted else "FAILED" if self.failed else "FINISHED"
 
 
-def _tune(sweep: Sweep, todo: list[Point], recorder: RecordTrials, storage: str, round_: int = 0) -> None:
-    """One Ray Tune trial per pack of grid points; reused actors keep the model and baselines."""
+def _tune(sweep: Sweep, todo: list[Point], recorder: RecordTrials, storage: str, round_: int = 0, *,
+          estimate: str | None = None) -> None:
+    """One Ray Tune trial per pack of grid points; reused actors keep the model and baselines. With `estimate`, one
+    trial per (seed, family) estimates its points instead (a screen)."""
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's own console report off: we draw the progress bar
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # no per-trial CSV/JSON/TensorBoard files
     os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")  # Ctrl-C stops the sweep now (the record resumes it)
@@ -62,8 +74,9 @@ def _tune(sweep: Sweep, todo: list[Point], recorder: RecordTrials, storage: str,
     constants = {"kind": spec.kind, "model": spec.model, "families": sweep.axes["family"],
                  "threads": max(1, int(spec.resources.cpu)), "gpu": spec.resources.gpu,
                  "trust_remote_code": spec.trust_remote_code, "prefix_reuse": spec.execution.prefix_reuse,
-                 "dtype": spec.dtype, "options": sweep.options}
-    grid = [[{"trial_id": p.trial_id, "point": p.values} for p in pack] for pack in packs(sweep, todo)]
+                 "dtype": spec.dtype, "options": sweep.options, "estimate": estimate}
+    grouped = by_family(todo) if estimate else packs(sweep, todo)
+    grid = [[{"trial_id": p.trial_id, "point": p.values} for p in pack] for pack in grouped]
     trainable = tune.with_resources(tune.with_parameters(run_trial, splits=sweep.splits),
                                     {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
     tuner = tune.Tuner(
@@ -75,7 +88,8 @@ def _tune(sweep: Sweep, todo: list[Point], recorder: RecordTrials, storage: str,
             trial_dirname_creator=lambda t: t.config["pack"][0]["trial_id"],
         ),
         run_config=tune.RunConfig(
-            name=f"{spec.name}-{round_}", storage_path=storage, callbacks=[recorder], verbose=0,
+            name=f"{spec.name}-{'estimate-' if estimate else ''}{round_}", storage_path=storage, callbacks=[recorder],
+            verbose=0,
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
         ),
     )
@@ -90,22 +104,28 @@ def _slots(cpu: float) -> int:
         return 1
 
 
-def tune_rounds(sweep: Sweep, todo: list[Point], tracker: Tracker, outcome: Outcome, console: Console) -> None:
-    """Tune runs of the points to do; points Tune gave up on early run again, at most max_failures more rounds."""
+def tune_rounds(sweep: Sweep, todo: list[Point], tracker: Tracker, outcome: Outcome, console: Console, *,
+                estimate: str | None = None, tags: dict[str, dict[str, str]] | None = None) -> list[str]:
+    """Tune runs of the points to do; points Tune gave up on early run again, at most max_failures more rounds.
+    With `estimate`, the points are estimated (a screen) and logged as estimate runs. Exact points logged are
+    counted on the outcome, also after Ctrl-C. Returns the trial_ids that failed every retry."""
     retries = Retries(sweep.spec.max_failures)
     spec = sweep.spec
-    costs = {p.trial_id: point_cost(p.values, sweep.kind.layer_axes, sweep.model.n_layers, spec.execution.prefix_reuse)
-             for p in todo}
-    actors = min(len(packs(sweep, todo)), _slots(spec.resources.cpu))
+    label = f"{spec.name} ({estimate} estimates)" if estimate else spec.name
+    metrics = ESTIMATES.get(estimate).metrics if estimate else sweep.kind.metrics
+    costs = {p.trial_id: 1.0 if estimate else point_cost(p.values, sweep.kind.layer_axes, sweep.model.n_layers,
+                                                         spec.execution.prefix_reuse) for p in todo}
+    actors = min(len(by_family(todo) if estimate else packs(sweep, todo)), _slots(spec.resources.cpu))
     again = todo
-    with TrialProgress(console, spec.name, costs, actors) as progress, \
+    with TrialProgress(console, label, costs, actors) as progress, \
             tempfile.TemporaryDirectory(prefix="atlas-tune-") as storage, \
-            Writer(tracker, outcome.parent_run_id, progress.advance, outcome.gathered) as writer:
+            Writer(tracker, lambda: outcome.parent_run_id, progress.advance, outcome.gathered,
+                   ROLE_ESTIMATE if estimate else ROLE_CHILD) as writer:
         try:
-            recorder = RecordTrials(writer, {p.trial_id: p for p in todo}, sweep.kind.metrics, retries, console.print,
-                                    progress.advance)
+            recorder = RecordTrials(writer, {p.trial_id: p for p in todo}, metrics, retries, console.print,
+                                    progress.advance, tags)
             for round_ in itertools.count():
-                _tune(sweep, again, recorder, storage, round_)
+                _tune(sweep, again, recorder, storage, round_, estimate=estimate)
                 again = retries.take_early(todo)
                 if not again or round_ == spec.max_failures:
                     break
@@ -113,31 +133,49 @@ def tune_rounds(sweep: Sweep, todo: list[Point], tracker: Tracker, outcome: Outc
             try:
                 writer.close()  # every finished point in the store, also after Ctrl-C
             finally:
-                outcome.logged += writer.written
-    outcome.failed += retries.failed + [p.trial_id for p in again]
+                if not estimate:
+                    outcome.logged += writer.written
+    return retries.failed + [p.trial_id for p in again]
+
+
+def screened(screen: Screening, tracker: Tracker, outcome: Outcome, console: Console) -> list[Point]:
+    """A screen: estimate the grid points that have no estimate yet, then the verify set's points still to run."""
+    failed: list[str] = []
+    if screen.missing:
+        failed = tune_rounds(screen.sweep, screen.missing, tracker, outcome, console,
+                             estimate=screen.sweep.spec.screen.estimate)
+    return screen.select(outcome, console, failed)
 
 
 @contextmanager
-def parent_run(tracker: Tracker, n_points: int, n_todo: int) -> Iterator[Outcome]:
+def parent_run(tracker: Tracker, n_points: int, n_todo: int | None) -> Iterator[Outcome]:
     """The sweep's parent run (continued when an earlier invocation of the same spec left one), ended FINISHED,
-    KILLED (interrupted) or FAILED (an error, failed points)."""
-    parent, status = None, "FAILED"
+    KILLED (interrupted) or FAILED (an error, failed points).
+
+    Stale runs are closed and the parent run is made in a thread (startup.py): the block starts Tune meanwhile, and
+    the first use of the outcome's ids waits for it. n_todo None: not known yet (a screen decides it, and fills in
+    the outcome's counts)."""
+
+    def start() -> tuple[str | None, str | None]:
+        tracker.close_stale()
+        parent = tracker.start_parent(n_points, n_todo)
+        return tracker.experiment_id, parent
+
+    outcome = Outcome(Deferred(start), n_points, n_points - (n_points if n_todo is None else n_todo))
+    status = "FAILED"
     try:
-        with shielded():  # a Ctrl-C here still leaves the run closed (KILLED) below
-            parent = tracker.start_parent(n_points, n_todo)
-        outcome = Outcome(tracker.experiment_id, parent, n_points, n_points - n_todo)
-        try:
-            yield outcome
-            status = outcome.status
-        except KeyboardInterrupt:
-            outcome.stopped = True
-            raise
+        yield outcome
+        status = outcome.status
     except KeyboardInterrupt:
-        status = "KILLED"
+        outcome.stopped, status = True, "KILLED"
         raise
     finally:
-        if parent is not None:
-            with shielded():
+        with shielded():  # a Ctrl-C here still leaves the run closed
+            try:
+                parent = outcome.parent_run_id
+            except Exception:  # no parent run was made: the block has raised or will raise why
+                parent = None
+            if parent is not None:
                 tracker.end_parent(parent, status)
 
 
@@ -153,29 +191,38 @@ def run_sweep(sweep: Sweep, *, tracking_uri: str | None = None, address: str | N
     tracker = Tracker(resolve_uri(tracking_uri), sweep)
     done = tracker.finished()
     todo = [p for p in points if p.trial_id not in done]
-    if not todo:  # nothing to run: no Ray, no new parent run; the table again
+    screen = Screening(sweep, points, tracker, done) if sweep.spec.screen else None
+    if not (screen.needed if screen else todo):  # nothing to run: no Ray, no new parent run; the table again
         console.print(f"{sweep.spec.name}: all {len(points)} grid points already finished; nothing to run")
         tracker.close_stale()
         own = tracker.newest_parent(sweep.spec_hash)
         parent = own or tracker.newest_parent()
-        outcome = Outcome(tracker.experiment_id, parent, len(points), len(points))
+        outcome = Outcome(Deferred(lambda: (tracker.experiment_id, parent)), len(points), len(points))
         outcome.table_path = summarise(sweep, tracker, points, parent, console, top, out_dir)
         tracker.complete_parent(own)
         return outcome
     outcome = None
     try:
         with ExitStack() as stack:
+            slots = stack.enter_context(tempfile.TemporaryDirectory(prefix="atlas-preload-"))
             where = f"joining the Ray cluster at {address}" if address else "starting a local Ray"
             with phase(console, where):
-                stack.enter_context(ray_session(address))
+                stack.enter_context(ray_session(address, True, preload_env(sweep.spec, len(points if screen else todo),
+                                                                           slots)))
             check_resources(sweep.spec.resources)
-            tracker.close_stale()
-            with parent_run(tracker, len(points), len(todo)) as outcome:
-                console.print(f"{sweep.spec.name}: {len(points)} grid points, {len(points) - len(todo)} already "
-                              f"finished, running {len(todo)}")
-                tune_rounds(sweep, todo, tracker, outcome, console)
+            with parent_run(tracker, len(points), None if screen else len(todo)) as outcome:
+                if screen:
+                    todo = screened(screen, tracker, outcome, console)
+                else:
+                    console.print(f"{sweep.spec.name}: {len(points)} grid points, {len(points) - len(todo)} already "
+                                  f"finished, running {len(todo)}")
+                if todo:
+                    outcome.failed += tune_rounds(sweep, todo, tracker, outcome, console,
+                                                  tags=screen.tags if screen else None)
                 outcome.table_path = summarise(sweep, tracker, points, outcome.parent_run_id, console, top, out_dir,
                                                outcome.gathered)
+                if screen:
+                    screen.report(console, outcome.parent_run_id)
     except KeyboardInterrupt:
         if outcome is None:
             raise

@@ -15,6 +15,7 @@ from typing import Annotated, ClassVar, Iterator, Literal, get_args
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from interventions.attribution import ESTIMATES
 from interventions.families import Split, family_name, make_split
 from interventions.families.pairs import warnings as pair_warnings
 from interventions.kinds import KINDS, Kind, kind_points, registered
@@ -63,6 +64,17 @@ OPTIONS = {"baseline": Baseline, "generate": Generate}  # spec sections a kind m
 ON_BY_DEFAULT = ("baseline",)
 
 
+class Screen(BaseModel):
+    """Estimate every grid point, then run exact trials only for the top `verify_top` by |estimate| and a seeded
+    sample of `verify_random` others, per (component, method) (orchestrator/screen.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+    estimate: Annotated[str, registered(ESTIMATES)] = "attribution"
+    verify_top: int = Field(20, ge=0)
+    verify_random: int = Field(10, ge=0)
+    seed: int = Field(0, ge=0)  # of the random sample
+
+
 class SweepSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: Annotated[str, Field(min_length=1, pattern=r"^[\w.-]+$")]  # the MLflow experiment
@@ -77,6 +89,7 @@ class SweepSpec(BaseModel):
     execution: Execution = Execution()
     baseline: Baseline | None = None  # steering only (default: 4 shots)
     generate: Generate | None = None  # steering only (default: off)
+    screen: Screen | None = None  # estimate the grid, verify the top and a random sample exactly
     axes: dict
 
 
@@ -114,7 +127,7 @@ class Sweep:
         items = {f"{family}:{seed}": split.digest() for (family, seed), split in self.splits.items()}
         default_dtype = {"dtype"} if self.spec.dtype == "float32" else set()  # hashes from before the setting hold
         unset = {k for k in OPTIONS if getattr(self.spec, k) is None}  # hashes of specs from before options stay
-        spec = self.spec.model_dump(exclude={"execution", *default_dtype, *unset})  # how trials run: not numbers
+        spec = self.spec.model_dump(exclude={"execution", "screen", *default_dtype, *unset})  # which, how trials run
         text = json.dumps({"spec": spec, "items": items}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -224,6 +237,9 @@ def load_sweep(path: str | Path) -> Sweep:
         raise _field_error(path, exc, model=SweepSpec) from None
     kind = KINDS.get(spec.kind)
     options = _options(path, raw, spec, kind)
+    if spec.screen is not None and kind.name not in ESTIMATES.get(spec.screen.estimate).kinds:
+        raise SpecError(f"{path.name}: screen: {spec.screen.estimate} estimates only kind "
+                        f"{', '.join(ESTIMATES.get(spec.screen.estimate).kinds)}, not {kind.name!r}")
     try:
         # paths are relative to the spec
         validated = kind.axes.model_validate(spec.axes, context={"base_dir": path.parent})

@@ -22,6 +22,7 @@ from interventions.registry import AtlasError
 logging.getLogger("mlflow").setLevel(logging.WARNING)  # no INFO lines about creating the SQLite tables
 TAG = "orchestrator."
 ROLE_PARENT, ROLE_CHILD = "parent", "trial"
+ROLE_ESTIMATE = "estimate"  # a screen's estimate of a grid point: never an exact result, never in the resume ledger
 
 
 def store_dir() -> Path:

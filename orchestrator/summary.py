@@ -52,6 +52,8 @@ def summarise(sweep: Sweep, tracker: Tracker, points: list[Point], parent: str |
     from orchestrator.report.sections import SECTIONS  # the report side: matplotlib, only when a sweep ends
 
     entry = SECTIONS.get(sweep.kind.name) if sweep.kind.name in SECTIONS else None
+    if sweep.spec.screen is not None:  # a screen's exact points are a biased sample: no hub tables from them
+        entry = None
     if entry is not None and entry.summary is not None:
         summary = entry.summary(pd.DataFrame(rows))
         files = []

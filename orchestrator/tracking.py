@@ -23,6 +23,7 @@ from orchestrator.grid import Point
 from orchestrator.spec import Sweep
 from orchestrator.store import (
     ROLE_CHILD,
+    ROLE_ESTIMATE,
     ROLE_PARENT,
     TAG,
     RetryOnLock,
@@ -93,7 +94,14 @@ class Tracker:
 
     def finished(self) -> dict[str, dict[str, float]]:
         """trial_id -> metrics of every FINISHED child run (the resume ledger and the aggregate's input)."""
-        runs = self._runs(f"attributes.status = 'FINISHED' and tags.`{TAG}role` = '{ROLE_CHILD}'")
+        return self._finished(ROLE_CHILD)
+
+    def estimated(self) -> dict[str, dict[str, float]]:
+        """trial_id -> metrics of every FINISHED estimate run (a screen's; never counted as an exact result)."""
+        return self._finished(ROLE_ESTIMATE)
+
+    def _finished(self, role: str) -> dict[str, dict[str, float]]:
+        runs = self._runs(f"attributes.status = 'FINISHED' and tags.`{TAG}role` = '{role}'")
         return {r.data.tags[f"{TAG}trial_id"]: dict(r.data.metrics) for r in runs}
 
     def close_stale(self) -> int:
@@ -132,11 +140,12 @@ class Tracker:
         found = [r for r in self._parents() if spec_hash is None or r.data.tags.get(f"{TAG}spec_hash") == spec_hash]
         return found[0].info.run_id if found else None
 
-    def start_parent(self, n_points: int, n_todo: int) -> str:
+    def start_parent(self, n_points: int, n_todo: int | None) -> str:
         """The parent run of this spec, continued (RUNNING again) when an earlier invocation left one, else new.
 
         So a sweep interrupted and rerun keeps every grid point under one parent run. `to_run`
-        is a metric with one step per invocation; the view the UI opens on is set on the experiment.
+        is a metric with one step per invocation (not logged when a screen decides it later); the view the UI
+        opens on is set on the experiment.
         """
         self._connect()
         if self.experiment_id is None:
@@ -161,7 +170,8 @@ class Tracker:
                       "resources": json.dumps(spec.resources.model_dump())}
             self.client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
             self._log_inputs(run_id)
-        self.client.log_batch(run_id, metrics=[Metric("to_run", n_todo, int(time.time() * 1000), step)])
+        if n_todo is not None:
+            self.client.log_batch(run_id, metrics=[Metric("to_run", n_todo, int(time.time() * 1000), step)])
         return run_id
 
     def complete_parent(self, run_id: str | None) -> None:
@@ -182,11 +192,17 @@ class Tracker:
                             out.write(json.dumps(row) + "\n")
             self.client.log_artifact(run_id, str(path))
 
+    def log_params(self, run_id: str, params: dict) -> None:
+        self.client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
+
     def log_trial(self, parent_id: str, point: Point, metrics: dict[str, float], extra_tags: dict[str, str],
-                  steps: dict[str, list[float]] | None = None, artifacts: dict[str, bytes] | None = None) -> str:
-        """One child run for one finished grid point: params, tags, metrics (and curves, files), then FINISHED."""
-        name = " ".join(f"{k}={v}" for k, v in point.values.items())
-        tags = {**self.tags, MLFLOW_PARENT_RUN_ID: parent_id, f"{TAG}role": ROLE_CHILD,
+                  steps: dict[str, list[float]] | None = None, artifacts: dict[str, bytes] | None = None,
+                  role: str = ROLE_CHILD) -> str:
+        """One child run for one finished grid point: params, tags, metrics (and curves, files), then FINISHED.
+
+        role ROLE_ESTIMATE: a screen's estimate of the point (tagged with the estimate), not its exact result."""
+        name = ("estimate " if role == ROLE_ESTIMATE else "") + " ".join(f"{k}={v}" for k, v in point.values.items())
+        tags = {**self.tags, MLFLOW_PARENT_RUN_ID: parent_id, f"{TAG}role": role,
                 f"{TAG}trial_id": point.trial_id, **{f"{TAG}{k}": v for k, v in extra_tags.items()}}
         run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
         params = {"model": self.sweep.spec.model, "kind": self.sweep.kind.name, **point.values}

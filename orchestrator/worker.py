@@ -7,7 +7,9 @@ driver, which alone writes MLflow.
 from __future__ import annotations
 
 import os
+import resource
 import socket
+import threading
 import time
 
 import ray
@@ -18,11 +20,12 @@ from interventions.cache import LRU
 from interventions.context import FamilyRun, TrialContext
 from interventions.families import Split
 from interventions.hooks import count_hooks
-from interventions.kinds import KINDS, run_pack
+from interventions.kinds import KINDS, TrialResult, run_pack
 from interventions.models import Model, load
 
 MODEL_LOADS = 0  # per process: the model-load test reads it back from every trial's result
 _MODEL: dict[str, Model] = {}
+_LOADING = threading.Lock()  # a preload (orchestrator/startup.py) and the first trial never load twice
 _RUNS: LRU[FamilyRun] = LRU(16)  # (family, seed) baselines kept per actor; trials come grouped by seed and family
 
 
@@ -30,11 +33,12 @@ def actor_model(name: str, trust_remote_code: bool, device: str, dtype: str = "f
     """The actor's one model, loaded on first use."""
     global MODEL_LOADS
     key = f"{name}|{trust_remote_code}|{device}|{dtype}"
-    if key not in _MODEL:
-        _MODEL.clear()
-        MODEL_LOADS += 1
-        _MODEL[key] = load(name, trust_remote_code, device, dtype)
-    return _MODEL[key]
+    with _LOADING:
+        if key not in _MODEL:
+            _MODEL.clear()
+            MODEL_LOADS += 1
+            _MODEL[key] = load(name, trust_remote_code, device, dtype)
+        return _MODEL[key]
 
 
 def family_run(model: Model, split: Split) -> FamilyRun:
@@ -63,11 +67,18 @@ def _crash_once_for_tests() -> None:
         os._exit(1)
 
 
+def run_estimates(name: str, ctx: TrialContext, pack: list[dict]) -> list[TrialResult]:
+    """A screen's estimates of one (family, seed)'s grid points (interventions.attribution.ESTIMATES)."""
+    from interventions.attribution import ESTIMATES
+
+    return [TrialResult(m, tags={"estimate": name}) for m in ESTIMATES.get(name).fn(ctx, [p["point"] for p in pack])]
+
+
 def run_trial(config: dict, splits: dict[tuple[str, int], Split]) -> None:
     """One pack of grid points (one, or several sharing a batched forward).
 
     config = {pack: [{trial_id, point}], kind, model, families, threads, gpu, trust_remote_code, prefix_reuse,
-    dtype, options}.
+    dtype, options}, and `estimate` (a screen's estimate name) when the pack's points are to be estimated, not run.
     """
     _crash_once_for_tests()
     torch.set_num_threads(config["threads"])
@@ -75,7 +86,8 @@ def run_trial(config: dict, splits: dict[tuple[str, int], Split]) -> None:
     pack = config["pack"]
     ctx = trial_context(config, splits)
     hooks_before = count_hooks(ctx.model.module)  # transformers may keep hooks of its own (output capturing)
-    results = run_pack(config["kind"], ctx, [p["point"] for p in pack])
+    results = run_estimates(config["estimate"], ctx, pack) if config.get("estimate") else \
+        run_pack(config["kind"], ctx, [p["point"] for p in pack])
     left = count_hooks(ctx.model.module) - hooks_before
     if left:
         raise RuntimeError(f"{left} forward hooks left on the model after trial {pack[0]['trial_id']}")
@@ -88,4 +100,5 @@ def run_trial(config: dict, splits: dict[tuple[str, int], Split]) -> None:
         "model_loads": MODEL_LOADS,
         "pack_size": len(pack),
         "trial_seconds": (time.perf_counter() - start) / len(pack),  # the pack's wall time per grid point
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),  # the actor's, so far
     })

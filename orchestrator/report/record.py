@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 
 from interventions.kinds import KINDS
 from interventions.registry import AtlasError, first_line
-from orchestrator.store import ROLE_CHILD, ROLE_PARENT, TAG, RetryOnLock, search_all
+from orchestrator.store import ROLE_CHILD, ROLE_ESTIMATE, ROLE_PARENT, TAG, RetryOnLock, search_all
 
 
 @dataclass
@@ -37,6 +37,7 @@ class SweepRecord:
     notes: list[str] = field(default_factory=list)  # what the reader had to decide (shown in the report)
     uri: str | None = None  # the store it was read from (None: a record built in memory)
     experiment_id: str | None = None
+    estimates: pd.DataFrame = field(default_factory=pd.DataFrame)  # a screen's estimate runs, tidy like `frame`
 
     def sweep_file(self, name: str, folder: Path) -> Path | None:
         """A sweep-level file (items.parquet, ...) from the newest parent run that has it, downloaded into folder."""
@@ -153,8 +154,20 @@ def read(uri: str, name: str, argument: str = "SWEEP_NAME") -> SweepRecord:
     parents = list(search_all(client, experiment.experiment_id, f"tags.`{TAG}role` = '{ROLE_PARENT}'",
                               order_by=["attributes.start_time DESC"]))
     axes = [k for k in dict.fromkeys(k for r in runs for k in r["params"]) if k not in ("model", "kind")]
+    estimates = _estimates(client, experiment.experiment_id)
+    if len(estimates):  # a screened sweep: which exact runs the screen picked, and why
+        frame["verify"] = frame["run_id"].map({r.info.run_id: r.data.tags.get(f"{TAG}verify", "") for r in found})
     return SweepRecord(name, kinds[0], model, n_layers_of(model, kinds[0], frame, notes), frame, curves, axes,
-                       parents[0].info.run_id if parents else None, notes, uri, experiment.experiment_id)
+                       parents[0].info.run_id if parents else None, notes, uri, experiment.experiment_id, estimates)
+
+
+def _estimates(client, experiment_id: str) -> pd.DataFrame:
+    """A screen's FINISHED estimate runs, tidy like the exact ones (empty for an unscreened sweep)."""
+    found = search_all(client, experiment_id,
+                       f"attributes.status = 'FINISHED' and tags.`{TAG}role` = '{ROLE_ESTIMATE}'")
+    runs = [{"run_id": r.info.run_id, "start_time": r.info.start_time, "params": dict(r.data.params),
+             "metrics": dict(r.data.metrics)} for r in found]
+    return tidy(runs)[0] if runs else pd.DataFrame()
 
 
 def _curves(client, found: list, keys: tuple[str, ...], kept: set[str]) -> pd.DataFrame:

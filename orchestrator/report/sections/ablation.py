@@ -12,6 +12,7 @@ import pandas as pd
 
 from interventions.ablation import HUB, effect_metric
 from orchestrator.numbers import fmt
+from orchestrator.report import screen
 from orchestrator.report.claims import ClaimCard, Evidence, card
 from orchestrator.report.figures import layer_profiles as profile_figure
 from orchestrator.report.figures import matrix
@@ -55,9 +56,26 @@ def ablation_profile(record: SweepRecord) -> Profile:
 
 @section("ablation", profile=ablation_profile, summary=ablation_summary)
 def ablation_section(record: SweepRecord) -> Section:
+    """Layer profiles, hubs and their cards from exact runs; a screened sweep adds its screen (estimates marked apart
+    from exact points, their agreement) and draws profiles only for the panels whose every point ran exactly."""
+    if not len(record.estimates):
+        return _exact_section(record)
+    result = _exact_section(screen.complete(record), "no component / method has every grid point exact")
+    table = screen.joined(record)
+    result.figures.append(Shown("screen", "Screen: estimated vs exact LD shift",
+                                "Per component / method, points by their rank in |estimated LD shift| (attribution "
+                                "patching): hollow grey = estimate, filled = exact run (red: top-k, blue: random "
+                                "sample); dashed: the top-k boundary. Claims stand only on exact runs.",
+                                screen.figure(table)))
+    result.notes += screen.notes(screen.agreement(table))
+    result.cards += screen.cards(table, record.n_layers)
+    return result
+
+
+def _exact_section(record: SweepRecord, empty: str = "only head trials") -> Section:
     profiles = layer_profiles(record.frame)
     if profiles.empty:
-        return Section("Ablation", notes=["only head trials: no layer profile to draw"])
+        return Section("Ablation", notes=[f"{empty}: no layer profile to draw"])
     profiles = profiles.assign(panel=profiles["component"] + " / " + profiles["method"])
     stats = over_seeds(profiles, ["panel", "layer"], METRIC)
     stats["panel"] = pd.Categorical(stats["panel"], list(dict.fromkeys(profiles["panel"])), ordered=True)
