@@ -20,7 +20,8 @@ DEFAULT_ENDPOINT = "https://huggingface.co"
 
 def looks_like_hub_id(name: str, builtins: list[str]) -> bool:
     """A hub id rather than a misspelt built-in name (that one keeps its "did you mean")."""
-    return bool(HUB_ID.match(name)) and not difflib.get_close_matches(name, builtins, n=1)
+    # cutoff 0.8: "tiny-lama" is a misspelt built-in, "gpt2" (0.62 to tiny-gpt2) is the hub's GPT-2
+    return bool(HUB_ID.match(name)) and not difflib.get_close_matches(name, builtins, n=1, cutoff=0.8)
 
 
 def _offline() -> bool:
