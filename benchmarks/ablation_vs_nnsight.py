@@ -18,7 +18,8 @@ train activations (for `mean` and `resample`) once per repetition, inside its ti
 The two sides are interleaved pack by pack (rotating which goes first), so a busy shared machine
 slows both alike; each side's time is the sum of its slices, and figures are medians over
 `--repeats`. Before any figure is printed the sides must agree on every grid point's metrics
-(KL within 1e-4 relative) and on the logits of the points at three layers (max |diff| < 1e-3).
+(KL within 1e-4 relative, 1e-7 absolute below KL 1e-3) and on the logits of the points at three
+layers (max |diff| < 1e-3).
 
 Defaults (a few minutes on 2 cores): components mlp, layer x every 4th layer x zero, mean,
 resample = 48 points; family capitalization (its prompts differ in length, so left padding is
@@ -155,7 +156,8 @@ def check_same(points, ours_metrics, nn_metrics, nn_logits, run: FamilyRun, seed
     """Assert both sides computed the same thing; the worst KL relative difference and logits max |diff|."""
     worst_kl = 0.0
     for point, a, b in zip(points, ours_metrics, nn_metrics, strict=True):
-        rel = abs(a["kl"] - b["kl"]) / max(abs(a["kl"]), 1e-6)
+        # relative, floored at KL 1e-3: a single head's KL can be ~1e-5, where float32 noise alone is 1e-4 of it
+        rel = abs(a["kl"] - b["kl"]) / max(abs(a["kl"]), 1e-3)
         worst_kl = max(worst_kl, rel)
         assert rel < 1e-4, (point, "kl", a["kl"], b["kl"])
         for key in ("ld_drop", "target_prob_drop"):

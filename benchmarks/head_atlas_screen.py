@@ -43,11 +43,11 @@ from orchestrator.report.screen import agreement
 from orchestrator.screen import select
 
 
-def grid(n_layers: int, n_heads: int, components: list[str], methods: list[str]) -> list[list[dict]]:
+def grid(layers: list[int], n_heads: int, components: list[str], methods: list[str]) -> list[list[dict]]:
     """Packs as a sweep makes them: per (component, layer), every head x method in one forward (at most 32)."""
     packs = []
     for component in components:
-        for layer in range(n_layers):
+        for layer in layers:
             heads = range(n_heads) if component == "head" else [None]
             points = [{"component": component, "layer": layer, "method": m, **({} if h is None else {"head": h})}
                       for h in heads for m in methods]
@@ -100,6 +100,7 @@ def main() -> None:
     parser.add_argument("--random", type=int, default=10, help="screen.verify_random")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--layer-step", type=int, default=1, help="every n-th layer only (1: every layer)")
     args = parser.parse_args()
     if args.model not in MODELS:
         raise SystemExit(f"model {args.model!r} is not available here (known: {', '.join(MODELS.names())}); the "
@@ -113,7 +114,8 @@ def main() -> None:
         raise SystemExit(f"model {args.model!r} could not be loaded: {exc}") from None
     families, methods = args.families.split(","), args.methods.split(",")
     splits = {f: make_split(f, args.seed, model.tokenizer, args.n_train, args.n_eval, None) for f in families}
-    packs = grid(model.n_layers, model.config.num_attention_heads, args.components.split(","), methods)
+    layers = list(range(0, model.n_layers, args.layer_step))
+    packs = grid(layers, model.config.num_attention_heads, args.components.split(","), methods)
     n_points = sum(map(len, packs)) * len(families)
 
     times = {"exact": [], "screened": [], "estimates": []}
@@ -157,9 +159,9 @@ def main() -> None:
     on_verified = agreement(table.assign(ld_drop=table["ld_drop"].where(table["verify"] != "")))
     t_exact, t_screen = statistics.median(times["exact"]), statistics.median(times["screened"])
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
-    print(f"\nhead atlas on {args.model}: {n_points} points = components {args.components} x {model.n_layers} layers "
-          f"({model.config.num_attention_heads} heads) x methods {args.methods} x families {args.families}, seed "
-          f"{args.seed}; n_eval {args.n_eval}, n_train {args.n_train}")
+    print(f"\nhead atlas on {args.model}: {n_points} points = components {args.components} x {len(layers)} of "
+          f"{model.n_layers} layers (step {args.layer_step}; {model.config.num_attention_heads} heads) x methods "
+          f"{args.methods} x families {args.families}, seed {args.seed}; n_eval {args.n_eval}, n_train {args.n_train}")
     print(f"machine: {os.cpu_count()} CPUs ({cpu}); torch {torch.__version__}, {args.threads} thread(s); load average "
           f"(1/5/15 min) {load_before} before, {load_after} after")
     print(f"screen: top {args.top} + {args.random} random per (component, method) = {len(chosen)} exact points of "
