@@ -193,12 +193,16 @@ def run_sweep(sweep: Sweep, *, tracking_uri: str | None = None, address: str | N
     todo = [p for p in points if p.trial_id not in done]
     screen = Screening(sweep, points, tracker, done) if sweep.spec.screen else None
     if not (screen.needed if screen else todo):  # nothing to run: no Ray, no new parent run; the table again
-        console.print(f"{sweep.spec.name}: all {len(points)} grid points already finished; nothing to run")
+        console.print(f"{sweep.spec.name}: all {len(points)} grid points already "
+                      + (f"estimated and the {len(screen.verify)} to verify finished" if screen else "finished")
+                      + "; nothing to run")
         tracker.close_stale()
         own = tracker.newest_parent(sweep.spec_hash)
         parent = own or tracker.newest_parent()
         outcome = Outcome(Deferred(lambda: (tracker.experiment_id, parent)), len(points), len(points))
         outcome.table_path = summarise(sweep, tracker, points, parent, console, top, out_dir)
+        if screen and parent:
+            screen.report(console, parent)
         tracker.complete_parent(own)
         return outcome
     outcome = None

@@ -69,7 +69,7 @@ def test_estimates_every_point_and_verifies_the_top_k_plus_the_sample_exactly(sc
     line = f"{len(points)} grid points estimated by attribution ({len(points)} now); verifying {len(want)}"
     assert line in done.stdout
     parent = role(sweep_runs(cwd, "screened"), "parent")[0]
-    assert parent.info.status == "FINISHED" and parent.data.params["to_run"] == str(len(want))
+    assert parent.info.status == "FINISHED" and parent.data.metrics["to_run"] == len(want)
     assert "Spearman" in done.stdout
 
 
@@ -78,7 +78,8 @@ def test_a_rerun_computes_nothing_again(screened):
     before = {r.info.run_id for r in sweep_runs(cwd, "screened") if r.data.tags.get("orchestrator.role") != "parent"}
     again = cli(cwd, "sweep", "screened.yaml")
     assert again.returncode == 0, again.stdout + again.stderr
-    assert "(0 now)" in again.stdout and "running 0" in again.stdout
+    assert f"all {len(points)} grid points already estimated and the" in again.stdout, again.stdout
+    assert "nothing to run" in again.stdout and "Spearman" in again.stdout  # the agreement table again
     after = {r.info.run_id for r in sweep_runs(cwd, "screened") if r.data.tags.get("orchestrator.role") != "parent"}
     assert after == before
     check_record(cwd, points)
