@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 from rich.table import Table
 
-from interventions.ablation import HUB, effect_metric
+from interventions.ablation import HUB, effect_metric, variant
 from interventions.metrics import spearman
 from orchestrator.numbers import fmt
 
@@ -23,6 +23,15 @@ class Summary:
     views: list[Table] = field(default_factory=list)  # printed after the aggregate table
 
 
+def with_variants(frame: pd.DataFrame) -> pd.DataFrame:
+    """Rows of a sweep with a `positions` axis: the method labelled with its variant ("mean[last]"; `all` keeps the
+    bare name, so the hub is still `layer`/`mean`), the positions column dropped (idempotent)."""
+    if "positions" not in frame:
+        return frame
+    labels = [variant(m, p if isinstance(p, str) else None) for m, p in zip(frame["method"], frame["positions"])]
+    return frame.assign(method=labels).drop(columns="positions")
+
+
 def layer_profiles(frame: pd.DataFrame) -> pd.DataFrame:
     """Mean effect over families per (component, method, seed, layer); head trials are left out (one head, not a layer).
 
@@ -30,6 +39,7 @@ def layer_profiles(frame: pd.DataFrame) -> pd.DataFrame:
     method acting on the corrupt run (denoising), whose KL to the clean run is smallest exactly
     where the patch matters most.
     """
+    frame = with_variants(frame)
     rows = frame[frame["component"] != "head"].copy()
     rows[METRIC] = float("nan")
     for method in rows["method"].unique():

@@ -7,6 +7,8 @@ first); families whose own hub differs; and, with several methods, whether they 
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 
@@ -22,6 +24,7 @@ from orchestrator.report.hubs import (
     layer_spearman,
     rank_stability,
     top_layers,
+    with_variants,
 )
 from orchestrator.report.record import SweepRecord
 from orchestrator.report.sections import (
@@ -46,6 +49,7 @@ def _main(profiles: pd.DataFrame) -> tuple[str, str]:
 
 
 def ablation_profile(record: SweepRecord) -> Profile:
+    record = replace(record, frame=with_variants(record.frame))  # methods named with their positions variant
     profiles = layer_profiles(record.frame)
     component, method = _main(profiles)
     main = profiles[(profiles["component"] == component) & (profiles["method"] == method)]
@@ -55,6 +59,7 @@ def ablation_profile(record: SweepRecord) -> Profile:
 
 @section("ablation", profile=ablation_profile, summary=ablation_summary)
 def ablation_section(record: SweepRecord) -> Section:
+    record = replace(record, frame=with_variants(record.frame))  # methods named with their positions variant
     profiles = layer_profiles(record.frame)
     if profiles.empty:
         return Section("Ablation", notes=["only head trials: no layer profile to draw"])
