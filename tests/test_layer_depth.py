@@ -55,6 +55,7 @@ def test_spec_resolves_depths_on_the_model_and_ids_equal_the_explicit_layers(tmp
     ("early_exit", {"exit_layer": "all"}, "exit_layer", [0, 1, 2, 3]),
     ("early_exit", {"exit_layer": [{"every": 3}]}, "exit_layer", [0, 3]),
     ("skip", {"skip": [[], {"depth": [0.5, 0.9]}, [0, {"every": 2}]]}, "skip", [[], [2], [3], [0, 2]]),
+    ("cross_model_patch", {"layer": {"depth": [0.9, 1.0]}, "rank": [2], "steps": [3]}, "layer", [3]),
     ("steering", {"layer": [[1, 3], {"depth": [0.5]}, [{"depth": [0.25, 0.75]}]], "strength": [1.0],
                   "vector_type": ["mean_diff"]}, "layer", [[1, 3], 2]),  # the depth set is [1, 3] again: merged
 ])

@@ -115,3 +115,19 @@ def test_hub_tables_name_the_variant():
             for s in (0, 1) for pos, hub in (("all", 2), ("all_but_first", 5)) for layer in range(6)]
     hubs = hub_table(layer_profiles(pd.DataFrame(rows))).set_index("method")["hub_mode"].to_dict()
     assert hubs == {"mean": 2, "mean[all_but_first]": 5}
+
+
+def test_the_ablation_section_builds_with_positions_and_its_cards_name_the_variant():
+    from orchestrator.report.record import SweepRecord
+    from orchestrator.report.sections import SECTIONS
+
+    rows = [{"run_id": f"{s}{f}{pos}{layer}", "seed": s, "family": f, "component": "layer", "method": "mean",
+             "positions": pos, "layer": layer, "kl": (1.0 if layer == hub else 0.1) + 0.01 * s}
+            for s in (0, 1, 2) for f in ("a", "b") for pos, hub in (("all", 1), ("all_but_first", 3))
+            for layer in range(4)]
+    frame = pd.DataFrame(rows).assign(model="m", kind="ablation")
+    record = SweepRecord("t", "ablation", "m", 4, frame, pd.DataFrame(),
+                         [c for c in frame if c not in ("model", "kind", "run_id", "kl")])
+    built = SECTIONS.get("ablation").build(record)
+    claims = " ".join(c.claim for c in built.cards)
+    assert "layer/mean: L1 is the hub" in claims and "layer/mean[all_but_first]: L3 is the hub" in claims
