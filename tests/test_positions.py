@@ -13,7 +13,7 @@ from interventions.components import Site
 from interventions.hooks import count_hooks
 from interventions.kinds import run_kind, run_pack
 from orchestrator.grid import expand, packs
-from orchestrator.report.hubs import hub_table, layer_profiles
+from orchestrator.report.hubs import hub_table, layer_profiles, sink_writers
 from orchestrator.spec import load_sweep
 from tests.conftest import bad_input, context, spec
 from tests.oracle import SEED, expected, sites
@@ -122,7 +122,8 @@ def test_the_ablation_section_builds_with_positions_and_its_cards_name_the_varia
     from orchestrator.report.sections import SECTIONS
 
     rows = [{"run_id": f"{s}{f}{pos}{layer}", "seed": s, "family": f, "component": "layer", "method": "mean",
-             "positions": pos, "layer": layer, "kl": (1.0 if layer == hub else 0.1) + 0.01 * s}
+             "positions": pos, "layer": layer, "kl": (1.0 if layer == hub else 0.1) + 0.01 * s,
+             "first_norm_ratio": [3.0, 300.0, 310.0, 320.0][layer]}
             for s in (0, 1, 2) for f in ("a", "b") for pos, hub in (("all", 1), ("all_but_first", 3))
             for layer in range(4)]
     frame = pd.DataFrame(rows).assign(model="m", kind="ablation")
@@ -131,3 +132,12 @@ def test_the_ablation_section_builds_with_positions_and_its_cards_name_the_varia
     built = SECTIONS.get("ablation").build(record)
     claims = " ".join(c.claim for c in built.cards)
     assert "layer/mean: L1 is the hub" in claims and "layer/mean[all_but_first]: L3 is the hub" in claims
+    caveats = {c.claim.split(":")[0]: " ".join(c.caveats) for c in built.cards if "is the hub" in c.claim}
+    assert "L1 is where the first-position activation is written" in caveats["layer/mean"]
+    assert "first-position" not in caveats["layer/mean[all_but_first]"]
+
+
+def test_sink_writers_are_the_layers_where_the_ratio_jumps():
+    frame = pd.DataFrame({"layer": [0, 1, 2, 3, 4, 0], "first_norm_ratio": [1.0, 1.2, 42.0, 108.0, 120.0, 1.4]})
+    assert sink_writers(frame) == {2: (1.2, 42.0), 3: (42.0, 108.0)}  # 120 < 2 x 108: carried, not written
+    assert sink_writers(frame.drop(columns="first_norm_ratio")) == {}

@@ -23,6 +23,7 @@ from orchestrator.report.hubs import (
     layer_profiles,
     layer_spearman,
     rank_stability,
+    sink_writers,
     top_layers,
     with_variants,
 )
@@ -182,4 +183,10 @@ def _hub_caveats(record: SweepRecord, component: str, method: str) -> list[str]:
         weak = weak[weak < 0.5]
         if len(weak):
             notes.append("clean accuracy below 50% in " + ", ".join(f"{f} ({v:.0%})" for f, v in weak.items()))
+    writers = sink_writers(frame)
+    hub = peak(layer_profiles(rows))[0] if writers and len(rows) else None
+    if hub in writers:
+        below, here = writers[hub]
+        notes.append(f"L{hub} is where the first-position activation is written (first-position norm ratio "
+                     f"{fmt(below)} below it, {fmt(here)} here): compare positions: all_but_first")
     return notes
