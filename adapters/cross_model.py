@@ -6,17 +6,14 @@ per adapter and the copy dropped. recovery = (LD_patched - LD_base) / (LD_traine
 """
 from __future__ import annotations
 
-from typing import Annotated
-
-from pydantic import Field
-
 from adapters.kind import TRAIN_LOSS
 from adapters.lora import Adapter, merged_copy, trim_heap
 from adapters.runs import Adapted
 from adapters.sources import TRAIN, SourceAxes, adapter_for, recent, sources, spread
 from interventions.context import TrialContext
 from interventions.forward import clean_run
-from interventions.kinds import TrialResult, axis, kind
+from interventions.kinds import TrialResult, kind
+from interventions.layers import Layers, depth
 from interventions.metrics import kl, logit_diff, mean, top1_correct
 from interventions.patching import patched_logits, recovery
 
@@ -35,14 +32,15 @@ def trained_run(ctx: TrialContext, adapter: Adapter) -> Adapted:
 
 
 class CrossModelAxes(SourceAxes):
-    layer: axis(Annotated[int, Field(ge=0)])
+    layer: Layers  # indices, `all`, {every: k}, {depth: [...]} (interventions/layers.py)
 
 
 def cross_model_points(axes: dict, info) -> list[dict]:
     return spread([[{**source, "layer": layer} for layer in axes["layer"]] for source in sources(axes, info)])
 
 
-METRICS = ("recovery", "kl", "ld_gap", "accuracy_clean", "accuracy_trained", "accuracy_patched", "train_loss_last")
+METRICS = ("recovery", "kl", "ld_gap", "accuracy_clean", "accuracy_trained", "accuracy_patched", "train_loss_last",
+           "depth")
 
 
 @kind("cross_model_patch", axes=CrossModelAxes, metrics=METRICS, primary="recovery", shown=("kl", "accuracy_clean"),
@@ -59,7 +57,7 @@ def cross_model_trial(ctx: TrialContext, *, layer: int, adapter: str = TRAIN, ra
     metrics = {"recovery": recovery(ld_patched, ld_base, ld_trained), "kl": mean(kl(donor.logits, patched)),
                "ld_gap": ld_trained - ld_base, "accuracy_clean": mean(top1_correct(run.clean_logits, run.target)),
                "accuracy_trained": mean(top1_correct(donor.logits, run.target)),
-               "accuracy_patched": mean(top1_correct(patched, run.target))}
+               "accuracy_patched": mean(top1_correct(patched, run.target)), "depth": depth(layer, ctx.model.n_layers)}
     result = TrialResult(metrics, tags={"adapter": found.key, "adapter_source": how})
     if layer == ctx.model.n_layers - 1:  # one run per adapter carries the adapter and its loss curve
         result.artifacts.update(found.files())

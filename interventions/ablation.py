@@ -1,7 +1,9 @@
-"""Ablation and activation patching: the ABLATIONS registry (six methods) and the ablation kind.
+"""Ablation and activation patching: the ABLATIONS registry (seven methods) and the ablation kind.
 
 A component of layer L (see components.py) is replaced on the clean run, or patched between
-the clean and corrupt runs of the eval items. Replacements never touch padding positions.
+the clean and corrupt runs of the eval items. Replacements never touch padding positions, and with the
+`positions` axis only the last real position (`last`) or every real position but the first (`all_but_first`,
+sparing the attention sink); `all` (the default) replaces every real position.
 """
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ from dataclasses import dataclass
 from typing import Annotated, Callable, Literal
 
 import torch
-from pydantic import BeforeValidator, Field
+from pydantic import BeforeValidator
 from torch import Tensor
 
 from interventions.components import (
@@ -25,6 +27,7 @@ from interventions.components import (
 from interventions.context import FamilyRun, TrialContext, seeded_generator
 from interventions.forward import Batch
 from interventions.kinds import CommonAxes, axis, kind, registered
+from interventions.layers import Layers, depth
 from interventions.metrics import agreement_metrics, logit_diff, mean, target_prob
 from interventions.registry import AtlasError, Registry
 
@@ -82,6 +85,23 @@ def resample_choice(seed: int, site: Site, item: int, eval_len: int, train_lens:
     return fits[int(torch.randint(len(fits), (1,), generator=item_generator(seed, site, item)))]
 
 
+@method("position_mean")
+def position_mean(run: FamilyRun, site: Site, base: Tensor, seed: int) -> Tensor:
+    """The train mean taken per position from the end (aligned as `resample` is): eval position -k gets the mean
+    of the train items' values at their own position -k, over the train items at least k long; a position beyond
+    the longest train item gets the all-position mean (`mean`'s value)."""
+    train = at_site(values(run, "train", site.component), site).double()
+    weight = batch_of(run, "train").mask.double().view(*train.shape[:2], *[1] * (train.dim() - 2))
+    counts = weight.sum(0)
+    per_position = (train * weight).sum(0) / counts.clamp(min=1)
+    overall = mean_value(run, site, base, seed)[0, 0].double()
+    k = min(train.shape[1], base.shape[1])  # positions both have, counted from the end
+    aligned = torch.where(counts[-k:] > 0, per_position[-k:], overall)
+    out = overall.expand_as(base).clone()
+    out[:, -k:] = aligned
+    return out.to(base.dtype)
+
+
 @method("resample")
 def resample(run: FamilyRun, site: Site, base: Tensor, seed: int) -> Tensor:
     """Each eval item gets a train item's value, aligned from the end (left padding: the last positions agree)."""
@@ -119,28 +139,65 @@ def clean_to_corrupt(run: FamilyRun, site: Site, base: Tensor, seed: int) -> Ten
 
 def effect_metric(method_name: str) -> str:
     """What ranks layers for a method: `kl`, or `recovery` for a method acting on the corrupt run (denoising),
-    whose KL to the clean run is smallest exactly where the patch matters most."""
+    whose KL to the clean run is smallest exactly where the patch matters most. A report's variant label
+    ("mean[last]", see `variant`) ranks as its method."""
+    method_name = method_name.split("[")[0]
     known = method_name in ABLATIONS
     return "recovery" if known and ABLATIONS.get(method_name).base == "corrupt" else "kl"
+
+
+POSITIONS = ("all", "last", "all_but_first")  # which real positions an ablation replaces (`all`: the default)
+
+
+def variant(method_name: str, positions: str | None) -> str:
+    """A method's label with its positions variant: "mean", "mean[last]", "mean[all_but_first]"."""
+    return method_name if positions in (None, "all") else f"{method_name}[{positions}]"
+
+
+def touched(mask: Tensor, positions: str = "all") -> Tensor:
+    """(batch, pos) bool: the positions an ablation replaces (never padding)."""
+    real = mask.bool()
+    if positions == "all":
+        return real
+    index = torch.arange(real.shape[1], device=real.device).expand_as(real)
+    first = torch.where(real, index, real.shape[1]).min(-1, keepdim=True).values
+    last = torch.where(real, index, -1).max(-1, keepdim=True).values
+    if positions == "last":
+        return real & (index == last)
+    assert positions == "all_but_first", positions
+    return real & (index != first)
+
+
+def first_norm_ratio(run: FamilyRun, layer: int) -> float:
+    """The attention-sink signature at resid_post[layer] on the clean eval prompts: per item, the first real
+    position's norm over the median norm of its other real positions; the mean over items (of two or more tokens)."""
+    def compute() -> float:
+        norms = run.clean_resid(layer).double().norm(dim=-1)
+        ratios = [float(norms[i, -n] / norms[i, -n + 1:].quantile(0.5))
+                  for i, n in enumerate(_lengths(run.eval_batch)) if n >= 2]
+        return sum(ratios) / len(ratios) if ratios else float("nan")
+
+    return run.memo(("first_norm_ratio", layer), compute)
 
 
 HUB = ("layer", "mean")  # DESIGN §6: the hub is the layer whose `layer` mean-ablation moves the prediction most
 
 
-def ablated_many(run: FamilyRun, seed: int, sites: list[tuple[Site, str]], prefix_reuse: bool = True) -> list[Tensor]:
-    """Eval logits for each (site, method), in one batched forward (the sites share a component and layer)."""
+def ablated_many(run: FamilyRun, seed: int, sites: list[tuple], prefix_reuse: bool = True) -> list[Tensor]:
+    """Eval logits for each (site, method[, positions]), in one batched forward (the sites share a component and
+    layer)."""
     patches = []
-    for site, name in sites:
+    for site, name, *positions in sites:
         m = ABLATIONS.get(name)
         base = at_site(values(run, m.base, site.component), site)
         value = m.fn(run, site, base, seed)
-        keep = run.eval_batch.mask.bool().view(*base.shape[:2], *[1] * (base.dim() - 2))
+        keep = touched(run.eval_batch.mask, *positions).view(*base.shape[:2], *[1] * (base.dim() - 2))
         patches.append((m.base, site, torch.where(keep, value, base)))
     return patched_logits(run, patches, prefix_reuse)
 
 
-def ablated_logits(run: FamilyRun, seed: int, site: Site, method_name: str) -> Tensor:
-    return ablated_many(run, seed, [(site, method_name)])[0]
+def ablated_logits(run: FamilyRun, seed: int, site: Site, method_name: str, positions: str = "all") -> Tensor:
+    return ablated_many(run, seed, [(site, method_name, positions)])[0]
 
 
 def _all_or_list(value):
@@ -149,9 +206,10 @@ def _all_or_list(value):
 
 class AblationAxes(CommonAxes):
     component: axis(Literal[COMPONENTS])
-    layer: axis(Annotated[int, Field(ge=0)])
+    layer: Layers  # indices, `all`, {every: k}, {depth: [...]} (interventions/layers.py)
     method: axis(Annotated[str, registered(ABLATIONS)])
     head: Annotated[axis(int | Literal["all"]), BeforeValidator(_all_or_list)] | None = None  # only with `head`
+    positions: Annotated[axis(Literal[POSITIONS]), BeforeValidator(_all_or_list)] | None = None  # absent: all
 
 
 def ablation_points(axes: dict, info) -> list[dict]:
@@ -171,8 +229,10 @@ def ablation_points(axes: dict, info) -> list[dict]:
         for layer in axes["layer"]:
             for head in expanded if component == "head" else [None]:
                 for name in axes["method"]:
-                    point = {"component": component, "layer": layer, "method": name}
-                    points.append(point if head is None else {**point, "head": head})
+                    for positions in axes.get("positions", [None]):  # absent axis: points (and ids) as before
+                        point = {"component": component, "layer": layer, "method": name}
+                        point = point if head is None else {**point, "head": head}
+                        points.append(point if positions is None else {**point, "positions": positions})
     return points
 
 
@@ -186,23 +246,26 @@ def check_ablation_splits(axes: dict, splits: dict) -> None:
 
 
 METRICS = ("kl", "target_prob_drop", "top1_agreement", "ld_drop", "recovery", "accuracy_clean",
-           "accuracy_intervened")
+           "accuracy_intervened", "depth", "first_norm_ratio")
 
 
 @kind("ablation", axes=AblationAxes, metrics=METRICS, primary="kl", shown=("accuracy_clean",),
-      pack_axes=("method", "head"), points=ablation_points, check_splits=check_ablation_splits)
+      pack_axes=("method", "head", "positions"), points=ablation_points, check_splits=check_ablation_splits)
 def ablation_trials(ctx: TrialContext, points: list[dict]) -> list[dict[str, float]]:
-    """Grid points of one component and layer (any methods and heads): replace or patch the component;
-    metrics against the clean run."""
+    """Grid points of one component and layer (any methods, heads and positions): replace or patch the component;
+    metrics against the clean run, the layer's depth and its first-position norm ratio (`first_norm_ratio`)."""
     run = ctx.family
-    sites = [(Site(p["component"], p["layer"], () if p.get("head") is None else (p["head"],)), p["method"])
-             for p in points]
+    sites = [(Site(p["component"], p["layer"], () if p.get("head") is None else (p["head"],)), p["method"],
+              p.get("positions") or "all") for p in points]
+    layer = points[0]["layer"]
+    at_layer = {"depth": depth(layer, run.model.n_layers), "first_norm_ratio": first_norm_ratio(run, layer)}
     clean, target, distractor = run.clean_logits, run.target, run.distractor
     ld_clean = logit_diff(clean, target, distractor)
     results = []
-    for (_site, method_name), out_logits in zip(sites, ablated_many(run, ctx.seed, sites, ctx.prefix_reuse)):
+    outs = ablated_many(run, ctx.seed, sites, ctx.prefix_reuse)
+    for (_site, method_name, _positions), out_logits in zip(sites, outs):
         ld_out = logit_diff(out_logits, target, distractor)
-        out = agreement_metrics(clean, out_logits, target)
+        out = {**agreement_metrics(clean, out_logits, target), **at_layer}
         out.update(target_prob_drop=mean(target_prob(clean, target) - target_prob(out_logits, target)),
                    ld_drop=mean(ld_clean - ld_out))
         if ABLATIONS.get(method_name).base == "corrupt":  # denoising: how much of the clean LD comes back

@@ -29,7 +29,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from interventions.ablation import ABLATIONS
+from interventions.ablation import ABLATIONS, touched
 from interventions.architectures import part
 from interventions.components import Site, at_site, batch_of, corrupt_run, values
 from interventions.context import FamilyRun, TrialContext
@@ -102,11 +102,12 @@ def ld_gap(run: FamilyRun, which: str) -> float:
     return ld_clean - mean(logit_diff(corrupt_run(run)[0], run.target, run.distractor))
 
 
-def shift(run: FamilyRun, seed: int, site: Site, method: str) -> float:
-    """First-order LD_out - LD_base of one grid point: sum over items and real positions of (r - a) . dmeanLD/da."""
+def shift(run: FamilyRun, seed: int, site: Site, method: str, positions: str = "all") -> float:
+    """First-order LD_out - LD_base of one grid point: sum over items and the real positions the point replaces
+    (the `positions` axis) of (r - a) . dmeanLD/da."""
     m = ABLATIONS.get(method)
     base = at_site(values(run, m.base, site.component), site)
-    keep = run.eval_batch.mask.bool().view(*base.shape[:2], *[1] * (base.dim() - 2))
+    keep = touched(run.eval_batch.mask, positions).view(*base.shape[:2], *[1] * (base.dim() - 2))
     value = torch.where(keep, m.fn(run, site, base, seed), base)
     grad = at_site(gradients(run, m.base)[site.component], site)
     return float(((value - base).double() * grad.double()).sum())
@@ -122,7 +123,7 @@ def attribution(ctx: TrialContext, points: list[dict]) -> list[dict[str, float]]
     out = []
     for point in points:
         base = ABLATIONS.get(point["method"]).base
-        moved = shift(ctx.family, ctx.seed, site_of(point), point["method"])
+        moved = shift(ctx.family, ctx.seed, site_of(point), point["method"], point.get("positions") or "all")
         out.append({"ld_drop_estimate": ld_gap(ctx.family, base) - moved, "ld_shift_estimate": moved})
     return out
 

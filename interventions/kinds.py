@@ -95,6 +95,7 @@ class Kind:
     shown: tuple[str, ...] = ()  # besides `primary`, the metrics the end-of-sweep table prints (when logged)
     curves: tuple[str, ...] = ()  # step-indexed metrics (fnmatch patterns): a value per step, e.g. per layer
     layer_axes: tuple[str, ...] = ("layer",)  # axes whose values must be layer indices of the model
+    set_axes: tuple[str, ...] = ()  # axes whose values are sets of layers (skip); their layers are checked likewise
     pack_axes: tuple[str, ...] = ()  # axes along which grid points can share one batched forward
     uses_other_families: bool = False  # the trial reads the sweep's other families (collateral)
     points: PointsFn | None = None  # the kind-axis combinations when not the full product (see kind_points)

@@ -1,18 +1,16 @@
 """Layer skipping and early exit (logit lens): the `skip` and `early_exit` kinds, measured against the full model."""
 from __future__ import annotations
 
-from typing import Annotated
-
-from pydantic import Field
 from torch import Tensor
 
 from interventions.context import FamilyRun, TrialContext
 from interventions.forward import embed, run_from, unembed_last
-from interventions.kinds import CommonAxes, axis, kind
+from interventions.kinds import CommonAxes, kind
+from interventions.layers import Layers, SkipSets, depth
 from interventions.metrics import agreement_metrics
 from interventions.registry import AtlasError
 
-METRICS = ("kl", "top1_agreement", "top5_overlap", "accuracy_clean", "accuracy_intervened")
+METRICS = ("kl", "top1_agreement", "top5_overlap", "accuracy_clean", "accuracy_intervened", "depth")
 
 
 def skipped_logits(run: FamilyRun, skip: frozenset[int], prefix_reuse: bool = True) -> Tensor:
@@ -31,7 +29,7 @@ def exit_logits(run: FamilyRun, layer: int) -> Tensor:
 
 
 class SkipAxes(CommonAxes):
-    skip: axis(list[Annotated[int, Field(ge=0)]])  # each value is a set of layers skipped together ([] = none)
+    skip: SkipSets  # each value is a set of layers skipped together ([] = none); `all` etc.: one set per layer
 
 
 def skip_points(axes: dict, info) -> list[dict]:
@@ -46,15 +44,16 @@ def skip_points(axes: dict, info) -> list[dict]:
 
 
 @kind("skip", axes=SkipAxes, metrics=METRICS, primary="kl", shown=("accuracy_clean",), layer_axes=(),
-      points=skip_points)
+      set_axes=("skip",), points=skip_points)
 def skip_trial(ctx: TrialContext, *, skip: list[int]) -> dict[str, float]:
     """One grid point: skip a set of layers; metrics against the full model."""
     run = ctx.family
-    return agreement_metrics(run.clean_logits, skipped_logits(run, frozenset(skip), ctx.prefix_reuse), run.target)
+    out = agreement_metrics(run.clean_logits, skipped_logits(run, frozenset(skip), ctx.prefix_reuse), run.target)
+    return {**out, "depth": depth(skip, run.model.n_layers)} if skip else out
 
 
 class EarlyExitAxes(CommonAxes):
-    exit_layer: axis(Annotated[int, Field(ge=0)])
+    exit_layer: Layers
 
 
 @kind("early_exit", axes=EarlyExitAxes, metrics=METRICS, primary="kl", shown=("accuracy_clean",),
@@ -62,4 +61,5 @@ class EarlyExitAxes(CommonAxes):
 def early_exit_trial(ctx: TrialContext, *, exit_layer: int) -> dict[str, float]:
     """One grid point: read the prediction off resid_post[exit_layer]; metrics against the full model."""
     run = ctx.family
-    return agreement_metrics(run.clean_logits, exit_logits(run, exit_layer), run.target)
+    out = agreement_metrics(run.clean_logits, exit_logits(run, exit_layer), run.target)
+    return {**out, "depth": depth(exit_layer, run.model.n_layers)}

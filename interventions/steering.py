@@ -15,13 +15,14 @@ from itertools import product
 from typing import Annotated, Callable
 
 import torch
-from pydantic import FiniteFloat, PlainValidator
+from pydantic import FiniteFloat
 from torch import Tensor
 
 from interventions.context import TrainActs, TrialContext, seeded_generator
 from interventions.forward import Batch, run_from
 from interventions.generation import added
 from interventions.kinds import CommonAxes, TrialResult, axis, kind, registered
+from interventions.layers import LayersOrSets, depth
 from interventions.metrics import kl, logit_diff, mean, selectivity, steering_metrics, target_logprob
 from interventions.registry import Registry
 from interventions.reliability import cosine, pair_consistency, shift_metrics
@@ -93,26 +94,6 @@ def layer_set(value: int | list[int]) -> list[int]:
     return [value] if isinstance(value, int) else list(value)
 
 
-def _layer_value(value):
-    """An axis value of `layer`: a layer index, or a non-empty set of distinct indices (kept sorted)."""
-    def index(x, where: str = "") -> int:
-        if isinstance(x, bool) or not isinstance(x, int):
-            raise ValueError(f"{where}a layer is an integer or a list of integers, not {x!r}")
-        if x < 0:
-            raise ValueError(f"{where}Input should be greater than or equal to 0")
-        return x
-
-    if isinstance(value, list):
-        layers = [index(x, f"layer set {value}: ") for x in value]
-        if not layers:
-            raise ValueError("a layer set needs at least one layer")
-        if len(set(layers)) != len(layers):
-            raise ValueError(f"layer set {value} repeats a layer")
-        return sorted(layers)
-    return index(value)
-
-
-LayerValue = Annotated[int | list[int], PlainValidator(_layer_value)]
 
 
 def steering_vector(ctx: TrialContext, layer: int, vector_type: str) -> Tensor:
@@ -145,7 +126,7 @@ def steered_logits(model, batch: Batch, resid: Callable[[int], Tensor], deltas: 
 
 
 class SteeringAxes(CommonAxes):
-    layer: axis(LayerValue)  # a layer, or a set of layers steered at once ([6, 21])
+    layer: LayersOrSets  # a layer, or a set of layers steered at once ([6, 21]); `all`, {depth: [...]}, ...
     strength: axis(FiniteFloat)  # in units of r_L
     vector_type: axis(Annotated[str, registered(VECTORS)])
 
@@ -225,7 +206,7 @@ def steering_trials(ctx: TrialContext, points: list[dict]) -> list[TrialResult]:
         out = steering_metrics(run.clean_logits, logits, run.target, run.distractor)
         clean, moved = _shift(run, logits)
         out.update(shift_metrics(moved - clean, p["strength"], ctx.seed, run.split.family))
-        out.update(_geometry(ctx, layers, p["vector_type"]), depth=sum(layers) / len(layers) / run.model.n_layers)
+        out.update(_geometry(ctx, layers, p["vector_type"]), depth=depth(layers, run.model.n_layers))
         if i in knock:  # how much of the drop is specific to this family
             own = mean(logprob_drop(run, logits))
             spill = mean(torch.cat([logprob_drop(o, c[i]) for o, c in zip(ctx.others, collateral)]))

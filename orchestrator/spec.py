@@ -19,6 +19,7 @@ from interventions.attribution import ESTIMATES
 from interventions.families import Split, family_name, make_split
 from interventions.families.pairs import warnings as pair_warnings
 from interventions.kinds import KINDS, Kind, kind_points, registered
+from interventions.layers import is_symbolic, resolve_axis
 from interventions.models import EMBEDDED, ModelInfo, check_dtype, describe
 from interventions.registry import AtlasError
 
@@ -161,15 +162,20 @@ def read_yaml(path: Path) -> dict:
     return raw
 
 
-def _check_layers(path: Path, kind: Kind, axes: dict, info: ModelInfo) -> None:
-    for name in kind.layer_axes:
+def _check_layers(path: Path, kind: Kind, axes: dict, info: ModelInfo) -> dict:
+    """Layer indices as written must exist in the model; returns the axes with `all`, `{every: k}` and
+    `{depth: [...]}` resolved against it (interventions/layers.py)."""
+    for name in (*kind.layer_axes, *kind.set_axes):
         for i, value in enumerate(axes.get(name, ())):
             listed = enumerate(value) if isinstance(value, list) else [(None, value)]  # a layer set: each layer
             for j, layer in listed:
-                if not 0 <= layer < info.n_layers:
+                if not is_symbolic(layer) and not 0 <= layer < info.n_layers:
                     where = f"axes.{name}.{i}" + ("" if j is None else f".{j}")
                     raise SpecError(f"{path.name}: {where}: layer {layer} is outside 0..{info.n_layers - 1} "
                                     f"({info.name} has {info.n_layers} layers)")
+    resolved = {name: resolve_axis(axes[name], info.n_layers, sets_only=name in kind.set_axes)
+                for name in (*kind.layer_axes, *kind.set_axes) if name in axes}
+    return {**axes, **resolved}
 
 
 def _options(path: Path, raw: dict, spec: SweepSpec, kind: Kind) -> dict[str, dict | None]:
@@ -249,7 +255,7 @@ def load_sweep(path: str | Path) -> Sweep:
     with _field(path, "model: "):
         info = describe(spec.model, spec.trust_remote_code)
     _check_dtype(path, spec)
-    _check_layers(path, kind, axes, info)
+    axes = _check_layers(path, kind, axes, info)
     with _field(path):
         kind_points(kind, axes, info, options)  # model-dependent checks of the kind's own axes
     splits = _load_splits(path, spec, axes, info)

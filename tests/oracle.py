@@ -118,8 +118,9 @@ SEED = 3
 VALUES: dict = {}  # the oracle's component values, per (model, prompt, layer, component)
 
 
-def expected(model, run, site: Site, method: str) -> torch.Tensor:
-    """Per eval item, the method's replacement built by hand, run through a plain forward with hooks."""
+def expected(model, run, site: Site, method: str, positions: str = "all") -> torch.Tensor:
+    """Per eval item, the method's replacement built by hand, run through a plain forward with hooks; with
+    `positions` "last" or "all_but_first", the item's other positions keep their own value."""
     component, layer = site.component, site.layer
     heads = list(site.heads)
 
@@ -140,6 +141,12 @@ def expected(model, run, site: Site, method: str) -> torch.Tensor:
             new = torch.zeros_like(base)
         elif method == "mean":
             new = torch.cat([val(p) for p in train]).double().mean(0).float().expand_as(base)
+        elif method == "position_mean":  # position -k: mean over the train prompts at least k long
+            trains, new = [val(p) for p in train], base.clone()
+            overall = torch.cat(trains).double().mean(0)
+            for k in range(1, n + 1):
+                at_k = [t[-k].double() for t in trains if t.shape[0] >= k]
+                new[-k] = (torch.stack(at_k).mean(0) if at_k else overall).float()
         elif method == "resample":
             lens = [val(p).shape[0] for p in train]
             j = resample_choice(SEED, site, i, n, lens)
@@ -152,6 +159,10 @@ def expected(model, run, site: Site, method: str) -> torch.Tensor:
             new = val(item.corrupt_prompt)
         else:  # clean_to_corrupt
             new = val(item.prompt)
+        if positions == "last":
+            new = torch.cat([base[:-1], new[-1:]])
+        elif positions == "all_but_first":
+            new = torch.cat([base[:1], new[1:]])
         rows.append(logits_with(model, prompt, layer, component, new, heads))
     return torch.stack(rows)
 

@@ -132,6 +132,7 @@ def test_cross_model_patching_at_the_last_layer_recovers_everything(tiny_model):
     assert last.metrics["recovery"] == pytest.approx(1.0, abs=1e-4) and abs(last.metrics["kl"]) < 1e-6
     assert set(last.artifacts) == {"adapter_model.safetensors", "adapter_config.json"}
     first = cross_model_trial(ctx, layer=0, **TRAIN).metrics
+    assert (last.metrics["depth"], first["depth"]) == ((tiny_model.n_layers - 1) / tiny_model.n_layers, 0.0)
     assert first["recovery"] != pytest.approx(1.0, abs=1e-3)
 
 

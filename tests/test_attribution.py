@@ -136,6 +136,26 @@ def test_on_a_linear_toy_the_estimate_equals_the_exact_trial(tiny_llama, method)
     assert abs(est - exact) > 1e-4 * abs(exact), (early, est, exact)
 
 
+@pytest.mark.parametrize("positions", ["last", "all_but_first"])
+@pytest.mark.parametrize("method", ["zero", "position_mean"])
+def test_the_estimate_replaces_only_the_positions_the_exact_trial_does(tiny_llama, method, positions):
+    """With a `positions` axis the estimate sums over the positions the trial replaces: on the linear toy it still
+    equals the exact trial, and at a layer whose every position reaches the logits it differs from the all-positions
+    estimate."""
+    toy = linear_toy(tiny_llama)
+    ctx = TrialContext(toy, SEED, run_of(toy, "antonyms"))
+    point = {"component": "attn", "layer": toy.n_layers - 1, "method": method, "positions": positions}
+    est = attribution(ctx, [point])[0]["ld_drop_estimate"]
+    exact = run_pack("ablation", ctx, [point])[0].metrics["ld_drop"]
+    assert est == pytest.approx(exact, rel=1e-5, abs=1e-6), (point, est, exact)
+    # at the last layer only the last position reaches the logits; at L0 all do (zero: position_mean leaves a
+    # first position that is the same token in every item as it is)
+    early = {**point, "layer": 0, "method": "zero"}
+    only, everywhere = (attribution(ctx, [{**early, "positions": p}])[0]["ld_drop_estimate"]
+                        for p in (positions, "all"))
+    assert abs(everywhere - only) > 1e-6, (everywhere, only)
+
+
 @pytest.mark.parametrize("method", ["zero", "mean"])
 def test_per_head_estimates_sum_to_the_attention_estimate(tiny_model, method):
     """o_proj has no bias: zeroing every head is zeroing attn, and the heads' train means map to attn's train mean

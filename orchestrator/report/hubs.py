@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 from rich.table import Table
 
-from interventions.ablation import HUB, effect_metric
+from interventions.ablation import HUB, effect_metric, variant
 from interventions.metrics import spearman
 from orchestrator.numbers import fmt
 
@@ -23,6 +23,33 @@ class Summary:
     views: list[Table] = field(default_factory=list)  # printed after the aggregate table
 
 
+def with_variants(frame: pd.DataFrame) -> pd.DataFrame:
+    """Rows of a sweep with a `positions` axis: the method labelled with its variant ("mean[last]"; `all` keeps the
+    bare name, so the hub is still `layer`/`mean`), the positions column dropped (idempotent)."""
+    if "positions" not in frame:
+        return frame
+    labels = [variant(m, p if isinstance(p, str) else None) for m, p in zip(frame["method"], frame["positions"])]
+    return frame.assign(method=labels).drop(columns="positions")
+
+
+SINK_RATIO, SINK_JUMP = 10.0, 2.0  # a layer writes the first-position activation: ratio >= 10 and >= 2x the layer below
+
+
+def sink_writers(frame: pd.DataFrame) -> dict[int, tuple[float, float]]:
+    """Layers where the first-position (attention-sink) activation is written, from the ablation runs'
+    `first_norm_ratio` (mean over seeds and families): layer -> (ratio at the layer below, ratio here). A layer is a
+    writer when its ratio is at least SINK_RATIO and SINK_JUMP times the swept layer below it (layer 0: than 1)."""
+    if "first_norm_ratio" not in frame or frame["first_norm_ratio"].isna().all():
+        return {}
+    ratio = frame.groupby("layer")["first_norm_ratio"].mean().dropna().sort_index()
+    out, below = {}, 1.0
+    for layer, value in ratio.items():
+        if value >= SINK_RATIO and value >= SINK_JUMP * below:
+            out[int(layer)] = (below, float(value))
+        below = value
+    return out
+
+
 def layer_profiles(frame: pd.DataFrame) -> pd.DataFrame:
     """Mean effect over families per (component, method, seed, layer); head trials are left out (one head, not a layer).
 
@@ -30,6 +57,7 @@ def layer_profiles(frame: pd.DataFrame) -> pd.DataFrame:
     method acting on the corrupt run (denoising), whose KL to the clean run is smallest exactly
     where the patch matters most.
     """
+    frame = with_variants(frame)
     rows = frame[frame["component"] != "head"].copy()
     rows[METRIC] = float("nan")
     for method in rows["method"].unique():

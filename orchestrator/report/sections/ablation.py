@@ -7,6 +7,8 @@ first); families whose own hub differs; and, with several methods, whether they 
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 
@@ -22,7 +24,9 @@ from orchestrator.report.hubs import (
     layer_profiles,
     layer_spearman,
     rank_stability,
+    sink_writers,
     top_layers,
+    with_variants,
 )
 from orchestrator.report.record import SweepRecord
 from orchestrator.report.sections import (
@@ -47,6 +51,7 @@ def _main(profiles: pd.DataFrame) -> tuple[str, str]:
 
 
 def ablation_profile(record: SweepRecord) -> Profile:
+    record = replace(record, frame=with_variants(record.frame))  # methods named with their positions variant
     profiles = layer_profiles(record.frame)
     component, method = _main(profiles)
     main = profiles[(profiles["component"] == component) & (profiles["method"] == method)]
@@ -73,6 +78,7 @@ def ablation_section(record: SweepRecord) -> Section:
 
 
 def _exact_section(record: SweepRecord, empty: str = "only head trials") -> Section:
+    record = replace(record, frame=with_variants(record.frame))  # methods named with their positions variant
     profiles = layer_profiles(record.frame)
     if profiles.empty:
         return Section("Ablation", notes=[f"{empty}: no layer profile to draw"])
@@ -195,4 +201,10 @@ def _hub_caveats(record: SweepRecord, component: str, method: str) -> list[str]:
         weak = weak[weak < 0.5]
         if len(weak):
             notes.append("clean accuracy below 50% in " + ", ".join(f"{f} ({v:.0%})" for f, v in weak.items()))
+    writers = sink_writers(frame)
+    hub = peak(layer_profiles(rows))[0] if writers and len(rows) else None
+    if hub in writers:
+        below, here = writers[hub]
+        notes.append(f"L{hub} is where the first-position activation is written (first-position norm ratio "
+                     f"{fmt(below)} below it, {fmt(here)} here): compare positions: all_but_first")
     return notes
