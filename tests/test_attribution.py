@@ -256,7 +256,7 @@ def screened_record():
                                  "verify": "top" if layer == 1 else "random"})
     frame, est = pd.DataFrame(rows), pd.DataFrame(estimates)
     return SweepRecord("screened", "ablation", "tiny-llama", 4, frame, pd.DataFrame(columns=["run_id", "key", "step",
-                       "value"]), ["seed", "family", "component", "layer", "head", "method"], None, [], est)
+                       "value"]), ["seed", "family", "component", "layer", "head", "method"], None, [], estimates=est)
 
 
 def test_claim_cards_never_cite_an_estimated_point():

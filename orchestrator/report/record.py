@@ -10,7 +10,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -35,6 +35,7 @@ class SweepRecord:
     axes: list[str] = field(default_factory=list)  # axis columns of `frame` (params but model and kind)
     parent_id: str | None = None  # the newest invocation's parent run
     notes: list[str] = field(default_factory=list)  # what the reader had to decide (shown in the report)
+    _: KW_ONLY  # what follows is named at every construction
     uri: str | None = None  # the store it was read from (None: a record built in memory)
     experiment_id: str | None = None
     estimates: pd.DataFrame = field(default_factory=pd.DataFrame)  # a screen's estimate runs, tidy like `frame`
@@ -158,7 +159,8 @@ def read(uri: str, name: str, argument: str = "SWEEP_NAME") -> SweepRecord:
     if len(estimates):  # a screened sweep: which exact runs the screen picked, and why
         frame["verify"] = frame["run_id"].map({r.info.run_id: r.data.tags.get(f"{TAG}verify", "") for r in found})
     return SweepRecord(name, kinds[0], model, n_layers_of(model, kinds[0], frame, notes), frame, curves, axes,
-                       parents[0].info.run_id if parents else None, notes, uri, experiment.experiment_id, estimates)
+                       parents[0].info.run_id if parents else None, notes, uri=uri,
+                       experiment_id=experiment.experiment_id, estimates=estimates)
 
 
 def _estimates(client, experiment_id: str) -> pd.DataFrame:
