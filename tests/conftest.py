@@ -153,6 +153,14 @@ def cli(cwd: Path, *args: str, env: dict | None = None, timeout: int = 300) -> s
                           capture_output=True, text=True, timeout=timeout, check=False)
 
 
+def swept(folder: Path, name: str, spec_text: str, env: dict | None = None) -> tuple[Path, subprocess.CompletedProcess]:
+    """`name`.yaml written into `folder` and swept there by the CLI, which must succeed: (folder, its output)."""
+    (folder / f"{name}.yaml").write_text(spec_text)
+    done = cli(folder, "sweep", f"{name}.yaml", env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return folder, done
+
+
 def start(cwd: Path, *args: str) -> subprocess.Popen:
     """The CLI in its own process group (output in .stdout), so that everything it started can be found and stopped."""
     return subprocess.Popen([sys.executable, "-m", "orchestrator", *args], cwd=cwd, env=cli_env(), text=True,

@@ -6,7 +6,7 @@ import json
 import pandas as pd
 import pytest
 
-from tests.conftest import children, cli, sweep_runs
+from tests.conftest import children, cli, sweep_runs, swept
 
 pytestmark = pytest.mark.slow  # Ray, subprocess CLIs or servers, end to end
 
@@ -39,11 +39,7 @@ axes:
 
 @pytest.fixture(scope="module")
 def atlas_run(tmp_path_factory):
-    cwd = tmp_path_factory.mktemp("atlas")
-    (cwd / "atlas.yaml").write_text(ABLATION)
-    done = cli(cwd, "sweep", "atlas.yaml")
-    assert done.returncode == 0, done.stdout + done.stderr
-    return cwd, done
+    return swept(tmp_path_factory.mktemp("atlas"), "atlas", ABLATION)
 
 
 def test_ablation_sweep_logs_each_point_once_with_its_axes(atlas_run):

@@ -19,7 +19,7 @@ from orchestrator import vectors
 from orchestrator.grid import expand
 from orchestrator.report import build, read, write_report
 from orchestrator.spec import load_sweep
-from tests.conftest import children, cli, role, spec, sweep_runs
+from tests.conftest import children, cli, role, spec, sweep_runs, swept
 
 pytestmark = pytest.mark.slow  # Ray, subprocess CLIs or servers, end to end
 
@@ -30,11 +30,7 @@ SPEC = spec("steering", "field", n_train=4, n_eval=3, seed=[0, 1], family=["anto
 
 @pytest.fixture(scope="module")
 def field_run(tmp_path_factory):
-    cwd = tmp_path_factory.mktemp("field")
-    (cwd / "field.yaml").write_text(SPEC)
-    done = cli(cwd, "sweep", "field.yaml")
-    assert done.returncode == 0, done.stdout + done.stderr
-    return cwd, done
+    return swept(tmp_path_factory.mktemp("field"), "field", SPEC)
 
 
 def test_every_point_and_the_baseline_is_one_finished_run(field_run):
