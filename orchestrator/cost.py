@@ -64,7 +64,11 @@ def _start(sweep, values: dict) -> int:
     """The first decoder layer a trial's forward runs."""
     if not sweep.spec.execution.prefix_reuse or sweep.kind.name not in LAYER_STARTS:
         return 0
-    return values["layer"] + (0 if values.get("component") in ("attn", "mlp", "head") else 1)
+    layer = values.get("layer")
+    if layer is None:  # steering's prompting baseline: one full forward of the k-shot prompts
+        return 0
+    first = min(layer) if isinstance(layer, (list, tuple)) else layer  # a layer set starts at its lowest layer
+    return first + (0 if values.get("component") in ("attn", "mlp", "head") else 1)
 
 
 def work(sweep, points) -> Work:
@@ -212,6 +216,9 @@ def render(sweep, w: Work, cal: Calibration, est: Estimate) -> list[str]:
                 f"{os.getloadavg()[0]:.1f} now)")
     rows.append(f"peak memory per actor ~ {est.peak_bytes / mb:.0f} MB ("
                 + ", ".join(f"{k} {v / mb:.0f} MB" for k, v in est.parts.items()) + ")")
+    if sweep.options.get("generate"):
+        rows.append("not counted: generation (`generate`), measured at ~3.4x the steered forward per pack on a "
+                    "2-core CPU (docs/steering.md)")
     return rows
 
 

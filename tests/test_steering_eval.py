@@ -440,3 +440,18 @@ BAD = [
 def test_bad_steering_input_is_one_line_exit_2_and_touches_no_store(tmp_path, monkeypatch, capsys, text, field, reason):
     err = bad_input(tmp_path, monkeypatch, capsys, text)
     assert f"spec.yaml: {field}: " in err and reason in err, err
+
+
+def test_dry_run_costs_the_baseline_and_layer_sets(tmp_path, monkeypatch, capsys):
+    """The cost estimate counts a prompting baseline point (no layer) and a layer set (from its lowest layer)."""
+    from orchestrator.cost import work
+    from tests.conftest import run_main, spec
+
+    (tmp_path / "s.yaml").write_text(spec("steering", "costed", layer=[[1, 3], 2], strength=[0.5],
+                                          vector_type=["mean_diff"], extra={"generate": {"tokens": 2}}))
+    monkeypatch.chdir(tmp_path)
+    sweep = load_sweep(tmp_path / "s.yaml")
+    forwards = sorted(layers for _, layers in work(sweep, expand(sweep)).forwards)
+    assert forwards == [1, 2, 4]  # layer 2 and the set {1, 3} restart above their lowest layer; the baseline: all 4
+    code, out, err = run_main(monkeypatch, capsys, "sweep", "s.yaml", "--dry-run")
+    assert code == 0 and "estimate: wall ~" in out and "not counted: generation" in out, out + err
