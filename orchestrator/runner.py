@@ -125,7 +125,7 @@ def tune_rounds(sweep: Sweep, todo: list[Point], tracker: Tracker, outcome: Outc
             recorder = RecordTrials(writer, {p.trial_id: p for p in todo}, metrics, retries, console.print,
                                     progress.advance, tags)
             for round_ in itertools.count():
-                _tune(sweep, again, recorder, storage, round_, estimate=estimate)
+                _tune(sweep, again, recorder, storage, round_, **({"estimate": estimate} if estimate else {}))
                 again = retries.take_early(todo)
                 if not again or round_ == spec.max_failures:
                     break
