@@ -199,7 +199,7 @@ def test_the_same_spec_twice_gives_bit_identical_metrics(worker_killed, driver_k
 
 # --- a changed spec: refused without --resume; with it only new points run and removed ones leave the table ---------
 
-SMALL = tiny_steering("faults_small")
+SMALL = tiny_steering("faults_small") + "baseline: {shots: 0}\n"  # two layers, no prompting point: 2 grid points
 
 
 def test_a_changed_spec_needs_resume_runs_only_new_points_and_drops_removed_ones(tmp_path, monkeypatch, capsys):
