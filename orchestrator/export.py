@@ -12,14 +12,13 @@ def points(uri: str, name: str):
     """Every FINISHED grid point of sweep `name` as a DataFrame (parents dropped; a point run twice keeps its newest
     run)."""
     from interventions.kinds import KINDS
-    from orchestrator.report.record import finished_trials, tidy
+    from orchestrator.report.record import as_rows, finished_trials, tidy
     from orchestrator.store import TAG
 
     _, _, found = finished_trials(uri, name, "SWEEP")
     kinds = {r.data.params.get("kind") for r in found}
     curves = tuple(c for k in sorted(kinds & set(KINDS)) for c in KINDS.get(k).curves)
-    runs = [{"run_id": r.info.run_id, "start_time": r.info.start_time, "params": dict(r.data.params),
-             "metrics": dict(r.data.metrics)} for r in found]
+    runs = as_rows(found)
     frame, _ = tidy(runs, curves)  # step-indexed curves have no single value: dropped
     trial_ids = {r.info.run_id: r.data.tags.get(f"{TAG}trial_id") for r in found}
     frame.insert(1, "trial_id", frame["run_id"].map(trial_ids))

@@ -98,6 +98,12 @@ def tidy(runs: list[dict], curve_keys: tuple[str, ...] = ()) -> tuple[pd.DataFra
     return frame, notes
 
 
+def as_rows(found: list[Run]) -> list[dict]:
+    """MLflow runs as the dicts `tidy` reads: run_id, start_time, params, metrics."""
+    return [{"run_id": r.info.run_id, "start_time": r.info.start_time, "params": dict(r.data.params),
+             "metrics": dict(r.data.metrics)} for r in found]
+
+
 def _client(uri: str) -> MlflowClient:
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
         raise AtlasError(f"--tracking-uri: the store {uri} does not exist (no sweep has been run into it)")
@@ -145,8 +151,7 @@ def read(uri: str, name: str, argument: str = "SWEEP_NAME") -> SweepRecord:
     if len(kinds) != 1:
         raise AtlasError(f"{argument}: sweep {name!r} mixes experiment kinds {kinds}; one report needs one kind")
     keys = KINDS.get(kinds[0]).curves if kinds[0] in KINDS else ()
-    runs = [{"run_id": r.info.run_id, "start_time": r.info.start_time, "params": dict(r.data.params),
-             "metrics": dict(r.data.metrics)} for r in found]
+    runs = as_rows(found)
     frame, notes = tidy(runs, keys)
     model = str(frame["model"].iloc[0])
     if frame["model"].nunique() > 1:
@@ -167,8 +172,7 @@ def _estimates(client, experiment_id: str) -> pd.DataFrame:
     """A screen's FINISHED estimate runs, tidy like the exact ones (empty for an unscreened sweep)."""
     found = search_all(client, experiment_id,
                        f"attributes.status = 'FINISHED' and tags.`{TAG}role` = '{ROLE_ESTIMATE}'")
-    runs = [{"run_id": r.info.run_id, "start_time": r.info.start_time, "params": dict(r.data.params),
-             "metrics": dict(r.data.metrics)} for r in found]
+    runs = as_rows(found)
     return tidy(runs)[0] if runs else pd.DataFrame()
 
 
