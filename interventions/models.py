@@ -5,7 +5,8 @@ anything starts); `load(name, dtype=...)` returns the model in eval mode (float3
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Callable
 
@@ -57,6 +58,12 @@ class ModelInfo:
     n_heads: int
     d_model: int
     tokenizer: object
+    config: object = field(default=None, repr=False, compare=False)
+
+    @cached_property
+    def n_params(self) -> int:
+        """Parameters (tied embeddings once), counted on the meta device: no weights read."""
+        return parameter_count(self.config)
 
 
 Builtin = Callable[..., tuple[nn.Module | None, object]]  # (weights wanted?, dtype) -> (model or config, tokenizer)
@@ -147,7 +154,18 @@ def describe(name: str, trust_remote_code: bool = False) -> ModelInfo:
             f"{', '.join(ARCHITECTURES.names())}"
         )
     return ModelInfo(name, config.model_type, config.num_hidden_layers, config.num_attention_heads,
-                     config.hidden_size, tokenizer)
+                     config.hidden_size, tokenizer, config)
+
+
+def parameter_count(config) -> int:
+    """The model's parameter count from its config alone (the module is built on the meta device)."""
+    from accelerate import init_empty_weights
+    from transformers import AutoModelForCausalLM
+
+    with init_empty_weights(include_buffers=True):
+        module = AutoModelForCausalLM.from_config(config)
+    module.tie_weights()
+    return sum(p.numel() for p in module.parameters())
 
 
 def check_dtype(dtype: str, device: str = "cpu") -> None:

@@ -63,10 +63,12 @@ def sweep(spec: str, tracking_uri: str | None, address: str | None, dry_run: boo
     points = expand(loaded)
     if dry_run:
         sizes = ", ".join(f"{a}={len(loaded.axes[a])}" for a in axis_order(loaded))
-        added = len(points) - math.prod(len(loaded.axes[a]) for a in axis_order(loaded))
+        added = len(points) - sum(math.prod(len(part.axes[a]) for a in axis_order(part)) for part in loaded.models)
         sizes += f"; plus {added} the kind adds, e.g. a prompting baseline" if added > 0 else ""
         console.print(f"{loaded.spec.name}: {len(points)} grid points ({sizes}); "
-                      f"model {loaded.spec.model} ({loaded.model.n_layers} layers), kind {loaded.spec.kind}")
+                      f"model{'s' if loaded.parts else ''} "
+                      + ", ".join(f"{p.spec.model} ({p.model.n_layers} layers)" for p in loaded.models)
+                      + f", kind {loaded.spec.kind}")
         from orchestrator.cost import dry_run_cost
 
         for line in dry_run_cost(loaded, points):

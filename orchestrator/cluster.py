@@ -10,7 +10,7 @@ import ray
 
 from interventions.registry import AtlasError, first_line
 from orchestrator.signals import shielded
-from orchestrator.spec import Resources
+from orchestrator.spec import ActorResources
 
 
 def check_address(address: str | None, timeout: float = 3.0) -> None:
@@ -70,9 +70,13 @@ def ray_session(address: str | None, needed: bool = True, env: dict[str, str] | 
                 ray.shutdown()
 
 
-def check_resources(want: Resources) -> None:
-    """The cluster can place one trial: its CPUs and GPUs are at least what a trial asks for."""
+def check_resources(want: ActorResources, memory: int = 0, model: str = "") -> None:
+    """The cluster can place one trial: its CPUs, GPUs and memory are at least what a trial asks for."""
     have = ray.cluster_resources()
+    if have.get("memory", memory) < memory:
+        raise AtlasError(f"resources.memory_gb: an actor of {model} asks for {memory / 2**30:.1f} GiB but the Ray "
+                         f"cluster offers {have['memory'] / 2**30:.1f} GiB of memory (set a smaller "
+                         "resources.memory_gb if you know it fits)")
     if want.gpu > 0 and have.get("GPU", 0) < want.gpu:
         raise AtlasError(f"resources.gpu: {want.gpu} GPU per trial requested but the Ray cluster has "
                          f"{have.get('GPU', 0):g} GPUs")

@@ -30,6 +30,19 @@ TRIAL_OVERHEAD_S = 0.05  # per Tune trial on an actor: scheduling, result report
 PROCESS_BYTES = 650 * 2**20  # an actor process before its model: Python, Ray worker, torch, transformers
 
 
+MEMORY_FACTOR = 1.5  # an actor's peak RSS over its weights' bytes, beyond PROCESS_BYTES (baselines, activations)
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
+def actor_bytes(sweep) -> int:
+    """Ray `memory` one actor of a one-model sweep asks for: resources.memory_gb if given, else the process plus
+    the model's parameters x bytes per dtype x MEMORY_FACTOR."""
+    given = sweep.resources.memory_gb
+    if given is not None:
+        return int(given * 2**30)
+    return int(PROCESS_BYTES + sweep.model.n_params * DTYPE_BYTES[sweep.spec.dtype] * MEMORY_FACTOR)
+
+
 def actors(resources, n_trials: int, cpus: int | None = None, gpus: float = 0.0) -> int:
     """How many trial actors a local Ray starts: CPUs (and GPUs) over what one trial asks for, at most one per
     trial."""
@@ -223,8 +236,13 @@ def render(sweep, w: Work, cal: Calibration, est: Estimate) -> list[str]:
 
 
 def dry_run_cost(sweep, points) -> list[str]:
-    """The lines `sweep --dry-run` prints after the grid size."""
+    """The lines `sweep --dry-run` prints after the grid size (a `model` axis: each model's, one after another)."""
     import psutil
+
+    if sweep.parts:
+        return [line for part in sweep.parts for line in (
+            f"{part.spec.model}:", *("  " + line for line in dry_run_cost(
+                part, [p for p in points if p.values["model"] == part.spec.model])))]
 
     process_s = time.time() - psutil.Process().create_time()  # imports and validation, as the driver's
     w = work(sweep, points)

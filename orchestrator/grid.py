@@ -34,8 +34,10 @@ def trial_id(sweep: Sweep, values: dict, digests: dict[tuple[str, int], str]) ->
 
 
 def axis_order(sweep: Sweep) -> list[str]:
-    """Seed and family outermost so that consecutive trials share an actor's cached baselines."""
-    return ["seed", "family", *[a for a in kind_axes(sweep.kind) if a in sweep.axes]]  # optional axes may be absent
+    """Model, then seed and family outermost so that consecutive trials share an actor's model and cached
+    baselines."""
+    return [*(["model"] if sweep.parts else []), "seed", "family",
+            *[a for a in kind_axes(sweep.kind) if a in sweep.axes]]  # optional axes may be absent
 
 
 def packs(sweep: Sweep, points: list[Point]) -> list[list[Point]]:
@@ -61,10 +63,18 @@ def table_values(points: list[Point]) -> list[dict]:
 
 
 def expand(sweep: Sweep) -> list[Point]:
+    """Every grid point, model by model (a `model` axis: each point's values start with its model)."""
+    if sweep.parts:
+        return [Point(p.trial_id, {"model": part.spec.model, **p.values}) for part in sweep.parts
+                for p in _expand_one(part, {"model": part.spec.model})]
+    return _expand_one(sweep)
+
+
+def _expand_one(sweep: Sweep, extra: dict | None = None) -> list[Point]:
     digests = {key: split.digest() for key, split in sweep.splits.items()}
     combos = kind_points(sweep.kind, sweep.axes, sweep.model, sweep.options)
     points = []
     for seed, family, combo in itertools.product(sweep.axes["seed"], sweep.axes["family"], combos):
         values = {"seed": seed, "family": family, **combo}
-        points.append(Point(trial_id(sweep, values, digests), values))
+        points.append(Point(trial_id(sweep, {**(extra or {}), **values}, digests), values))
     return points

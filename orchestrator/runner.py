@@ -19,6 +19,7 @@ from rich.console import Console
 
 from interventions.attribution import ESTIMATES
 from orchestrator.cluster import check_resources, ray_session
+from orchestrator.cost import actor_bytes
 from orchestrator.grid import Point, expand, packs
 from orchestrator.progress import TrialProgress, phase, point_cost
 from orchestrator.recorder import RecordTrials, Retries, Writer
@@ -71,14 +72,17 @@ def _tune(sweep: Sweep, todo: list[Point], recorder: RecordTrials, storage: str,
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # no per-trial CSV/JSON/TensorBoard files
     os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")  # Ctrl-C stops the sweep now (the record resumes it)
     spec = sweep.spec
-    constants = {"kind": spec.kind, "model": spec.model, "families": sweep.axes["family"],
-                 "threads": max(1, int(spec.resources.cpu)), "gpu": spec.resources.gpu,
+    constants = {"kind": spec.kind, "model": spec.model, **_model_settings(sweep),
                  "trust_remote_code": spec.trust_remote_code, "prefix_reuse": spec.execution.prefix_reuse,
                  "dtype": spec.dtype, "options": sweep.options, "estimate": estimate}
+    splits = sweep.splits
+    if sweep.parts:  # a model axis: each pack's model's settings and items (worker.of_model)
+        constants["models"] = {part.spec.model: _model_settings(part) for part in sweep.parts}
+        splits = {part.spec.model: part.splits for part in sweep.parts}
     grouped = by_family(todo) if estimate else packs(sweep, todo)
     grid = [[{"trial_id": p.trial_id, "point": p.values} for p in pack] for pack in grouped]
-    trainable = tune.with_resources(tune.with_parameters(run_trial, splits=sweep.splits),
-                                    {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
+    trainable = tune.with_resources(tune.with_parameters(run_trial, splits=splits),
+                                    lambda config: actor_resources(sweep.of(config["pack"][0]["point"])))
     tuner = tune.Tuner(
         trainable,
         param_space={**constants, "pack": tune.grid_search(grid)},
@@ -94,6 +98,18 @@ def _tune(sweep: Sweep, todo: list[Point], recorder: RecordTrials, storage: str,
         ),
     )
     tuner.fit()
+
+
+def _model_settings(sweep: Sweep) -> dict:
+    return {"families": sweep.axes["family"], "threads": max(1, int(sweep.resources.cpu)),
+            "gpu": sweep.resources.gpu}
+
+
+def actor_resources(sweep: Sweep) -> dict[str, float]:
+    """What an actor of this one-model sweep asks Ray for: CPUs, GPUs and memory (the model's footprint unless the
+    spec gives memory_gb), so that a machine never starts more copies of a model than its memory holds."""
+    want = sweep.resources
+    return {"cpu": want.cpu, "gpu": want.gpu, "memory": actor_bytes(sweep)}
 
 
 def _slots(cpu: float) -> int:
@@ -113,7 +129,7 @@ def tune_rounds(sweep: Sweep, todo: list[Point], tracker: Tracker, outcome: Outc
     spec = sweep.spec
     label = f"{spec.name} ({estimate} estimates)" if estimate else spec.name
     metrics = ESTIMATES.get(estimate).metrics if estimate else sweep.kind.metrics
-    costs = {p.trial_id: 1.0 if estimate else point_cost(p.values, sweep.kind.layer_axes, sweep.model.n_layers,
+    costs = {p.trial_id: 1.0 if estimate else point_cost(p.values, sweep.kind.layer_axes, sweep.of(p.values).model.n_layers,
                                                          spec.execution.prefix_reuse) for p in todo}
     actors = min(len(by_family(todo) if estimate else packs(sweep, todo)), _slots(spec.resources.cpu))
     again = todo
@@ -213,7 +229,8 @@ def run_sweep(sweep: Sweep, *, tracking_uri: str | None = None, address: str | N
             with phase(console, where):
                 stack.enter_context(ray_session(address, True, preload_env(sweep.spec, len(points if screen else todo),
                                                                            slots)))
-            check_resources(sweep.spec.resources)
+            for part in sweep.models:
+                check_resources(part.resources, actor_bytes(part), part.spec.model)
             with parent_run(tracker, len(points), None if screen else len(todo)) as outcome:
                 if screen:
                     todo = screened(screen, tracker, outcome, console)

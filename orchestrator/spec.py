@@ -10,7 +10,7 @@ import json
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, ClassVar, Iterator, Literal, get_args
+from typing import Annotated, ClassVar, Iterator, Literal, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -28,12 +28,24 @@ class SpecError(AtlasError):
     """'<file>: <field>: <reason>': the CLI prints it and exits 2."""
 
 
-class Resources(BaseModel):
-    """What one trial (one actor holding the model) asks Ray for."""
+class ActorResources(BaseModel):
+    """What one trial (one actor holding one model) asks Ray for."""
 
     model_config = ConfigDict(extra="forbid")
     cpu: float = Field(1.0, gt=0)  # also the actor's torch thread count (at least 1)
     gpu: float = Field(0.0, ge=0)  # 0.25 packs four actors on one GPU
+    memory_gb: float | None = Field(None, gt=0)  # Ray `memory` per actor (default: the model's footprint, cost.py)
+
+
+class Resources(ActorResources):
+    """The sweep's actor resources, and per-model overrides of any of them (`models: {name: {memory_gb: 8}}`)."""
+
+    models: dict[str, ActorResources] = {}
+
+    def of(self, model: str) -> ActorResources:
+        """One model's actor resources: its overrides over the sweep's."""
+        base = self.model_dump(exclude={"models"})
+        return ActorResources(**{**base, **self.models.get(model, ActorResources()).model_dump(exclude_unset=True)})
 
 
 class Execution(BaseModel):
@@ -106,6 +118,23 @@ class Sweep:
     splits: dict[tuple[str, int], Split]  # (family name, seed) -> items
     options: dict[str, dict | None] = field(default_factory=dict)  # the kind's `options` sections (None: off)
     warnings: tuple[str, ...] = ()  # printed, never fatal: e.g. train pairs that cancel (families/pairs.py)
+    parts: tuple[Sweep, ...] = ()  # a `model` axis: one one-model sweep per model (`model`, `splits`: the first's)
+
+    @property
+    def models(self) -> tuple[Sweep, ...]:
+        """The one-model sweeps this sweep runs: one per model of its `model` axis, else itself."""
+        return self.parts or (self,)
+
+    def of(self, point_values: dict) -> Sweep:
+        """The one-model sweep a grid point belongs to."""
+        if not self.parts:
+            return self
+        return next(p for p in self.parts if p.spec.model == point_values["model"])
+
+    @property
+    def resources(self):
+        """What one actor of this (one-model) sweep asks Ray for."""
+        return self.spec.resources.of(self.spec.model)
 
     @property
     def id_options(self) -> dict[str, dict]:
@@ -126,9 +155,14 @@ class Sweep:
     @property
     def spec_hash(self) -> str:
         items = {f"{family}:{seed}": split.digest() for (family, seed), split in self.splits.items()}
+        if self.parts:  # a model axis: every model's items
+            items = {f"{part.spec.model}/{family}:{seed}": split.digest() for part in self.parts
+                     for (family, seed), split in part.splits.items()}
         default_dtype = {"dtype"} if self.spec.dtype == "float32" else set()  # hashes from before the setting hold
         unset = {k for k in OPTIONS if getattr(self.spec, k) is None}  # hashes of specs from before options stay
-        spec = self.spec.model_dump(exclude={"execution", "screen", *default_dtype, *unset})  # which, how trials run
+        unset_resources = {k for k in ("memory_gb", "models") if not getattr(self.spec.resources, k)}  # likewise
+        excluded = {k: True for k in ("execution", "screen", *default_dtype, *unset)}  # which, how trials run
+        spec = self.spec.model_dump(exclude={**excluded, "resources": unset_resources})
         text = json.dumps({"spec": spec, "items": items}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -139,8 +173,12 @@ def _field_error(path: Path, exc: ValidationError, prefix: tuple = (), model: ty
     reason = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
         for part in err["loc"][:-1]:  # the (nested) model that owns the misspelt key
+            if get_origin(model) is dict:  # `part` is a key of a mapping of models (resources.models)
+                model = get_args(model)[1]
+                continue
             model = getattr(model.model_fields.get(part), "annotation", None) if model else None
-            model = next((a for a in get_args(model) if isinstance(a, type) and issubclass(a, BaseModel)), model)
+            if get_origin(model) is not dict:
+                model = next((a for a in get_args(model) if isinstance(a, type) and issubclass(a, BaseModel)), model)
         known = list(model.model_fields) if isinstance(model, type) and issubclass(model, BaseModel) else []
         near = difflib.get_close_matches(str(err["loc"][-1]), known, n=1)
         reason = f"unknown key; did you mean {near[0]!r}?" if near else "unknown key" + (
@@ -220,17 +258,64 @@ def _check_dtype(path: Path, spec: SweepSpec) -> None:
         check_dtype(spec.dtype, device)
 
 
-def _load_splits(path: Path, spec: SweepSpec, axes: dict, info: ModelInfo) -> dict[tuple[str, int], Split]:
+def _load_splits(path: Path, spec: SweepSpec, axes: dict, info: ModelInfo, dropped: list[str] | None = None
+                 ) -> dict[tuple[str, int], Split]:
+    """Every (family, seed)'s items for this model's tokenizer. With `dropped` (a sweep of several models), a family
+    whose items do not tokenize for this model is left out for this model only, and why goes into `dropped`."""
     names = [family_name(v) for v in axes["family"]]
     if len(set(names)) != len(names):
         raise SpecError(f"{path.name}: axes.family: two values share the family name (file stem)")
     splits = {}
     for value in axes["family"]:
-        for seed in axes["seed"]:
-            with _field(path, "axes.family: ", f" (model {info.name})"):
-                split = make_split(value, seed, info.tokenizer, spec.n_train, spec.n_eval, path.parent)
-            splits[(split.family, seed)] = split
+        try:
+            for seed in axes["seed"]:
+                with _field(path, "axes.family: ", f" (model {info.name})"):
+                    split = make_split(value, seed, info.tokenizer, spec.n_train, spec.n_eval, path.parent)
+                splits[(split.family, seed)] = split
+        except SpecError as exc:
+            if dropped is None:
+                raise
+            dropped.append(f"{exc} (left out for {info.name} only)")
+            splits = {k: v for k, v in splits.items() if k[0] != family_name(value)}
+    if not splits:
+        raise SpecError(dropped[-1].removesuffix(f" (left out for {info.name} only)") + " (no family is left for it)")
     return splits
+
+
+def _model_names(path: Path, raw: dict, spec: SweepSpec) -> list[str] | None:
+    """The `model` axis (None: the top-level `model`, the one-model shorthand)."""
+    if "model" not in spec.axes:
+        return None
+    names = spec.axes["model"]
+    if "model" in raw:
+        raise SpecError(f"{path.name}: axes.model: give the models either here or as the top-level model, not both")
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
+        raise SpecError(f"{path.name}: axes.model: a list of model names (built-in names, hub ids or folders)")
+    if len(set(names)) != len(names):
+        twice = next(n for n in names if names.count(n) > 1)
+        raise SpecError(f"{path.name}: axes.model: {twice!r} is listed twice")
+    if spec.screen is not None:
+        raise SpecError(f"{path.name}: screen: not with a model axis yet (screen one model per sweep)")
+    return names
+
+
+def _one_model(path: Path, spec: SweepSpec, kind: Kind, axes: dict, options: dict, where: str = "model",
+               dropped: list[str] | None = None) -> Sweep:
+    """The sweep of one model: its sizes, the layer axes resolved against it, and its items."""
+    with _field(path, f"{where}: "):
+        info = describe(spec.model, spec.trust_remote_code)
+    axes = _check_layers(path, kind, axes, info)
+    with _field(path, "", f" (model {info.name})" if dropped is not None else ""):
+        kind_points(kind, axes, info, options)  # model-dependent checks of the kind's own axes
+    splits = _load_splits(path, spec, axes, info, dropped)
+    families = {family for family, _ in splits}
+    axes["family"] = [v for v in axes["family"] if family_name(v) in families]
+    if kind.check_splits is not None:
+        with _field(path):
+            kind.check_splits(axes, splits)
+    axes["family"] = [family_name(v) for v in axes["family"]]
+    notes = tuple(pair_warnings(splits, info.tokenizer)) if "vector_type" in axes else ()
+    return Sweep(path, spec, kind, axes, info, splits, options=options, warnings=notes)
 
 
 def load_sweep(path: str | Path) -> Sweep:
@@ -248,20 +333,20 @@ def load_sweep(path: str | Path) -> Sweep:
                         f"{', '.join(ESTIMATES.get(spec.screen.estimate).kinds)}, not {kind.name!r}")
     try:
         # paths are relative to the spec
-        validated = kind.axes.model_validate(spec.axes, context={"base_dir": path.parent})
+        own = {k: v for k, v in spec.axes.items() if k != "model"}  # the model axis is every kind's (below)
+        validated = kind.axes.model_validate(own, context={"base_dir": path.parent})
         axes = {k: v for k, v in validated.model_dump().items() if v is not None}
     except ValidationError as exc:
         raise _field_error(path, exc, ("axes",), kind.axes) from None
-    with _field(path, "model: "):
-        info = describe(spec.model, spec.trust_remote_code)
     _check_dtype(path, spec)
-    axes = _check_layers(path, kind, axes, info)
-    with _field(path):
-        kind_points(kind, axes, info, options)  # model-dependent checks of the kind's own axes
-    splits = _load_splits(path, spec, axes, info)
-    if kind.check_splits is not None:
-        with _field(path):
-            kind.check_splits(axes, splits)
-    axes["family"] = [family_name(v) for v in axes["family"]]
-    notes = tuple(pair_warnings(splits, info.tokenizer)) if "vector_type" in axes else ()
-    return Sweep(path, spec, kind, axes, info, splits, options=options, warnings=notes)
+    names = _model_names(path, raw, spec)
+    if names is None:
+        return _one_model(path, spec, kind, axes, options)
+    dropped: list[str] = []
+    parts = tuple(_one_model(path, spec.model_copy(update={"model": name}), kind, dict(axes), options,
+                             f"axes.model.{i}", dropped) for i, name in enumerate(names))
+    families = list(dict.fromkeys(f for part in parts for f in part.axes["family"]))
+    first = parts[0]
+    top_axes = {"model": names, **first.axes, "family": families}
+    notes = tuple(dropped) + tuple(dict.fromkeys(w for part in parts for w in part.warnings))
+    return Sweep(path, spec, kind, top_axes, first.model, {}, options=options, warnings=notes, parts=parts)

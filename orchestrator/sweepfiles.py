@@ -112,7 +112,9 @@ def write_sweep_files(sweep: Sweep, tracker, points: list[Point], finished: set[
             if missing:
                 say(f"{ITEMS}: {missing} finished grid points have no per-item values (they finished in an "
                     "invocation that stopped before writing its files)")
-        if vectors_file(sweep, gathered, _previous(tracker, parent, VECTORS, Path(tmp)), out_dir / VECTORS):
+        if sweep.parts and gathered.tensors:  # tensor names say family, seed and layer, not the model
+            say(f"{VECTORS}: not written for a sweep of several models (run one model per sweep to keep vectors)")
+        elif vectors_file(sweep, gathered, _previous(tracker, parent, VECTORS, Path(tmp)), out_dir / VECTORS):
             written.append(out_dir / VECTORS)
     if written:
         tracker.log_outputs(parent, written)

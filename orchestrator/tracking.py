@@ -165,7 +165,8 @@ class Tracker:
             run = self.client.create_run(self.experiment_id, tags={**self.tags, f"{TAG}role": ROLE_PARENT, **driver},
                                          run_name=f"{spec.name} {time.strftime('%Y-%m-%d %H:%M:%S')}")
             run_id, step = run.info.run_id, 0
-            params = {"model": spec.model, "dtype": spec.dtype, "kind": spec.kind, "n_train": spec.n_train,
+            models = ", ".join(part.spec.model for part in self.sweep.models)
+            params = {"model": models, "dtype": spec.dtype, "kind": spec.kind, "n_train": spec.n_train,
                       "n_eval": spec.n_eval, "grid_size": n_points,
                       "resources": json.dumps(spec.resources.model_dump())}
             self.client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
@@ -185,11 +186,13 @@ class Tracker:
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "items.jsonl"
             with path.open("w", encoding="utf-8") as out:
-                for (family, seed), split in sorted(self.sweep.splits.items()):
-                    for name, items in (("train", split.train), ("eval", split.eval)):
-                        for item in items:
-                            row = {"family": family, "seed": seed, "split": name, **item.to_dict()}
-                            out.write(json.dumps(row) + "\n")
+                for part in self.sweep.models:
+                    model = {"model": part.spec.model} if self.sweep.parts else {}  # each tokenizer's own items
+                    for (family, seed), split in sorted(part.splits.items()):
+                        for name, items in (("train", split.train), ("eval", split.eval)):
+                            for item in items:
+                                row = {**model, "family": family, "seed": seed, "split": name, **item.to_dict()}
+                                out.write(json.dumps(row) + "\n")
             self.client.log_artifact(run_id, str(path))
 
     def log_params(self, run_id: str, params: dict) -> None:

@@ -6,6 +6,7 @@ driver, which alone writes MLflow.
 """
 from __future__ import annotations
 
+import gc
 import os
 import resource
 import socket
@@ -30,12 +31,18 @@ _RUNS: LRU[FamilyRun] = LRU(16)  # (family, seed) baselines kept per actor; tria
 
 
 def actor_model(name: str, trust_remote_code: bool, device: str, dtype: str = "float32") -> Model:
-    """The actor's one model, loaded on first use."""
+    """The actor's one model, loaded on first use; loading another frees this one (and its baselines) first, so an
+    actor never holds two models."""
     global MODEL_LOADS
     key = f"{name}|{trust_remote_code}|{device}|{dtype}"
     with _LOADING:
         if key not in _MODEL:
-            _MODEL.clear()
+            if _MODEL:
+                _MODEL.clear()
+                _RUNS.clear()
+                gc.collect()
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
             MODEL_LOADS += 1
             _MODEL[key] = load(name, trust_remote_code, device, dtype)
         return _MODEL[key]
@@ -45,7 +52,16 @@ def family_run(model: Model, split: Split) -> FamilyRun:
     return _RUNS.get((model.name, split.family, split.seed), lambda: FamilyRun(model, split))
 
 
-def trial_context(config: dict, splits: dict[tuple[str, int], Split]) -> TrialContext:
+def of_model(config: dict, splits: dict) -> tuple[dict, dict[tuple[str, int], Split]]:
+    """The pack's model's settings and items: a sweep with a `model` axis sends them per model (`models`)."""
+    if "models" not in config:
+        return config, splits
+    name = config["pack"][0]["point"]["model"]
+    return {**config, "model": name, **config["models"][name]}, splits[name]
+
+
+def trial_context(config: dict, splits: dict) -> TrialContext:
+    config, splits = of_model(config, splits)
     device = "cuda" if config["gpu"] > 0 and torch.cuda.is_available() else "cpu"
     model = actor_model(config["model"], config["trust_remote_code"], device, config.get("dtype", "float32"))
     seed, family = config["pack"][0]["point"]["seed"], config["pack"][0]["point"]["family"]
@@ -81,7 +97,7 @@ def run_trial(config: dict, splits: dict[tuple[str, int], Split]) -> None:
     dtype, options}, and `estimate` (a screen's estimate name) when the pack's points are to be estimated, not run.
     """
     _crash_once_for_tests()
-    torch.set_num_threads(config["threads"])
+    torch.set_num_threads(of_model(config, splits)[0]["threads"])
     start = time.perf_counter()
     pack = config["pack"]
     ctx = trial_context(config, splits)
@@ -98,6 +114,7 @@ def run_trial(config: dict, splits: dict[tuple[str, int], Split]) -> None:
         "node": ray.get_runtime_context().get_node_id(),
         "gpu_ids": ",".join(map(str, ray.get_gpu_ids())),
         "model_loads": MODEL_LOADS,
+        "model": ctx.model.name,
         "pack_size": len(pack),
         "trial_seconds": (time.perf_counter() - start) / len(pack),  # the pack's wall time per grid point
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),  # the actor's, so far

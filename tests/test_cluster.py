@@ -17,10 +17,11 @@ from tests.conftest import REPO, SMOKE, children, sweep_runs
 pytestmark = pytest.mark.slow  # Ray, subprocess CLIs or servers, end to end
 
 
-def smoke(cpu: float, gpu: float):
+def smoke(cpu: float, gpu: float, memory_gb: float | None = None):
     """smoke.yaml with these resources, one grid point per Ray Tune trial (no packing: 32 trials to schedule)."""
     sweep = load_sweep(SMOKE)
-    return replace(sweep, spec=sweep.spec.model_copy(update={"resources": Resources(cpu=cpu, gpu=gpu),
+    resources = Resources(cpu=cpu, gpu=gpu, memory_gb=memory_gb)
+    return replace(sweep, spec=sweep.spec.model_copy(update={"resources": resources,
                                                              "execution": Execution(pack=1)}))
 
 
@@ -83,6 +84,21 @@ def test_quarter_gpus_run_four_trials_at_once_on_one_gpu_never_five(tmp_path, fr
     assert len(list(trace.iterdir())) == 32
     assert most_at_once(trace) == 4  # four trials at once on the one GPU, never a fifth
     assert len(loads) == 4 and all(v == {"1"} for v in loads.values())  # four actors, each loaded its model once
+
+
+def test_actors_ask_ray_for_memory_so_a_small_budget_runs_fewer_copies_at_once(tmp_path, fresh_ray, monkeypatch):
+    from orchestrator import runner
+
+    trace = tmp_path / "trace"
+    trace.mkdir()
+    monkeypatch.setenv("ATLAS_TEST_TRACE", str(trace))
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    monkeypatch.setattr(runner, "run_trial", traced_trial)
+    # 4 CPUs would hold 4 one-CPU actors; memory for 2 of them (1 GiB each, as if the model were large)
+    ray.init(num_cpus=4, _memory=int(2.5 * 2**30), include_dashboard=False, log_to_driver=False)
+    outcome = run_sweep(smoke(cpu=1, gpu=0, memory_gb=1), tracking_uri=f"sqlite:///{tmp_path}/m.db", out_dir=tmp_path)
+    assert outcome.logged == 32 and not outcome.failed
+    assert most_at_once(trace) == 2
 
 
 def test_a_two_node_gpu_cluster_spreads_the_sweep_over_both_nodes(tmp_path, fresh_ray, monkeypatch):

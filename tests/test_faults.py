@@ -309,7 +309,7 @@ def test_points_tune_gave_up_on_early_run_again_and_are_logged_once(tmp_path, mo
 
     monkeypatch.setattr(runner, "_tune", fake_tune)
     monkeypatch.setattr(cluster.ray, "is_initialized", lambda: True)
-    monkeypatch.setattr(runner, "check_resources", lambda resources: None)
+    monkeypatch.setattr(runner, "check_resources", lambda *args: None)
     outcome = runner.run_sweep(sweep, tracking_uri=f"sqlite:///{tmp_path}/m.db", out_dir=tmp_path)
     assert rounds == [32, len(grid[0])]  # a second Tune run for the early pack only
     assert sorted(outcome.failed) == sorted(e["trial_id"] for e in grid[1]) and outcome.logged == 32 - len(grid[1])

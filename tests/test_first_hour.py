@@ -227,7 +227,7 @@ def no_ray(monkeypatch):
     from orchestrator import cluster, runner
 
     monkeypatch.setattr(cluster.ray, "is_initialized", lambda: True)
-    monkeypatch.setattr(runner, "check_resources", lambda resources: None)
+    monkeypatch.setattr(runner, "check_resources", lambda *args: None)
     return runner
 
 
