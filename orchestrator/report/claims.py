@@ -27,6 +27,9 @@ is also selective: selectivity (the target log-prob drop on its family / the mea
 sweep's other families, mean over seeds) >= 2. Otherwise it is at best B and its card says
 "not selective" (with one family in the sweep selectivity is not measured: at best B).
 
+A card that compares sweeps (or models) whose settings differ (families, components, methods,
+positions, ...) says which differ and is capped at C, whatever its evidence.
+
 Held-out selection: a card that picks one cell out of many (steering: the boost and the
 knock-out of each vector type, the best cell against prompting) picks it on the selection half
 of the eval items (a seeded split, fixed per family and seed) and states its numbers, the
@@ -154,11 +157,15 @@ class ClaimCard:
     extra: dict = field(default_factory=dict, compare=False)  # section-specific numbers (hub layer, depth, ...)
 
 
-def card(claim: str, figure: str, metric: str, ev: Evidence, control: str = "", caveats=(), **extra) -> ClaimCard:
-    """Grade `ev` and fill in a card; `control` names the control (it must be given iff ev.control is)."""
+def card(claim: str, figure: str, metric: str, ev: Evidence, control: str = "", caveats=(), cap: str = "A",
+         cap_why: str = "", **extra) -> ClaimCard:
+    """Grade `ev` and fill in a card; `control` names the control (it must be given iff ev.control is); the grade is
+    no better than `cap` (`cap_why` says why)."""
     x = list(ev.values.values())
     c = list((ev.control or {}).values())
     letter, why = grade(ev)
+    if "ABC".index(letter) < "ABC".index(cap):
+        letter, why = cap, f"capped at {cap}: {cap_why} (the evidence alone: {letter}, {why})"
     return ClaimCard(claim, figure, ev.n, float(np.mean(x)) if x else float("nan"), _std(x), effect_size(ev), letter,
                      tuple(caveats), metric, control if ev.control else "",
                      float(np.mean(c)) if c else float("nan"), _std(c),

@@ -1,59 +1,84 @@
-"""`compare SWEEP_A SWEEP_B`: two sweeps' layer profiles on one depth axis (layer / n_layers), hubs as depths."""
+"""`compare SWEEP_A SWEEP_B`: two one-model sweeps' layer profiles on one depth axis (layer / n_layers).
+
+The sweeps must be of one kind and profile one metric; where their other settings differ
+(families, components, methods, positions, strengths, ...) the card on the move says which
+and is capped at C.
+"""
 from __future__ import annotations
 
 from pathlib import Path
 
 import pandas as pd
 
+from interventions.kinds import KINDS
 from interventions.registry import AtlasError
 from orchestrator.numbers import fmt
 from orchestrator.report.claims import ClaimCard, Evidence, card, ranked
-from orchestrator.report.figures import depth_compare
 from orchestrator.report.html import Report, write_page
-from orchestrator.report.hubs import mode_and_std
 from orchestrator.report.record import SweepRecord, read
-from orchestrator.report.sections import SECTIONS, Shown, location_evidence, over_seeds
+from orchestrator.report.scale import Placed, depth_figure, moved_card, place
+from orchestrator.report.sections import SECTIONS, location_evidence
 from orchestrator.store import store_dir
+
+LAYER_AXES = ("layer", "skip", "exit_layer")  # where the sweeps are expected to differ: the models' own layers
 
 
 def write_compare(uri: str, name_a: str, name_b: str, out: Path | None = None) -> Report:
-    """Two sweeps of one kind: their layer profiles against depth = layer / n_layers, hubs as depth fractions."""
+    """Two sweeps of one kind: their layer profiles against depth = layer / n_layers, marked layers as depths."""
     records = [read(uri, name_a, "SWEEP_A"), read(uri, name_b, "SWEEP_B")]
     a, b = records
+    for rec, argument in zip(records, ("SWEEP_A", "SWEEP_B")):
+        if len(rec.models) > 1:
+            raise AtlasError(f"{argument}: {rec.name!r} holds runs of {len(rec.models)} models "
+                             f"({', '.join(rec.models)}); compare takes one-model sweeps (`report {rec.name}` "
+                             "compares its models)")
     if a.kind != b.kind:
         raise AtlasError(f"SWEEP_B: {b.name!r} is a sweep of kind {b.kind} and {a.name!r} of kind {a.kind}; "
                          "compare needs two sweeps of one kind")
     entry = SECTIONS.get(a.kind) if a.kind in SECTIONS else None
     if entry is None or entry.profile is None:
         raise AtlasError(f"SWEEP_A: no layer profile to compare for experiment kind {a.kind!r}")
-    profiles, stats, hubs, cards, facts = {}, {}, {}, [], []
-    for rec in records:
-        prof = entry.profile(rec)
-        label = f"{rec.name} ({rec.model})"
-        table = over_seeds(prof.frame, ["layer"], "effect")
-        stats[label] = table.assign(depth=table["layer"] / rec.n_layers)
-        mode = mode_and_std(prof.hubs)[0]
-        hubs[label], profiles[rec.name] = mode / rec.n_layers, prof
-        cards.append(_hub_card(rec, prof, mode))
-        facts.append((label, f"{rec.n_layers} layers; {prof.marker}: L{mode} = depth {mode / rec.n_layers:.2f} "
-                             f"(per seed: {', '.join(f'L{int(h)}' for h in prof.hubs)})"))
-    moved = _moved_card(records, profiles)
+    placed = [place(rec, f"{rec.name} ({rec.model})") for rec in records]
+    for p, argument in zip(placed, ("SWEEP_A", "SWEEP_B")):
+        if p is None:
+            raise AtlasError(f"{argument}: no layer profile to compare in this sweep's runs")
+    pa, pb = placed
+    if pa.profile.label != pb.profile.label:
+        raise AtlasError(f"SWEEP_B: {b.name!r} profiles {pb.profile.label!r} and {a.name!r} {pa.profile.label!r}; "
+                         "compare needs one metric")
+    cards = [_location_card(p) for p in placed]
+    facts = [(p.label, f"{p.record.n_layers} layers; {p.profile.marker}: L{p.mode} = depth "
+                       f"{p.mode / p.record.n_layers:.2f} (per seed: "
+                       f"{', '.join(f'L{int(h)}' for h in p.profile.hubs)})") for p in placed]
+    differ = differing(a, b)
     notes = [*a.notes, *b.notes]
+    if differ:
+        facts.append(("settings that differ", "; ".join(differ)))
+    moved = moved_card(pa, pb, "compare_depth", [f"the sweeps differ in {d}" for d in differ], "C" if differ else "A",
+                       f"the sweeps differ in {', '.join(d.split(' (')[0] for d in differ)}")
     if moved:
         cards.append(moved)
     else:
-        notes.append(f"{profiles[a.name].marker} sits at the same mean depth in both sweeps: no card on its move")
-    shown = Shown("compare_depth", f"{profiles[a.name].label} against depth",
-                  "Left panels: each sweep's mean over seeds (band ± cross-seed std) with its marked layer; right: "
-                  "both "
-                  "scaled to their own peak, on one depth axis (layer / n_layers).",
-                  depth_compare(stats, hubs, profiles[a.name].label))
+        notes.append(f"{pa.profile.marker} sits at the same mean depth in both sweeps: no card on its move")
     out = out or store_dir() / "reports" / f"compare_{a.name}_vs_{b.name}"
     return write_page(out, "compare.html", f"compare {a.name} vs {b.name} ({a.kind})", facts,
-                  notes, [shown], ranked(cards))
+                      notes, [depth_figure(placed, "compare_depth", noun="sweep")], ranked(cards))
 
 
-def _hub_card(rec: SweepRecord, prof, mode: int) -> ClaimCard:
+def differing(a: SweepRecord, b: SweepRecord) -> list[str]:
+    """The axes (but seed and the layer axes) whose value sets differ: "family (A: x, y; B: x)"."""
+    layers = {"seed", *LAYER_AXES, *(KINDS.get(a.kind).layer_axes if a.kind in KINDS else ())}
+    out = []
+    for axis in dict.fromkeys([*a.axes, *b.axes]):
+        values = [", ".join(sorted(map(str, r.frame[axis].dropna().unique()))) if axis in r.frame else ""
+                  for r in (a, b)]
+        if axis not in layers and values[0] != values[1]:
+            out.append(f"{axis} ({a.name}: {values[0] or 'none'}; {b.name}: {values[1] or 'none'})")
+    return out
+
+
+def _location_card(p: Placed) -> ClaimCard:
+    rec, prof, mode = p.record, p.profile, p.mode
     ev = location_evidence(prof.frame, mode)
     ev = Evidence(ev.values, {s: int(prof.hubs.get(s, -1)) == mode for s in ev.values}, ev.control, 1)
     values = pd.Series(ev.values)
@@ -61,21 +86,3 @@ def _hub_card(rec: SweepRecord, prof, mode: int) -> ClaimCard:
                 f"{mode / rec.n_layers:.2f} ({prof.label} {fmt(values.mean())} ± {fmt(values.std(ddof=1), '.2g')}).",
                 "compare_depth", prof.label, ev, "the median layer of the same profile, per seed",
                 layer=mode, depth=mode / rec.n_layers)
-
-
-def _moved_card(records: list[SweepRecord], profiles: dict) -> ClaimCard | None:
-    """'The marked layer sits deeper (shallower) in B than in A': B's per-seed depths against A's as the control."""
-    a, b = records
-    depth_a = {int(s): h / a.n_layers for s, h in profiles[a.name].hubs.items()}
-    depth_b = {int(s): h / b.n_layers for s, h in profiles[b.name].hubs.items()}
-    mean_a, mean_b = sum(depth_a.values()) / len(depth_a), sum(depth_b.values()) / len(depth_b)
-    if mean_a == mean_b:
-        return None
-    sign = 1 if mean_b > mean_a else -1
-    ev = Evidence(depth_b, {s: sign * (d - mean_a) > 0 for s, d in depth_b.items()}, depth_a, sign)
-    return card(f"{profiles[b.name].marker.capitalize()} sits {'deeper' if sign > 0 else 'shallower'} in {b.name} "
-                f"({b.model}): depth {mean_b:.2f} against {mean_a:.2f} in {a.name} ({a.model}).", "compare_depth",
-                "depth of the marked layer per seed", ev, f"{a.name}'s depths, per seed",
-                ["seeds of the two sweeps are not paired: the control is the other sweep's spread"])
-
-

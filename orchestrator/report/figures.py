@@ -169,25 +169,27 @@ def scatter_with_r(points: pd.DataFrame, x: str, y: str, group: str, r: float, r
     return fig
 
 
-def depth_compare(profiles: dict[str, pd.DataFrame], hubs: dict[str, float], ylabel: str) -> Figure:
-    """Each sweep's profile against depth (layer / n_layers): one panel per sweep, then both normalised to their peak.
+def depth_compare(profiles: dict[str, pd.DataFrame], hubs: dict[str, float], ylabel: str, marker: str = "hub",
+                  cols: int = 3) -> Figure:
+    """Each profile against depth (layer / n_layers): one panel per sweep (or model), then all normalised to their
+    peak on one axis; `marker` names the marked layer ("hub" only for ablation profiles, else "peak").
 
-    profiles: sweep -> depth, mean, std; hubs: sweep -> hub depth fraction.
+    profiles: name -> depth, mean, std; hubs: name -> the marked layer's depth fraction.
     """
     names = list(profiles)
     height = 3.6
-    fig, axes = new_figure(len(names) + 1, size=(4.4, height))
+    fig, axes = new_figure(len(names) + 1, cols=min(cols, len(names) + 1), size=(4.4, height))
     for ax, name in zip(axes, names):
         part = profiles[name].sort_values("depth")
         band(ax, part["depth"], part["mean"], part["std"])
-        mark_hub(ax, hubs[name], f"hub {hubs[name]:.2f}")
+        mark_hub(ax, hubs[name], f"{marker} {hubs[name]:.2f}")
         ax.set_title(name)
     overlay = axes[-1]
     for name in names:
         part = profiles[name].sort_values("depth")
         peak = float(np.nanmax(np.abs(part["mean"]))) or 1.0
         band(overlay, part["depth"], part["mean"] / peak, part["std"] / peak, label=name)
-    overlay.set_title("both, each scaled to its peak")
+    overlay.set_title(f"{'both' if len(names) == 2 else 'all'}, each scaled to its peak")
     overlay.legend(fontsize=8)
     for ax in axes:
         ax.set_xlabel("depth (layer / n_layers)")
@@ -195,4 +197,15 @@ def depth_compare(profiles: dict[str, pd.DataFrame], hubs: dict[str, float], yla
     for ax in axes[:-1]:
         ax.set_ylabel(wrapped(ylabel, height - 0.8))
     overlay.set_ylabel(wrapped(f"{ylabel} / peak", height - 0.8))
+    return fig
+
+
+def table_figure(table: pd.DataFrame, title: str) -> Figure:
+    """A small table (text cells) drawn as a figure, for a page whose figures are its only tables."""
+    fig, (ax,) = new_figure(1, size=(1.1 * len(table.columns) + 1, 0.3 * len(table) + 1.0))
+    ax.axis("off")
+    cells = ax.table(cellText=table.astype(str).to_numpy().tolist(), colLabels=list(table.columns), loc="center")
+    cells.auto_set_font_size(False)
+    cells.set_fontsize(9)
+    ax.set_title(title)
     return fig

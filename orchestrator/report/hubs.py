@@ -1,8 +1,10 @@
 """Hub detection and rank stability of ablation sweeps (DESIGN §6, §8): pure functions on the finished runs."""
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
+from typing import Callable
 
 import pandas as pd
 from rich.table import Table
@@ -21,6 +23,29 @@ class Summary:
     tables: dict[str, pd.DataFrame]  # name -> table, saved as <name>.parquet and logged on the parent run
     metrics: dict[str, float]  # parent-run metrics
     views: list[Table] = field(default_factory=list)  # printed after the aggregate table
+
+
+def per_model(summarise: Callable[[pd.DataFrame], Summary]) -> Callable[[pd.DataFrame], Summary]:
+    """`summarise` run on each model's rows apart when `frame` holds several models (a `model` column): its tables
+    gain a leading `model` column, its metrics are named `<model>/<metric>`, its views' titles start with the model."""
+    @functools.wraps(summarise)
+    def each(frame: pd.DataFrame) -> Summary:
+        models = list(dict.fromkeys(frame["model"].dropna().astype(str))) if "model" in frame else []
+        if len(models) < 2:
+            return summarise(frame)
+        tables: dict[str, list[pd.DataFrame]] = {}
+        metrics, views = {}, []
+        for model in models:
+            one = summarise(frame[frame["model"].astype(str) == model].reset_index(drop=True))
+            for name, table in one.tables.items():
+                tables.setdefault(name, []).append(table.assign(model=model)[["model", *table.columns]])
+            metrics.update({f"{model}/{key}": value for key, value in one.metrics.items()})
+            for view in one.views:
+                view.title = f"{model}: {view.title}"
+            views += one.views
+        return Summary({name: pd.concat(parts, ignore_index=True) for name, parts in tables.items()}, metrics, views)
+
+    return each
 
 
 def with_variants(frame: pd.DataFrame) -> pd.DataFrame:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import math
-from dataclasses import KW_ONLY, dataclass, field
+from dataclasses import KW_ONLY, dataclass, field, replace
 from pathlib import Path
 
 import pandas as pd
@@ -39,6 +39,48 @@ class SweepRecord:
     uri: str | None = None  # the store it was read from (None: a record built in memory)
     experiment_id: str | None = None
     estimates: pd.DataFrame = field(default_factory=pd.DataFrame)  # a screen's estimate runs, tidy like `frame`
+    layer_counts: dict[str, int] = field(default_factory=dict)  # model -> n_layers (read fills it for every model)
+
+    @property
+    def models(self) -> list[str]:
+        """The models whose runs the record holds, by layer count, then name (one: [self.model])."""
+        found = self.frame["model"].dropna().astype(str).unique() if "model" in self.frame else ()
+        if len(found) < 2:
+            return [self.model]
+        return sorted(found, key=lambda m: (self.layers_of(m), m))
+
+    def layers_of(self, model: str) -> int:
+        """One model's layer count: `layer_counts`, else the record's own for its model, else its config."""
+        if model in self.layer_counts:
+            return self.layer_counts[model]
+        if model == self.model:
+            return self.n_layers
+        self.layer_counts[model] = n_layers_of(model, self.kind, self._rows_of(self.frame, model), self.notes)
+        return self.layer_counts[model]
+
+    def by_model(self) -> list[SweepRecord]:
+        """One record per model (its runs, curves and estimates; its model and n_layers), in `models` order; a record
+        of one model is [self]."""
+        models = self.models
+        if len(models) < 2:
+            return [self]
+        out = []
+        for model in models:
+            frame = self._rows_of(self.frame, model)
+            curves = self.curves
+            if "run_id" in curves:
+                curves = curves[curves["run_id"].isin(frame["run_id"])]
+            out.append(replace(self, model=model, n_layers=self.layers_of(model), frame=frame,
+                               curves=curves.reset_index(drop=True), axes=list(self.axes), notes=[],
+                               estimates=self._rows_of(self.estimates, model),
+                               layer_counts={model: self.layers_of(model)}))
+        return out
+
+    @staticmethod
+    def _rows_of(frame: pd.DataFrame, model: str) -> pd.DataFrame:
+        if "model" not in frame:
+            return frame
+        return frame[frame["model"].astype(str) == model].reset_index(drop=True)
 
     def sweep_file(self, name: str, folder: Path) -> Path | None:
         """A sweep-level file (items.parquet, ...) from the newest parent run that has it, downloaded into folder."""
@@ -154,8 +196,10 @@ def read(uri: str, name: str, argument: str = "SWEEP_NAME") -> SweepRecord:
     runs = as_rows(found)
     frame, notes = tidy(runs, keys)
     model = str(frame["model"].iloc[0])
-    if frame["model"].nunique() > 1:
-        notes.append(f"runs of several models ({', '.join(map(str, frame['model'].unique()))}); layers are {model}'s")
+    counts = {str(m): n_layers_of(str(m), kinds[0], frame[frame["model"] == m], notes) for m in frame["model"].unique()}
+    if len(counts) > 1:
+        notes.append(f"runs of {len(counts)} models (" + ", ".join(f"{m}: {n} layers" for m, n in counts.items())
+                     + "); each has its own section, and depth = layer / that model's n_layers puts them on one axis")
     curves = _curves(client, found, keys, set(frame["run_id"]))
     parents = list(search_all(client, experiment.experiment_id, f"tags.`{TAG}role` = '{ROLE_PARENT}'",
                               order_by=["attributes.start_time DESC"]))
@@ -163,9 +207,9 @@ def read(uri: str, name: str, argument: str = "SWEEP_NAME") -> SweepRecord:
     estimates = _estimates(client, experiment.experiment_id)
     if len(estimates):  # a screened sweep: which exact runs the screen picked, and why
         frame["verify"] = frame["run_id"].map({r.info.run_id: r.data.tags.get(f"{TAG}verify", "") for r in found})
-    return SweepRecord(name, kinds[0], model, n_layers_of(model, kinds[0], frame, notes), frame, curves, axes,
+    return SweepRecord(name, kinds[0], model, counts[model], frame, curves, axes,
                        parents[0].info.run_id if parents else None, notes, uri=uri,
-                       experiment_id=experiment.experiment_id, estimates=estimates)
+                       experiment_id=experiment.experiment_id, estimates=estimates, layer_counts=counts)
 
 
 def _estimates(client, experiment_id: str) -> pd.DataFrame:

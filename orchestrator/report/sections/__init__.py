@@ -20,7 +20,7 @@ from interventions.registry import Registry
 from orchestrator.aggregate import aggregate
 from orchestrator.numbers import fmt
 from orchestrator.report.claims import ClaimCard, Evidence, card
-from orchestrator.report.hubs import METRIC, Summary, hub_of, mode_and_std
+from orchestrator.report.hubs import METRIC, Summary, hub_of, mode_and_std, per_model
 from orchestrator.report.record import SweepRecord
 
 
@@ -50,6 +50,7 @@ class Profile:
     label: str  # what `effect` is, as an axis label
     hubs: pd.Series
     marker: str  # what the marked layer is, as a noun phrase ("the hub"); `hubs` holds it per seed
+    short: str = "peak"  # its one-word name on figures and tables: only ablation profiles have a "hub"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -58,7 +59,7 @@ class SectionKind:
 
     build: Callable[[SweepRecord], Section]  # the report section
     profile: Callable[[SweepRecord], Profile] | None = None  # the layer profile `compare` puts on a depth axis
-    summary: Callable[[pd.DataFrame], Summary] | None = None  # printed and logged at the end of a sweep
+    summary: Callable[[pd.DataFrame], Summary] | None = None  # printed and logged at the end of a sweep (per model)
 
 
 SECTIONS: Registry[SectionKind] = Registry("report section", sources=(
@@ -67,7 +68,10 @@ SECTIONS: Registry[SectionKind] = Registry("report section", sources=(
 
 
 def section(kind: str, **declaration):
-    """Register `build(record) -> Section` as the report of experiment kind `kind` (with `profile`, `summary`)."""
+    """Register `build(record) -> Section` as the report of experiment kind `kind` (with `profile`, `summary`; a
+    summary is run on each model's rows apart when a sweep's rows hold several, see hubs.per_model)."""
+    if declaration.get("summary") is not None:
+        declaration["summary"] = per_model(declaration["summary"])
 
     def add(build: Callable[[SweepRecord], Section]) -> Callable[[SweepRecord], Section]:
         SECTIONS.register(kind)(SectionKind(build=build, **declaration))

@@ -56,7 +56,7 @@ def ablation_profile(record: SweepRecord) -> Profile:
     component, method = _main(profiles)
     main = profiles[(profiles["component"] == component) & (profiles["method"] == method)]
     return Profile(main[["seed", "layer", METRIC]], f"{component}/{method}: {_label(method)}", peak(main)[2],
-                   "the hub")
+                   "the hub", "hub")
 
 
 @section("ablation", profile=ablation_profile, summary=ablation_summary)

@@ -38,21 +38,22 @@ def _seed_table(frame: pd.DataFrame, by: str) -> pd.DataFrame:
     return table
 
 
-def _single(record: SweepRecord) -> tuple[pd.DataFrame, pd.DataFrame]:
+def single_skips(record: SweepRecord) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(the runs that skip one layer, that layer as `layer`; the runs that skip a set)."""
     sets = record.frame["skip"].map(json.loads)
     single = record.frame[sets.map(len) == 1].assign(layer=sets[sets.map(len) == 1].map(lambda s: s[0]))
     return single, record.frame[sets.map(len) != 1]
 
 
 def skip_profile(record: SweepRecord) -> Profile:
-    single, _ = _single(record)
+    single, _ = single_skips(record)
     profile = as_profile(seed_means(single, ["layer"], "kl"), "layer", "kl")
     return Profile(profile, "KL of skipping the layer", peak(profile)[2], "the most harmful skip")
 
 
 @section("skip", profile=skip_profile)
 def skip_section(record: SweepRecord) -> Section:
-    single, others = _single(record)
+    single, others = single_skips(record)
     result = Section("Layer skipping")
     if len(single):
         per_seed = _seed_table(single, "layer")
