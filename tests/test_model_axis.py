@@ -11,7 +11,7 @@ import yaml
 
 from orchestrator.grid import expand
 from orchestrator.spec import load_sweep
-from tests.conftest import bad_input, children, jsonl, sweep_runs, swept
+from tests.conftest import bad_input, children, cli, jsonl, sweep_runs, swept
 
 ODD_WORDS = ("zyxwvut", "qqqpppx")  # one token each in the deep model's tokenizer only
 
@@ -150,6 +150,17 @@ def test_a_two_model_sweep_through_the_cli_records_every_point_once_grouped_per_
     for _, row in table.iterrows():
         assert row["kl_mean"] == pytest.approx(mine.loc[(row["model"], row["layer"]), "mean"])
         assert row["kl_std"] == pytest.approx(mine.loc[(row["model"], row["layer"]), "std"])
+    # the hubs: one row per model, each the hub recomputed from that model's child runs (argmax of kl per seed)
+    hubs = pd.read_parquet(folder / "mlruns" / "reports" / "two" / "hubs.parquet").set_index("model")
+    frame = pd.DataFrame(rows)
+    for model, one in frame.groupby("model"):
+        per_seed = one.loc[one.groupby("seed")["kl"].idxmax()].set_index("seed")["layer"]
+        assert hubs.loc[model, "hub_per_seed"] == ",".join(f"{s}:{layer}" for s, layer in per_seed.items())
+    # the report: the models side by side on the depth axis, then each model's own section
+    done = cli(folder, "report", "two")
+    assert done.returncode == 0, done.stdout + done.stderr
+    page = (folder / "mlruns" / "reports" / "two" / "report.html").read_text()
+    assert "tiny-qwen2 (4 layers)" in page and "deep-llama (6 layers)" in page
     # scheduling: model-ordered packs, so an actor loads each model at most once and the sweep loads at most
     # (actors at once) x models: 2 CPUs / resources.cpu 1 = 2 actors at once
     loads = defaultdict(set)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -27,7 +28,7 @@ class Summary:
 
 def per_model(summarise: Callable[[pd.DataFrame], Summary]) -> Callable[[pd.DataFrame], Summary]:
     """`summarise` run on each model's rows apart when `frame` holds several models (a `model` column): its tables
-    gain a leading `model` column, its metrics are named `<model>/<metric>`, its views' titles start with the model."""
+    gain a leading `model` column, its metrics are named `<model>/<metric>` (the model as a safe name), its views' titles start with the model."""
     @functools.wraps(summarise)
     def each(frame: pd.DataFrame) -> Summary:
         models = list(dict.fromkeys(frame["model"].dropna().astype(str))) if "model" in frame else []
@@ -39,7 +40,8 @@ def per_model(summarise: Callable[[pd.DataFrame], Summary]) -> Callable[[pd.Data
             one = summarise(frame[frame["model"].astype(str) == model].reset_index(drop=True))
             for name, table in one.tables.items():
                 tables.setdefault(name, []).append(table.assign(model=model)[["model", *table.columns]])
-            metrics.update({f"{model}/{key}": value for key, value in one.metrics.items()})
+            label = re.sub(r"[^\w.-]+", "_", model).strip("_")  # a folder path is no MLflow metric name
+            metrics.update({f"{label}/{key}": value for key, value in one.metrics.items()})
             for view in one.views:
                 view.title = f"{model}: {view.title}"
             views += one.views
