@@ -81,8 +81,12 @@ def _tune(sweep: Sweep, todo: list[Point], recorder: RecordTrials, storage: str,
         splits = {part.spec.model: part.splits for part in sweep.parts}
     grouped = by_family(todo) if estimate else packs(sweep, todo)
     grid = [[{"trial_id": p.trial_id, "point": p.values} for p in pack] for pack in grouped]
-    trainable = tune.with_resources(tune.with_parameters(run_trial, splits=splits),
-                                    lambda config: actor_resources(sweep.of(config["pack"][0]["point"])))
+    wanted = {part.spec.model: actor_resources(part) for part in sweep.models}
+    if len(sweep.models) > 1:  # per pack, by its model; Tune unpickles this function per trial: it holds the table only
+        resources = lambda config: wanted[config["pack"][0]["point"]["model"]]  # noqa: E731
+    else:
+        resources = wanted[spec.model]
+    trainable = tune.with_resources(tune.with_parameters(run_trial, splits=splits), resources)
     tuner = tune.Tuner(
         trainable,
         param_space={**constants, "pack": tune.grid_search(grid)},
@@ -112,6 +116,15 @@ def actor_resources(sweep: Sweep) -> dict[str, float]:
     return {"cpu": want.cpu, "gpu": want.gpu, "memory": actor_bytes(sweep)}
 
 
+def _cost(sweep: Sweep, point: Point) -> float:
+    """A point's share of the work for the progress bar: its layers, times its model's size among the sweep's."""
+    part = sweep.of(point.values)
+    cost = point_cost(point.values, sweep.kind.layer_axes, part.model.n_layers, sweep.spec.execution.prefix_reuse)
+    if sweep.parts:
+        cost *= part.model.n_params / max(p.model.n_params for p in sweep.parts)
+    return cost
+
+
 def _slots(cpu: float) -> int:
     """How many trials the cluster runs at once (for the progress line)."""
     try:
@@ -129,8 +142,7 @@ def tune_rounds(sweep: Sweep, todo: list[Point], tracker: Tracker, outcome: Outc
     spec = sweep.spec
     label = f"{spec.name} ({estimate} estimates)" if estimate else spec.name
     metrics = ESTIMATES.get(estimate).metrics if estimate else sweep.kind.metrics
-    costs = {p.trial_id: 1.0 if estimate else point_cost(p.values, sweep.kind.layer_axes, sweep.of(p.values).model.n_layers,
-                                                         spec.execution.prefix_reuse) for p in todo}
+    costs = {p.trial_id: 1.0 if estimate else _cost(sweep, p) for p in todo}
     actors = min(len(by_family(todo) if estimate else packs(sweep, todo)), _slots(spec.resources.cpu))
     again = todo
     with TrialProgress(console, label, costs, actors) as progress, \

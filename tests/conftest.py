@@ -18,11 +18,16 @@ from pathlib import Path
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
+from transformers.utils import logging as transformers_logging
 
 from interventions import models
 from interventions.context import FamilyRun, TrialContext
 from interventions.families import make_split
 from interventions.kinds import KINDS
+
+# transformers makes its stderr handler on first use: now, not inside a test whose capsys stream is closed after it
+# (its later warnings would then print "--- Logging error ---" into another test's one-line stderr)
+transformers_logging.get_logger("transformers")
 
 # Every kind's module (peft and transformers with them) imported now, before any test captures stderr: a logger
 # whose handler is made during a capsys test would keep writing to that test's closed stream.

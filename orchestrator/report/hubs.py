@@ -28,7 +28,8 @@ class Summary:
 
 def per_model(summarise: Callable[[pd.DataFrame], Summary]) -> Callable[[pd.DataFrame], Summary]:
     """`summarise` run on each model's rows apart when `frame` holds several models (a `model` column): its tables
-    gain a leading `model` column, its metrics are named `<model>/<metric>` (the model as a safe name), its views' titles start with the model."""
+    gain a leading `model` column, its metrics are named `<model>/<metric>` (the model as a safe name),
+    its views' titles start with the model."""
     @functools.wraps(summarise)
     def each(frame: pd.DataFrame) -> Summary:
         models = list(dict.fromkeys(frame["model"].dropna().astype(str))) if "model" in frame else []
