@@ -62,7 +62,9 @@ def sweep(spec: str, tracking_uri: str | None, address: str | None, dry_run: boo
         click.echo(line, err=True)
     points = expand(loaded)
     if dry_run:
-        sizes = ", ".join(f"{a}={len(loaded.axes[a])}" for a in axis_order(loaded))
+        sizes = ", ".join(f"{a}=" + "/".join(dict.fromkeys(str(len(p.axes.get(a, loaded.axes[a])))
+                                                           for p in loaded.models))
+                          for a in axis_order(loaded))  # an axis resolved per model: each model's length
         added = len(points) - sum(math.prod(len(part.axes[a]) for a in axis_order(part)) for part in loaded.models)
         sizes += f"; plus {added} the kind adds, e.g. a prompting baseline" if added > 0 else ""
         console.print(f"{loaded.spec.name}: {len(points)} grid points ({sizes}); "
