@@ -179,6 +179,27 @@ def test_the_skip_card_says_whether_any_model_keeps_top5_overlap():
     assert (card.grade, card.agree, card.mean) == ("A", "3 of 3 seeds", pytest.approx(0.91))
 
 
+def exit_rows(model: str, top1: float) -> list[dict]:
+    """Early exit at every layer; the last layer (the full model) agrees fully and must not count."""
+    n = LAYERS[model]
+    return [{"run_id": f"{model}-{layer}-{seed}", "model": model, "kind": "early_exit", "seed": seed,
+             "family": "antonyms", "exit_layer": layer, "kl": 5.0 - layer, "top5_overlap": 0.3,
+             "top1_agreement": 1.0 if layer == n - 1 else top1 + 0.05 * layer / n + 0.01 * seed}
+            for layer in range(n) for seed in range(3)]
+
+
+def test_the_exit_card_leaves_out_the_last_layer_and_says_whether_any_early_exit_agrees():
+    none = scale.scale_section(record("early_exit", exit_rows("tiny-z", 0.1) + exit_rows("tiny-b", 0.2))).cards
+    card = next(c for c in none if "top-1" in c.claim)
+    assert card.claim.startswith("No early exit before the last layer keeps top-1 agreement ≥ 0.5 with the full "
+                                 "model in any model: the best is 0.25 (tiny-b, exiting after L6)")
+    assert card.grade == "A"
+    some = scale.scale_section(record("early_exit", exit_rows("tiny-z", 0.6) + exit_rows("tiny-b", 0.2))).cards
+    card = next(c for c in some if "top-1" in c.claim)
+    assert card.claim.startswith("An early exit before the last layer keeps top-1 agreement ≥ 0.5 with the full model "
+                                 "in tiny-z")
+
+
 def test_a_report_of_two_models_namespaces_each_models_section(monkeypatch, tmp_path):
     import orchestrator.report as report
 

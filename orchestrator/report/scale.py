@@ -25,7 +25,7 @@ from orchestrator.report.sections import (
 )
 from orchestrator.report.sections.layers import single_skips
 
-KEEP = 0.5  # the top-5 overlap a single-layer skip must keep to count as harmless
+KEEP = 0.5  # the top-5 overlap (top-1 agreement) a single-layer skip (an early exit) must keep to count as harmless
 
 
 @dataclass
@@ -117,7 +117,8 @@ def scale_section(record: SweepRecord) -> Section:
         result.notes += [f"{b.profile.marker} sits at the same mean depth in {a.label} and {b.label}{what}: no card "
                          "on its move" for a, b, c in zip(placed, placed[1:], cards) if c is None]
         cards += [_mlp_card(models, fig_id) if record.kind == "ablation" else None,
-                  _skip_card(models, fig_id) if record.kind == "skip" else None]
+                  _skip_card(models, fig_id) if record.kind == "skip" else None,
+                  _exit_card(models, fig_id) if record.kind == "early_exit" else None]
         result.cards += [replace(c, claim=f"{c.claim[:-1]} ({variant}).") if variant else c for c in cards if c]
     return result
 
@@ -183,22 +184,41 @@ def _mlp_card(models: list[SweepRecord], figure: str) -> ClaimCard | None:
 
 def _skip_card(models: list[SweepRecord], figure: str) -> ClaimCard | None:
     """'No single-layer skip keeps top-5 overlap >= KEEP in any model', or the models where one does."""
+    return _keeps_card(models, figure, lambda rec: single_skips(rec)[0], "top5_overlap", "top-5 overlap",
+                       "single-layer skip", "skipping")
+
+
+def _exit_card(models: list[SweepRecord], figure: str) -> ClaimCard | None:
+    """'No early exit before the last layer keeps top-1 agreement >= KEEP in any model', or where one does."""
+    def early(rec: SweepRecord) -> pd.DataFrame:
+        rows = rec.frame[rec.frame["exit_layer"] < rec.n_layers - 1]
+        return rows.assign(layer=rows["exit_layer"])
+
+    return _keeps_card(models, figure, early, "top1_agreement", "top-1 agreement",
+                       "early exit before the last layer", "exiting after")
+
+
+def _keeps_card(models: list[SweepRecord], figure: str, rows_of, metric: str, metric_text: str, what: str,
+                doing: str) -> ClaimCard | None:
+    """Whether any model has a layer whose `what` keeps `metric` >= KEEP with the full model (per seed: the
+    largest over layers and models, against the KEEP threshold)."""
     best, where = {}, {}
     for rec in models:
-        single, _ = single_skips(rec)
-        if "top5_overlap" not in single or single["top5_overlap"].isna().all():
+        rows = rows_of(rec)
+        if metric not in rows or rows[metric].isna().all():
             return None
-        per_seed = seed_means(single, ["layer"], "top5_overlap")
-        best[rec.model] = per_seed.groupby("seed")["top5_overlap"].max()
-        where[rec.model] = int(per_seed.groupby("layer")["top5_overlap"].mean().idxmax())
+        per_seed = seed_means(rows, ["layer"], metric)
+        best[rec.model] = per_seed.groupby("seed")[metric].max()
+        where[rec.model] = int(per_seed.groupby("layer")[metric].mean().idxmax())
     seeds = sorted(set.intersection(*(set(b.index) for b in best.values())))
     values = {int(s): float(max(b[s] for b in best.values())) for s in seeds}
     keeping = [m for m, b in best.items() if b.mean() >= KEEP]
     sign = 1 if keeping else -1
     ev = Evidence(values, {s: sign * (v - KEEP) > 0 for s, v in values.items()}, dict.fromkeys(values, KEEP), sign)
     top = max(best, key=lambda m: best[m].mean())
-    claim = (f"A single-layer skip keeps top-5 overlap ≥ {KEEP:g} with the full model in {', '.join(keeping)}"
-             if keeping else f"No single-layer skip keeps top-5 overlap ≥ {KEEP:g} with the full model in any model")
-    return card(f"{claim}: the best is {best[top].mean():.2f} ({top}, skipping L{where[top]}).", figure,
-                "the largest top-5 overlap of any single-layer skip in any model, per seed", ev,
+    article = "An" if what[0] in "aeiou" else "A"
+    claim = (f"{article} {what} keeps {metric_text} ≥ {KEEP:g} with the full model in {', '.join(keeping)}"
+             if keeping else f"No {what} keeps {metric_text} ≥ {KEEP:g} with the full model in any model")
+    return card(f"{claim}: the best is {best[top].mean():.2f} ({top}, {doing} L{where[top]}).", figure,
+                f"the largest {metric_text} of any {what} in any model, per seed", ev,
                 f"the {KEEP:g} threshold", keeping=keeping)
