@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pandas as pd
 import pytest
@@ -105,6 +106,13 @@ def test_cards_name_the_positions_variant_they_are_about():
     moved = [c for c in built.cards if "sits" in c.claim]
     assert [c.claim.endswith(f"(positions {p}).") for c, p in zip(moved, ("all", "last"))] == [True, True]
     assert "deeper" in moved[0].claim and "shallower" in moved[1].claim
+    # the sweep-end view names each variant as printed (Rich would take "[last]" for a style tag and drop it)
+    from rich.console import Console
+
+    console = Console(record=True, width=200, file=open(os.devnull, "w"))
+    for view in SECTIONS.get("ablation").summary(record("ablation", rows).frame).views:
+        console.print(view)
+    assert "mean[last]" in console.export_text()
 
 
 def test_the_sweep_end_summary_has_one_hub_table_per_model():

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import pandas as pd
+from rich.markup import escape  # method[positions] is no style tag
 from rich.table import Table
 
 from interventions.ablation import HUB, effect_metric, variant
@@ -164,15 +165,15 @@ def ablation_summary(frame: pd.DataFrame) -> Summary:
     for name in ("component", "method", "hub per seed", "mode", "std", "top-3 layers"):
         view.add_column(name)
     for _, r in hubs.iterrows():
-        view.add_row(r["component"], r["method"], r["hub_per_seed"], f"L{r['hub_mode']}", fmt(r["hub_std"], ".2f"),
-                     r["top3"])
+        view.add_row(r["component"], escape(r["method"]), r["hub_per_seed"], f"L{r['hub_mode']}",
+                     fmt(r["hub_std"], ".2f"), r["top3"])
     views = [view]
     if len(stability):
         ranks = Table(title="rank stability across methods (layers ranked by mean effect)", title_justify="left")
         for name in ("component", "methods", "spearman", "top-3", "top-3 agree"):
             ranks.add_column(name)
         for _, r in stability.iterrows():
-            ranks.add_row(r["component"], f"{r['method_a']} vs {r['method_b']}", fmt(r["spearman"], ".2f"),
+            ranks.add_row(r["component"], escape(f"{r['method_a']} vs {r['method_b']}"), fmt(r["spearman"], ".2f"),
                           f"{r['top3_a']} | {r['top3_b']}", "yes" if r["top3_agree"] else "no")
         views.append(ranks)
     return Summary({"hubs": hubs, "rank_stability": stability}, metrics, views)
