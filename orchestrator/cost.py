@@ -31,19 +31,19 @@ PROCESS_BYTES = 650 * 2**20  # an actor process before its model: Python, Ray wo
 
 
 WEIGHTS_FACTOR = 1.2  # an actor's weights in memory over their bytes (loading keeps some copies a while)
-WORKING_BYTES = 3 * 2**29  # cached baselines and the largest forward's activations, beyond the weights (1.5 GiB)
+WORKING_FACTOR, WORKING_BYTES = 1.5, 3 * 2**29  # cached baselines, activations: 1.5 x the weights, at most 1.5 GiB
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 
 def actor_bytes(sweep) -> int:
     """Ray `memory` one actor of a one-model sweep asks for: resources.memory_gb if given, else the process, the
-    working set and the weights. Measured peak RSS of the scale sweeps' actors (n_eval 8, float32): SmolLM2-135M
-    1.9 GiB, Gemma 3 270M 3.2, Qwen2.5-Coder 0.5B 3.7, 1.5B 8.5; this formula asks 2.7, 3.4, 4.9 and 10.1 GiB."""
+    weights and the working set. Measured peak RSS of the scale sweeps' actors (n_eval 8, float32): SmolLM2-135M
+    1.9 GiB, Gemma 3 270M 3.2, Qwen2.5-Coder 0.5B 3.7, 1.5B 8.5; this formula asks 2.0, 3.3, 4.9 and 10.0 GiB."""
     given = sweep.resources.memory_gb
     if given is not None:
         return int(given * 2**30)
     weights = sweep.model.n_params * DTYPE_BYTES[sweep.spec.dtype]
-    return int(PROCESS_BYTES + WORKING_BYTES + weights * WEIGHTS_FACTOR)
+    return int(PROCESS_BYTES + weights * WEIGHTS_FACTOR + min(WORKING_BYTES, weights * WORKING_FACTOR))
 
 
 def actors(resources, n_trials: int, cpus: int | None = None, gpus: float = 0.0) -> int:

@@ -239,8 +239,8 @@ def run_sweep(sweep: Sweep, *, tracking_uri: str | None = None, address: str | N
             slots = stack.enter_context(tempfile.TemporaryDirectory(prefix="atlas-preload-"))
             where = f"joining the Ray cluster at {address}" if address else "starting a local Ray"
             with phase(console, where):
-                stack.enter_context(ray_session(address, True, preload_env(sweep.spec, len(points if screen else todo),
-                                                                           slots)))
+                preload = preload_env(sweep.models[0], len(points if screen else todo), slots)
+                stack.enter_context(ray_session(address, True, preload))
             for part in sweep.models:
                 check_resources(part.resources, actor_bytes(part), part.spec.model)
             with parent_run(tracker, len(points), None if screen else len(todo)) as outcome:

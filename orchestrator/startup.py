@@ -45,12 +45,16 @@ class Deferred(Generic[V]):
         return self._value  # type: ignore[return-value]
 
 
-def preload_env(spec, n_trials: int, folder: str) -> dict[str, str]:
-    """Environment for a local Ray whose workers preload the spec's model, at most one per actor the sweep will have
-    (nothing for GPU sweeps or no trials)."""
-    from orchestrator.cost import actors
+def preload_env(sweep, n_trials: int, folder: str) -> dict[str, str]:
+    """Environment for a local Ray whose workers preload the sweep's (first) model, at most one per
+    actor the sweep will have: CPUs and memory (Ray's is ~70% of what is available) over what an actor asks for.
+    Nothing for GPU sweeps or no trials."""
+    import psutil
 
-    slots = actors(spec.resources, n_trials)
+    from orchestrator.cost import actor_bytes, actors
+
+    spec = sweep.spec
+    slots = min(actors(spec.resources, n_trials), int(0.7 * psutil.virtual_memory().available // actor_bytes(sweep)))
     if spec.resources.gpu > 0 or slots < 1:
         return {}
     settings = {"model": spec.model, "trust_remote_code": spec.trust_remote_code, "dtype": spec.dtype, "slots": slots,

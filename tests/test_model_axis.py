@@ -109,13 +109,14 @@ def test_bad_model_axes_get_one_line_naming_the_field(tmp_path, monkeypatch, cap
 
 
 def test_per_model_resources_override_the_sweeps(tmp_path, deep):
-    from orchestrator.cost import PROCESS_BYTES, WEIGHTS_FACTOR, WORKING_BYTES, actor_bytes
+    from orchestrator.cost import PROCESS_BYTES, WEIGHTS_FACTOR, WORKING_FACTOR, actor_bytes
 
     (tmp_path / "s.yaml").write_text(two_models(deep, resources={"cpu": 1, "models": {deep: {"memory_gb": 2}}}))
     small, big = load_sweep(tmp_path / "s.yaml").models
     assert (big.resources.cpu, big.resources.memory_gb, small.resources.memory_gb) == (1, 2, None)
     assert actor_bytes(big) == 2 * 2**30  # as given
-    footprint = PROCESS_BYTES + WORKING_BYTES + 4 * small.model.n_params * WEIGHTS_FACTOR  # float32: 4 bytes
+    weights = 4 * small.model.n_params  # float32
+    footprint = PROCESS_BYTES + weights * (WEIGHTS_FACTOR + WORKING_FACTOR)  # a small model's working set: 1.5 x
     assert actor_bytes(small) == int(footprint)
     assert small.model.n_params == sum(p.numel() for p in _load("tiny-qwen2").parameters())
 
