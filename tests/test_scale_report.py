@@ -222,3 +222,15 @@ def test_a_report_of_two_models_namespaces_each_models_section(monkeypatch, tmp_
                                                    for c in made.cards)
     page = made.html.read_text()
     assert "tiny-z (4 layers), tiny-b (8 layers)" in page
+
+
+def test_the_move_card_never_prints_two_equal_depths():
+    from types import SimpleNamespace
+
+    def placed(label, depths):
+        return SimpleNamespace(label=label, depths=depths, profile=SimpleNamespace(marker="the best early exit"))
+
+    card = scale.moved_card(placed("a", {0: 0.9286, 1: 0.9286}), placed("b", {0: 0.9333, 1: 0.9333}), "fig")
+    assert "depth 0.933 against 0.929 in a." in card.claim
+    card = scale.moved_card(placed("a", {0: 0.25, 1: 0.25}), placed("b", {0: 0.5, 1: 0.5}), "fig")
+    assert "depth 0.50 against 0.25 in a." in card.claim

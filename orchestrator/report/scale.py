@@ -68,8 +68,9 @@ def moved_card(a: Placed, b: Placed, figure: str, caveats=(), cap: str = "A", ca
         return None
     sign = 1 if mean_b > mean_a else -1
     ev = Evidence(b.depths, {s: sign * (d - mean_a) > 0 for s, d in b.depths.items()}, a.depths, sign)
+    digits = next(d for d in (2, 3, 4, 6) if f"{mean_a:.{d}f}" != f"{mean_b:.{d}f}" or d == 6)  # never "0.93 vs 0.93"
     return card(f"{b.profile.marker.capitalize()} sits {'deeper' if sign > 0 else 'shallower'} in {b.label}: depth "
-                f"{mean_b:.2f} against {mean_a:.2f} in {a.label}.", figure,
+                f"{mean_b:.{digits}f} against {mean_a:.{digits}f} in {a.label}.", figure,
                 f"depth of {b.profile.marker} per seed", ev, f"{a.label}'s depths, per seed",
                 [f"seeds of {a.label} and {b.label} are not paired: the control is the other's spread", *caveats],
                 cap, cap_why, depth_a=mean_a, depth_b=mean_b)
