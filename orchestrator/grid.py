@@ -65,8 +65,7 @@ def table_values(points: list[Point]) -> list[dict]:
 def expand(sweep: Sweep) -> list[Point]:
     """Every grid point, model by model (a `model` axis: each point's values start with its model)."""
     if sweep.parts:
-        return [Point(p.trial_id, {"model": part.spec.model, **p.values}) for part in sweep.parts
-                for p in _expand_one(part, {"model": part.spec.model})]
+        return [p for part in sweep.parts for p in _expand_one(part, {"model": part.spec.model})]
     return _expand_one(sweep)
 
 
@@ -75,6 +74,6 @@ def _expand_one(sweep: Sweep, extra: dict | None = None) -> list[Point]:
     combos = kind_points(sweep.kind, sweep.axes, sweep.model, sweep.options)
     points = []
     for seed, family, combo in itertools.product(sweep.axes["seed"], sweep.axes["family"], combos):
-        values = {"seed": seed, "family": family, **combo}
-        points.append(Point(trial_id(sweep, {**(extra or {}), **values}, digests), values))
+        values = {**(extra or {}), "seed": seed, "family": family, **combo}
+        points.append(Point(trial_id(sweep, values, digests), values))
     return points

@@ -116,13 +116,16 @@ def actor_resources(sweep: Sweep) -> dict[str, float]:
     return {"cpu": want.cpu, "gpu": want.gpu, "memory": actor_bytes(sweep)}
 
 
-def _cost(sweep: Sweep, point: Point) -> float:
-    """A point's share of the work for the progress bar: its layers, times its model's size among the sweep's."""
-    part = sweep.of(point.values)
-    cost = point_cost(point.values, sweep.kind.layer_axes, part.model.n_layers, sweep.spec.execution.prefix_reuse)
-    if sweep.parts:
-        cost *= part.model.n_params / max(p.model.n_params for p in sweep.parts)
-    return cost
+def _costs(sweep: Sweep, todo: list[Point]) -> dict[str, float]:
+    """Each point's share of the work for the progress bar: its layers, times its model's size among the sweep's."""
+    size = {p.spec.model: p.model.n_params for p in sweep.parts}
+    largest = max(size.values(), default=1)
+    out = {}
+    for point in todo:
+        part = sweep.of(point.values)
+        cost = point_cost(point.values, sweep.kind.layer_axes, part.model.n_layers, sweep.spec.execution.prefix_reuse)
+        out[point.trial_id] = cost * size.get(part.spec.model, largest) / largest
+    return out
 
 
 def _slots(cpu: float) -> int:
@@ -142,7 +145,7 @@ def tune_rounds(sweep: Sweep, todo: list[Point], tracker: Tracker, outcome: Outc
     spec = sweep.spec
     label = f"{spec.name} ({estimate} estimates)" if estimate else spec.name
     metrics = ESTIMATES.get(estimate).metrics if estimate else sweep.kind.metrics
-    costs = {p.trial_id: 1.0 if estimate else _cost(sweep, p) for p in todo}
+    costs = dict.fromkeys((p.trial_id for p in todo), 1.0) if estimate else _costs(sweep, todo)
     actors = min(len(by_family(todo) if estimate else packs(sweep, todo)), _slots(spec.resources.cpu))
     again = todo
     with TrialProgress(console, label, costs, actors) as progress, \

@@ -53,11 +53,13 @@ def family_run(model: Model, split: Split) -> FamilyRun:
 
 
 def of_model(config: dict, splits: dict) -> tuple[dict, dict[tuple[str, int], Split]]:
-    """The pack's model's settings and items: a sweep with a `model` axis sends them per model (`models`)."""
+    """The pack's model's settings and items: a sweep with a `model` axis sends them per model (`models`); a config
+    already resolved comes back as it is."""
     if "models" not in config:
         return config, splits
     name = config["pack"][0]["point"]["model"]
-    return {**config, "model": name, **config["models"][name]}, splits[name]
+    own = {k: v for k, v in config.items() if k != "models"}
+    return {**own, "model": name, **config["models"][name]}, splits[name]
 
 
 def trial_context(config: dict, splits: dict) -> TrialContext:
@@ -97,7 +99,8 @@ def run_trial(config: dict, splits: dict[tuple[str, int], Split]) -> None:
     dtype, options}, and `estimate` (a screen's estimate name) when the pack's points are to be estimated, not run.
     """
     _crash_once_for_tests()
-    torch.set_num_threads(of_model(config, splits)[0]["threads"])
+    config, splits = of_model(config, splits)
+    torch.set_num_threads(config["threads"])
     start = time.perf_counter()
     pack = config["pack"]
     ctx = trial_context(config, splits)

@@ -20,8 +20,6 @@ from orchestrator.report.scale import Placed, depth_figure, moved_card, place
 from orchestrator.report.sections import SECTIONS, location_evidence
 from orchestrator.store import store_dir
 
-LAYER_AXES = ("layer", "skip", "exit_layer")  # where the sweeps are expected to differ: the models' own layers
-
 
 def write_compare(uri: str, name_a: str, name_b: str, out: Path | None = None) -> Report:
     """Two sweeps of one kind: their layer profiles against depth = layer / n_layers, marked layers as depths."""
@@ -67,7 +65,8 @@ def write_compare(uri: str, name_a: str, name_b: str, out: Path | None = None) -
 
 def differing(a: SweepRecord, b: SweepRecord) -> list[str]:
     """The axes (but seed and the layer axes) whose value sets differ: "family (A: x, y; B: x)"."""
-    layers = {"seed", *LAYER_AXES, *(KINDS.get(a.kind).layer_axes if a.kind in KINDS else ())}
+    kind = KINDS.get(a.kind)  # its layer axes may differ: they hold each model's own layers
+    layers = {"seed", *kind.layer_axes, *kind.set_axes}
     out = []
     for axis in dict.fromkeys([*a.axes, *b.axes]):
         values = [", ".join(sorted(map(str, r.frame[axis].dropna().unique()))) if axis in r.frame else ""

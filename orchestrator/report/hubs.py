@@ -27,6 +27,11 @@ class Summary:
     views: list[Table] = field(default_factory=list)  # printed after the aggregate table
 
 
+def safe_name(text: str) -> str:
+    """`text` as a file and MLflow-metric name: a folder path or a label with spaces becomes word characters."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")
+
+
 def per_model(summarise: Callable[[pd.DataFrame], Summary]) -> Callable[[pd.DataFrame], Summary]:
     """`summarise` run on each model's rows apart when `frame` holds several models (a `model` column): its tables
     gain a leading `model` column, its metrics are named `<model>/<metric>` (the model as a safe name),
@@ -42,8 +47,7 @@ def per_model(summarise: Callable[[pd.DataFrame], Summary]) -> Callable[[pd.Data
             one = summarise(frame[frame["model"].astype(str) == model].reset_index(drop=True))
             for name, table in one.tables.items():
                 tables.setdefault(name, []).append(table.assign(model=model)[["model", *table.columns]])
-            label = re.sub(r"[^\w.-]+", "_", model).strip("_")  # a folder path is no MLflow metric name
-            metrics.update({f"{label}/{key}": value for key, value in one.metrics.items()})
+            metrics.update({f"{safe_name(model)}/{key}": value for key, value in one.metrics.items()})
             for view in one.views:
                 view.title = f"{model}: {view.title}"
             views += one.views

@@ -1,7 +1,6 @@
 """Several models in one sweep: their profiles on one depth axis, a scale table, cross-model cards, then each model."""
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -10,7 +9,7 @@ import pandas as pd
 from interventions.ablation import HUB
 from orchestrator.report.claims import ClaimCard, Evidence, card, ranked
 from orchestrator.report.figures import depth_compare, table_figure
-from orchestrator.report.hubs import METRIC, layer_profiles, mode_and_std
+from orchestrator.report.hubs import METRIC, layer_profiles, mode_and_std, safe_name
 from orchestrator.report.record import SweepRecord
 from orchestrator.report.sections import (
     SECTIONS,
@@ -104,7 +103,7 @@ def scale_section(record: SweepRecord) -> Section:
     for variant, one in positions_variants(record):
         models = one.by_model()
         placed = [p for p in (place(rec, rec.model) for rec in models) if p is not None]
-        tag, what = (f"_{_safe(variant)}", f" ({variant})") if variant else ("", "")
+        tag, what = (f"_{safe_name(variant)}", f" ({variant})") if variant else ("", "")
         if len(placed) < 2:
             result.notes.append(f"fewer than two models with a layer profile{what}: no cross-model figure")
             continue
@@ -140,15 +139,11 @@ def models_section(record: SweepRecord) -> Section:
 
 def namespaced(part: Section, model: str) -> Section:
     """A model's section with its figure ids, figure titles, card claims and notes prefixed by the model."""
-    ids = {s.id: f"{_safe(model)}_{s.id}" for s in part.figures}
+    ids = {s.id: f"{safe_name(model)}_{s.id}" for s in part.figures}
     figures = [replace(s, id=ids[s.id], title=f"{model}: {s.title}") for s in part.figures]
-    cards = [replace(c, claim=f"{model}: {c.claim}", figure=ids.get(c.figure, f"{_safe(model)}_{c.figure}"))
+    cards = [replace(c, claim=f"{model}: {c.claim}", figure=ids.get(c.figure, f"{safe_name(model)}_{c.figure}"))
              for c in part.cards]
     return Section(f"{model}: {part.title}", figures, cards, [f"{model}: {n}" for n in part.notes])
-
-
-def _safe(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)
 
 
 def _joined(evs: dict[str, Evidence]) -> Evidence:
