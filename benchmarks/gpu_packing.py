@@ -14,7 +14,6 @@ import argparse
 import tempfile
 import time
 from collections import Counter
-from dataclasses import replace
 from pathlib import Path
 
 import ray
@@ -27,8 +26,7 @@ from orchestrator.spec import load_sweep
 
 def one(sweep, gpu: float) -> tuple[float, int, int]:
     """(wall seconds, points, distinct actors) of the sweep with `gpu` per actor, in a fresh store."""
-    sweep = replace(sweep, spec=sweep.spec.model_copy(
-        update={"resources": sweep.spec.resources.model_copy(update={"gpu": gpu})}))
+    sweep = sweep.updated(resources=sweep.spec.resources.model_copy(update={"gpu": gpu}))
     with tempfile.TemporaryDirectory() as tmp:
         uri = f"sqlite:///{tmp}/bench.db"
         start = time.perf_counter()
@@ -56,7 +54,7 @@ def main() -> None:
     finally:
         ray.shutdown()
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"{args.fake_gpus} fake GPUs (CPU)"
-    print(f"\n{sweep.spec.name} on {sweep.spec.model} (n_eval {sweep.spec.n_eval}), {device}, {gpus:g} GPUs in Ray")
+    print(f"\n{sweep.spec.name} on {sweep.parts[0].name} (n_eval {sweep.spec.n_eval}), {device}, {gpus:g} GPUs in Ray")
     for gpu, (wall, n, actors) in results.items():
         print(f"  gpu: {gpu:<5g} {actors} actors  {wall:7.1f} s  {n / wall:7.1f} points/s")
     print(f"  four packed actors per GPU vs one: {results[1.0][0] / results[0.25][0]:.2f}x throughput")

@@ -58,6 +58,7 @@ def soak(spec_text: str, trials: int, warmup: int) -> dict:
     from interventions.hooks import count_hooks
     from interventions.kinds import run_kind
     from orchestrator import worker
+    from orchestrator.driver import worker_settings
     from orchestrator.grid import expand
     from orchestrator.spec import load_sweep
 
@@ -66,15 +67,15 @@ def soak(spec_text: str, trials: int, warmup: int) -> dict:
         (Path(tmp) / "soak.yaml").write_text(spec_text)
         sweep = load_sweep(Path(tmp) / "soak.yaml")
     points = expand(sweep)
+    settings, splits = worker_settings(sweep), {part.name: part.splits for part in sweep.parts}
     points = (points * (trials // len(points) + 1))[:trials]  # more trials than grid points: go round again
     before = rss_mib()
     hooks_seen, pairs = 0, set()
     start = time.perf_counter()
     warm = None
     for i, point in enumerate(points):
-        config = {"model": sweep.spec.model, "trust_remote_code": False, "gpu": 0, "kind": sweep.kind.name,
-                  "families": sweep.axes["family"], "trial": {"point": point.values, "trial_id": point.trial_id}}
-        ctx = worker.trial_context(config, sweep.splits)
+        pack = [{"point": point.values, "trial_id": point.trial_id, "model": point.model}]
+        ctx = worker.trial_context(settings, pack, splits)
         run_kind(sweep.kind.name, ctx, point.values)
         hooks_seen += count_hooks(ctx.model.module)  # run_trial fails the trial if this is ever > 0
         pairs.add((point.values["family"], point.values["seed"]))

@@ -43,8 +43,8 @@ from orchestrator.spec import load_sweep
 
 def plain_loop(sweep, points) -> None:
     """One hooked full forward per grid point (plus one per other family for a knock-out)."""
-    model = load(sweep.spec.model)
-    runs = {key: FamilyRun(model, split) for key, split in sweep.splits.items()}
+    model = load(sweep.parts[0].name)
+    runs = {key: FamilyRun(model, split) for key, split in sweep.parts[0].splits.items()}
     layers = part(model.module, model.arch.layers)
     vectors = {}
     for point in points:
@@ -74,8 +74,8 @@ def plain_loop(sweep, points) -> None:
 
 def in_process(sweep, points) -> None:
     """The orchestrator's trial functions, pack by pack, in this process: no Ray, no MLflow."""
-    model = load(sweep.spec.model)
-    runs = {key: FamilyRun(model, split) for key, split in sweep.splits.items()}
+    model = load(sweep.parts[0].name)
+    runs = {key: FamilyRun(model, split) for key, split in sweep.parts[0].splits.items()}
     for pack in packs(sweep, points):
         v = pack[0].values
         others = [runs[(f, v["seed"])] for f in sweep.axes["family"] if f != v["family"]]
@@ -90,8 +90,7 @@ def through_sweep(sweep, points) -> None:
 
 
 def with_execution(sweep, **settings):
-    return replace(sweep, spec=sweep.spec.model_copy(
-        update={"execution": sweep.spec.execution.model_copy(update=settings)}))
+    return sweep.updated(execution=sweep.spec.execution.model_copy(update=settings))
 
 
 def cut(sweep, seeds: int, families: int, layers: list[int] | None):
@@ -102,8 +101,9 @@ def cut(sweep, seeds: int, families: int, layers: list[int] | None):
         axes["family"] = axes["family"][:families]
     if layers:
         axes["layer"] = layers
-    splits = {k: s for k, s in sweep.splits.items() if k[1] in axes["seed"] and k[0] in axes["family"]}
-    return replace(sweep, axes=axes, splits=splits)
+    part = sweep.parts[0]
+    splits = {k: s for k, s in part.splits.items() if k[1] in axes["seed"] and k[0] in axes["family"]}
+    return replace(sweep, axes=axes, parts=(replace(part, axes=axes, splits=splits),))
 
 
 def timed(fn, repeats: int) -> float:
@@ -139,7 +139,7 @@ def main() -> None:
                                                                         args.repeats),
     }
     loop = walls["plain PyTorch loop (hooked full forward per trial)"]
-    print(f"\n{len(points)} trials of {sweep.spec.name} on {sweep.spec.model} (n_eval {sweep.spec.n_eval}), "
+    print(f"\n{len(points)} trials of {sweep.spec.name} on {sweep.parts[0].name} (n_eval {sweep.spec.n_eval}), "
           f"{len(packs(sweep, points))} packs; {os.cpu_count()} CPUs, {threads} torch threads in the loop, "
           f"{sweep.spec.resources.cpu:g} per actor; load average {os.getloadavg()[0]:.2f}; "
           f"median of {args.repeats}")

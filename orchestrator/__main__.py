@@ -62,14 +62,15 @@ def sweep(spec: str, tracking_uri: str | None, address: str | None, dry_run: boo
         click.echo(line, err=True)
     points = expand(loaded)
     if dry_run:
+        order = axis_order(loaded)
         sizes = ", ".join(f"{a}=" + "/".join(dict.fromkeys(str(len(p.axes.get(a, loaded.axes[a])))
-                                                           for p in loaded.models))
-                          for a in axis_order(loaded))  # an axis resolved per model: each model's length
-        added = len(points) - sum(math.prod(len(part.axes[a]) for a in axis_order(part)) for part in loaded.models)
+                                                           for p in loaded.parts))
+                          for a in order)  # an axis resolved per model: each model's length
+        added = len(points) - sum(math.prod(len(part.axes[a]) for a in order if a != "model") for part in loaded.parts)
         sizes += f"; plus {added} the kind adds, e.g. a prompting baseline" if added > 0 else ""
         console.print(f"{loaded.spec.name}: {len(points)} grid points ({sizes}); "
-                      f"model{'s' if loaded.parts else ''} "
-                      + ", ".join(f"{p.spec.model} ({p.model.n_layers} layers)" for p in loaded.models)
+                      f"model{'s' if len(loaded.parts) > 1 else ''} "
+                      + ", ".join(f"{p.name} ({p.model.n_layers} layers)" for p in loaded.parts)
                       + f", kind {loaded.spec.kind}")
         from orchestrator.cost import dry_run_cost
 
@@ -81,13 +82,14 @@ def sweep(spec: str, tracking_uri: str | None, address: str | None, dry_run: boo
                          "pass --yes to run them all (or check the axes with --dry-run)")
     from orchestrator.cluster import check_address
     from orchestrator.runner import run_sweep
-    from orchestrator.tracking import check_ledger
+    from orchestrator.tracking import Tracker, check_ledger
 
     uri = _store(tracking_uri)
     check_address(address)
-    check_ledger(loaded, uri, points, resume, console)
+    tracker = Tracker(uri, loaded)
+    done = check_ledger(tracker, points, resume, console)
 
-    outcome = run_sweep(loaded, tracking_uri=uri, address=address, console=console, top=top)
+    outcome = run_sweep(loaded, address=address, console=console, top=top, points=points, tracker=tracker, done=done)
     if outcome.interrupted:
         from orchestrator.signals import leave
 

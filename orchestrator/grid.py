@@ -7,20 +7,21 @@ import json
 from dataclasses import dataclass
 
 from interventions.kinds import kind_axes, kind_points
-from orchestrator.spec import Sweep
+from orchestrator.spec import Part, Sweep
 
 
 @dataclass(frozen=True)
 class Point:
     trial_id: str
     values: dict  # axis -> value (family by name); an axis the point does not use is absent
+    model: str  # the name of its sweep part's model (also in `values` when the sweep has a model axis)
 
 
-def trial_id(sweep: Sweep, values: dict, digests: dict[tuple[str, int], str]) -> str:
+def trial_id(sweep: Sweep, part: Part, values: dict, digests: dict[tuple[str, int], str]) -> str:
     """Hash of everything that changes a grid point's numbers, items included; the same on any machine."""
-    items = {f: digests[(f, values["seed"])] for f in sweep.axes["family"]}
+    items = {f: digests[(f, values["seed"])] for f in part.axes["family"]}
     settings = {
-        "model": sweep.spec.model,
+        "model": part.name,
         "kind": sweep.kind.name,
         "point": {**values, "family": items[values["family"]]},
     }
@@ -36,7 +37,7 @@ def trial_id(sweep: Sweep, values: dict, digests: dict[tuple[str, int], str]) ->
 def axis_order(sweep: Sweep) -> list[str]:
     """Model, then seed and family outermost so that consecutive trials share an actor's model and cached
     baselines."""
-    return [*(["model"] if sweep.parts else []), "seed", "family",
+    return [*(["model"] if "model" in sweep.axes else []), "seed", "family",
             *[a for a in kind_axes(sweep.kind) if a in sweep.axes]]  # optional axes may be absent
 
 
@@ -64,16 +65,15 @@ def table_values(points: list[Point]) -> list[dict]:
 
 def expand(sweep: Sweep) -> list[Point]:
     """Every grid point, model by model (a `model` axis: each point's values start with its model)."""
-    if sweep.parts:
-        return [p for part in sweep.parts for p in _expand_one(part, {"model": part.spec.model})]
-    return _expand_one(sweep)
+    return [point for part in sweep.parts for point in _expand_part(sweep, part)]
 
 
-def _expand_one(sweep: Sweep, extra: dict | None = None) -> list[Point]:
-    digests = {key: split.digest() for key, split in sweep.splits.items()}
-    combos = kind_points(sweep.kind, sweep.axes, sweep.model, sweep.options)
+def _expand_part(sweep: Sweep, part: Part) -> list[Point]:
+    digests = {key: split.digest() for key, split in part.splits.items()}
+    combos = kind_points(sweep.kind, part.axes, part.model, sweep.options)
+    model = {"model": part.name} if "model" in sweep.axes else {}
     points = []
-    for seed, family, combo in itertools.product(sweep.axes["seed"], sweep.axes["family"], combos):
-        values = {**(extra or {}), "seed": seed, "family": family, **combo}
-        points.append(Point(trial_id(sweep, values, digests), values))
+    for seed, family, combo in itertools.product(part.axes["seed"], part.axes["family"], combos):
+        values = {**model, "seed": seed, "family": family, **combo}
+        points.append(Point(trial_id(sweep, part, values, digests), values, part.name))
     return points

@@ -46,18 +46,19 @@ class Deferred(Generic[V]):
 
 
 def preload_env(sweep, n_trials: int, folder: str) -> dict[str, str]:
-    """Environment for a local Ray whose workers preload the sweep's (first) model, at most one per
+    """Environment for a local Ray whose workers preload the sweep's first model, at most one per
     actor the sweep will have: CPUs and memory (Ray's is ~70% of what is available) over what an actor asks for.
     Nothing for GPU sweeps or no trials."""
     import psutil
 
     from orchestrator.cost import actor_bytes, actors
 
-    spec = sweep.spec
-    slots = min(actors(spec.resources, n_trials), int(0.7 * psutil.virtual_memory().available // actor_bytes(sweep)))
-    if spec.resources.gpu > 0 or slots < 1:
+    spec, first = sweep.spec, sweep.parts[0]
+    memory = int(0.7 * psutil.virtual_memory().available // actor_bytes(sweep, first))
+    slots = min(actors(first.resources, n_trials), memory)
+    if first.resources.gpu > 0 or slots < 1:
         return {}
-    settings = {"model": spec.model, "trust_remote_code": spec.trust_remote_code, "dtype": spec.dtype, "slots": slots,
+    settings = {"model": first.name, "trust_remote_code": spec.trust_remote_code, "dtype": spec.dtype, "slots": slots,
                 "dir": folder}
     return {SETUP_HOOK: "orchestrator.startup.preload", PRELOAD: json.dumps(settings)}
 

@@ -22,7 +22,7 @@ def summarise(sweep: Sweep, tracker: Tracker, points: list[Point], parent: str |
     have = [p for p in points if p.trial_id in finished]
     if not have:
         return None
-    rows = [{"model": sweep.spec.model, "kind": sweep.kind.name, **values, **finished[p.trial_id]}
+    rows = [{"model": p.model, "kind": sweep.kind.name, **values, **finished[p.trial_id]}
             for p, values in zip(have, table_values(have))]
     group_by = ["model", "kind", *[a for a in axis_order(sweep) if a not in ("seed", "model")]]
     table = beside_control(aggregate(rows, group_by, list(sweep.kind.metrics), sweep.kind.primary), group_by,
@@ -37,7 +37,7 @@ def summarise(sweep: Sweep, tracker: Tracker, points: list[Point], parent: str |
         tracker.log_outputs(parent, [path, text])
         write_sweep_files(sweep, tracker, points, set(finished), parent, gathered or Gathered(), out_dir,
                           console.print)
-    axes = [a for a in group_by if a != "kind" and (a != "model" or sweep.parts)]
+    axes = [a for a in group_by if a != "kind" and (a != "model" or "model" in sweep.axes)]
     order = (f"largest |{sweep.kind.primary} - control| first" if f"{sweep.kind.primary}_beyond" in table
              else f"strongest |{sweep.kind.primary}| first")
     title = f"{sweep.spec.name}: {len(table)} groups over seeds {sweep.axes['seed']} ({order})"

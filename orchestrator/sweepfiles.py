@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load, save_file
 
 from orchestrator.grid import Point, table_values
-from orchestrator.spec import Sweep
+from orchestrator.spec import Part, Sweep
 from orchestrator.store import ROLE_PARENT, TAG, search_all
 
 ITEMS, VECTORS = "items.parquet", "vectors.safetensors"
@@ -71,21 +71,21 @@ def items_table(sweep: Sweep, points: list[Point], gathered: Gathered, earlier: 
     return table
 
 
-def _digests(sweep: Sweep) -> dict[str, str]:
-    return {f"{family}/seed={seed}": split.digest() for (family, seed), split in sweep.splits.items()}
+def _digests(part: Part) -> dict[str, str]:
+    return {f"{family}/seed={seed}": split.digest() for (family, seed), split in part.splits.items()}
 
 
-def vectors_file(sweep: Sweep, gathered: Gathered, earlier: Path | None, path: Path) -> int:
-    """Write the sweep's named tensors to `path` (the model and each (family, seed)'s item digest as metadata);
+def vectors_file(part: Part, gathered: Gathered, earlier: Path | None, path: Path) -> int:
+    """Write one model's named tensors to `path` (the model and each (family, seed)'s item digest as metadata);
     tensors of an earlier file whose model or items differ are dropped. Returns the number of tensors."""
-    digests = _digests(sweep)
+    digests = _digests(part)
     tensors = {}
     if earlier is not None:
         from safetensors import safe_open
 
         with safe_open(str(earlier), "pt") as old:
             meta = old.metadata() or {}
-            if meta.get("model") == sweep.spec.model:
+            if meta.get("model") == part.name:
                 for name in old.keys():
                     key = name.split("/layer=")[0]
                     if key in digests and meta.get(key) == digests[key]:
@@ -93,7 +93,7 @@ def vectors_file(sweep: Sweep, gathered: Gathered, earlier: Path | None, path: P
     tensors.update(gathered.tensors)
     if tensors:
         save_file({k: v.contiguous() for k, v in sorted(tensors.items())}, str(path),
-                  metadata={"model": sweep.spec.model, **digests})
+                  metadata={"model": part.name, **digests})
     return len(tensors)
 
 
@@ -112,9 +112,9 @@ def write_sweep_files(sweep: Sweep, tracker, points: list[Point], finished: set[
             if missing:
                 say(f"{ITEMS}: {missing} finished grid points have no per-item values (they finished in an "
                     "invocation that stopped before writing its files)")
-        if sweep.parts and gathered.tensors:  # tensor names say family, seed and layer, not the model
+        if len(sweep.parts) > 1 and gathered.tensors:  # tensor names say family, seed and layer, not the model
             say(f"{VECTORS}: not written for a sweep of several models (run one model per sweep to keep vectors)")
-        elif vectors_file(sweep, gathered, _previous(tracker, parent, VECTORS, Path(tmp)), out_dir / VECTORS):
+        elif vectors_file(sweep.parts[0], gathered, _previous(tracker, parent, VECTORS, Path(tmp)), out_dir / VECTORS):
             written.append(out_dir / VECTORS)
     if written:
         tracker.log_outputs(parent, written)

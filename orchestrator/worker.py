@@ -1,8 +1,8 @@
 """Actor side: `run_trial`, the function Ray Tune runs, with the model and baselines cached per actor process.
 
-How this connects: runner.py wraps `run_trial` in `tune.with_parameters` (the splits travel
-once through the object store) and `tune.with_resources`; the result goes back to the
-driver, which alone writes MLflow.
+How this connects: driver.py wraps `run_trial` in `tune.with_parameters` (the settings and splits
+travel once through the object store) and `tune.with_resources`; Tune's config carries only the
+pack; the result goes back to the driver, which alone writes MLflow.
 """
 from __future__ import annotations
 
@@ -12,11 +12,13 @@ import resource
 import socket
 import threading
 import time
+from dataclasses import dataclass
 
 import ray
 import torch
 from ray import tune
 
+import adapters  # noqa: F401  (the kinds above interventions: adapters adds its own to KINDS, run here by name)
 from interventions.cache import LRU
 from interventions.context import FamilyRun, TrialContext
 from interventions.families import Split
@@ -52,26 +54,40 @@ def family_run(model: Model, split: Split) -> FamilyRun:
     return _RUNS.get((model.name, split.family, split.seed), lambda: FamilyRun(model, split))
 
 
-def of_model(config: dict, splits: dict) -> tuple[dict, dict[tuple[str, int], Split]]:
-    """The pack's model's settings and items: a sweep with a `model` axis sends them per model (`models`); a config
-    already resolved comes back as it is."""
-    if "models" not in config:
-        return config, splits
-    name = config["pack"][0]["point"]["model"]
-    own = {k: v for k, v in config.items() if k != "models"}
-    return {**own, "model": name, **config["models"][name]}, splits[name]
+@dataclass(frozen=True)
+class ModelSettings:
+    """What an actor needs to know of one model of the sweep besides its items."""
+
+    families: tuple[str, ...]  # the model's families (a kind that reads the others gets their baselines)
+    threads: int  # torch threads (the actor's CPUs)
+    gpu: float  # > 0: on the GPU when the actor has one
 
 
-def trial_context(config: dict, splits: dict) -> TrialContext:
-    config, splits = of_model(config, splits)
-    device = "cuda" if config["gpu"] > 0 and torch.cuda.is_available() else "cpu"
-    model = actor_model(config["model"], config["trust_remote_code"], device, config.get("dtype", "float32"))
-    seed, family = config["pack"][0]["point"]["seed"], config["pack"][0]["point"]["family"]
+@dataclass(frozen=True)
+class WorkerSettings:
+    """Everything a trial reads besides its pack and items: the same for every trial of one Tune run."""
+
+    kind: str
+    trust_remote_code: bool
+    prefix_reuse: bool
+    dtype: str
+    options: dict  # the kind's option sections (None: off)
+    models: dict[str, ModelSettings]  # model name -> its settings
+    estimate: str | None = None  # a screen's estimate name: the pack's points are estimated, not run
+
+
+def trial_context(settings: WorkerSettings, pack: list[dict], splits: dict) -> TrialContext:
+    """The context of a pack's trial: the actor's model (loaded once) and the (family, seed) baselines it reads."""
+    name = pack[0]["model"]
+    own, splits = settings.models[name], splits[name]
+    device = "cuda" if own.gpu > 0 and torch.cuda.is_available() else "cpu"
+    model = actor_model(name, settings.trust_remote_code, device, settings.dtype)
+    seed, family = pack[0]["point"]["seed"], pack[0]["point"]["family"]
     others = []
-    if KINDS.get(config["kind"]).uses_other_families:
-        others = [family_run(model, splits[(f, seed)]) for f in config["families"] if f != family]
-    return TrialContext(model, seed, family_run(model, splits[(family, seed)]), others, config["prefix_reuse"],
-                        config.get("options", {}))
+    if KINDS.get(settings.kind).uses_other_families:
+        others = [family_run(model, splits[(f, seed)]) for f in own.families if f != family]
+    return TrialContext(model, seed, family_run(model, splits[(family, seed)]), others, settings.prefix_reuse,
+                        settings.options)
 
 
 def _crash_once_for_tests() -> None:
@@ -92,21 +108,17 @@ def run_estimates(name: str, ctx: TrialContext, pack: list[dict]) -> list[TrialR
     return [TrialResult(m, tags={"estimate": name}) for m in ESTIMATES.get(name).fn(ctx, [p["point"] for p in pack])]
 
 
-def run_trial(config: dict, splits: dict[tuple[str, int], Split]) -> None:
-    """One pack of grid points (one, or several sharing a batched forward).
-
-    config = {pack: [{trial_id, point}], kind, model, families, threads, gpu, trust_remote_code, prefix_reuse,
-    dtype, options}, and `estimate` (a screen's estimate name) when the pack's points are to be estimated, not run.
-    """
+def run_trial(config: dict, splits: dict[str, dict[tuple[str, int], Split]], settings: WorkerSettings) -> None:
+    """One pack of grid points (one, or several sharing a batched forward): config = {pack: [{trial_id, point,
+    model}]}; `splits` holds every model's items by model name."""
     _crash_once_for_tests()
-    config, splits = of_model(config, splits)
-    torch.set_num_threads(config["threads"])
-    start = time.perf_counter()
     pack = config["pack"]
-    ctx = trial_context(config, splits)
+    torch.set_num_threads(settings.models[pack[0]["model"]].threads)
+    start = time.perf_counter()
+    ctx = trial_context(settings, pack, splits)
     hooks_before = count_hooks(ctx.model.module)  # transformers may keep hooks of its own (output capturing)
-    results = run_estimates(config["estimate"], ctx, pack) if config.get("estimate") else \
-        run_pack(config["kind"], ctx, [p["point"] for p in pack])
+    results = run_estimates(settings.estimate, ctx, pack) if settings.estimate else \
+        run_pack(settings.kind, ctx, [p["point"] for p in pack])
     left = count_hooks(ctx.model.module) - hooks_before
     if left:
         raise RuntimeError(f"{left} forward hooks left on the model after trial {pack[0]['trial_id']}")

@@ -3,13 +3,13 @@ cluster.yaml passes Ray's own cluster-launcher validation."""
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import ray
 import yaml
 
+from orchestrator.driver import worker_settings
 from orchestrator.runner import run_sweep
 from orchestrator.spec import Execution, Resources, load_sweep
 from tests.conftest import REPO, SMOKE, children, sweep_runs
@@ -21,8 +21,7 @@ def smoke(cpu: float, gpu: float, memory_gb: float | None = None):
     """smoke.yaml with these resources, one grid point per Ray Tune trial (no packing: 32 trials to schedule)."""
     sweep = load_sweep(SMOKE)
     resources = Resources(cpu=cpu, gpu=gpu, memory_gb=memory_gb)
-    return replace(sweep, spec=sweep.spec.model_copy(update={"resources": resources,
-                                                             "execution": Execution(pack=1)}))
+    return sweep.updated(resources=resources, execution=Execution(pack=1))
 
 
 @pytest.fixture
@@ -34,10 +33,10 @@ def fresh_ray():
         ray.shutdown()
 
 
-def traced_trial(config: dict, splits) -> None:
+def traced_trial(config: dict, splits, settings) -> None:
     """run_trial, held for a second and timed: a trial takes long enough that concurrent ones overlap.
 
-    Replaces runner.run_trial in the test below; Ray imports it from this module in the actors.
+    Replaces driver.run_trial in the test below; Ray imports it from this module in the actors.
     """
     import os
     import time
@@ -46,7 +45,7 @@ def traced_trial(config: dict, splits) -> None:
 
     start = time.time()
     time.sleep(1.0)
-    run_trial(config, splits)
+    run_trial(config, splits, settings)
     trace = Path(os.environ["ATLAS_TEST_TRACE"]) / f"{os.getpid()}-{start:.6f}"
     trace.write_text(f"{start} {time.time()}")
 
@@ -65,13 +64,13 @@ def most_at_once(trace_dir: Path) -> int:
 
 
 def test_quarter_gpus_run_four_trials_at_once_on_one_gpu_never_five(tmp_path, fresh_ray, monkeypatch):
-    from orchestrator import runner
+    from orchestrator import driver
 
     trace = tmp_path / "trace"
     trace.mkdir()
     monkeypatch.setenv("ATLAS_TEST_TRACE", str(trace))
     monkeypatch.setenv("PYTHONPATH", str(REPO))  # the actors import traced_trial from tests/
-    monkeypatch.setattr(runner, "run_trial", traced_trial)
+    monkeypatch.setattr(driver, "run_trial", traced_trial)
     # A fake GPU (Ray only counts it) and CPUs for 8 quarter-CPU actors: only the GPU limits the packing.
     ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False)
     uri = f"sqlite:///{tmp_path}/m.db"
@@ -87,13 +86,13 @@ def test_quarter_gpus_run_four_trials_at_once_on_one_gpu_never_five(tmp_path, fr
 
 
 def test_actors_ask_ray_for_memory_so_a_small_budget_runs_fewer_copies_at_once(tmp_path, fresh_ray, monkeypatch):
-    from orchestrator import runner
+    from orchestrator import driver
 
     trace = tmp_path / "trace"
     trace.mkdir()
     monkeypatch.setenv("ATLAS_TEST_TRACE", str(trace))
     monkeypatch.setenv("PYTHONPATH", str(REPO))
-    monkeypatch.setattr(runner, "run_trial", traced_trial)
+    monkeypatch.setattr(driver, "run_trial", traced_trial)
     # 4 CPUs would hold 4 one-CPU actors; memory for 2 of them (1 GiB each, as if the model were large)
     ray.init(num_cpus=4, _memory=int(2.5 * 2**30), include_dashboard=False, log_to_driver=False)
     outcome = run_sweep(smoke(cpu=1, gpu=0, memory_gb=1), tracking_uri=f"sqlite:///{tmp_path}/m.db", out_dir=tmp_path)
@@ -104,13 +103,13 @@ def test_actors_ask_ray_for_memory_so_a_small_budget_runs_fewer_copies_at_once(t
 def test_a_two_node_gpu_cluster_spreads_the_sweep_over_both_nodes(tmp_path, fresh_ray, monkeypatch):
     from ray.cluster_utils import Cluster
 
-    from orchestrator import runner
+    from orchestrator import driver
 
     # trials held 1 s each: one actor alone would need 32 s, so a slow-starting second node still gets work
     (tmp_path / "trace").mkdir()
     monkeypatch.setenv("ATLAS_TEST_TRACE", str(tmp_path / "trace"))
     monkeypatch.setenv("PYTHONPATH", str(REPO))
-    monkeypatch.setattr(runner, "run_trial", traced_trial)
+    monkeypatch.setattr(driver, "run_trial", traced_trial)
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 1})
     cluster.add_node(num_cpus=1, num_gpus=1)
@@ -140,12 +139,12 @@ def test_an_actor_places_its_model_where_ray_assigned_it_and_falls_back_to_cpu(m
     sweep = load_sweep(SMOKE)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
     monkeypatch.setattr(worker, "_MODEL", {})
-    config = {"model": "tiny-llama", "trust_remote_code": False, "gpu": 0.25, "kind": "steering",
-              "families": sweep.axes["family"], "prefix_reuse": True,
-              "pack": [{"point": {"seed": 0, "family": "antonyms"}}]}
-    ctx = worker.trial_context(config, sweep.splits)
+    pack = [{"point": {"seed": 0, "family": "antonyms"}, "model": "tiny-llama"}]
+    splits = {part.name: part.splits for part in sweep.parts}
+    on_gpu = worker_settings(sweep.updated(resources=Resources(gpu=0.25)))
+    ctx = worker.trial_context(on_gpu, pack, splits)
     assert ctx.model.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
-    assert worker.trial_context({**config, "gpu": 0}, sweep.splits).model.device.type == "cpu"
+    assert worker.trial_context(worker_settings(sweep), pack, splits).model.device.type == "cpu"
 
 
 # --- cluster.yaml: the cloud config and its on-prem variant, validated the way `ray up` validates them ----------------

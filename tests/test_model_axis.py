@@ -49,7 +49,7 @@ def two_models(deep: str, name: str = "two", *, layer=None, family=("antonyms",)
 def test_depth_and_all_resolve_per_model_and_each_point_names_its_model(tmp_path, deep):
     (tmp_path / "s.yaml").write_text(two_models(deep))
     sweep = load_sweep(tmp_path / "s.yaml")
-    layers = {part.spec.model: part.axes["layer"] for part in sweep.models}
+    layers = {part.name: part.axes["layer"] for part in sweep.parts}
     assert layers == {"tiny-qwen2": [0, 2, 3], deep: [0, 3, 5]}  # 0.9 x 4 = 3.6 -> 4, clamped to 3; 0.9 x 6 -> 5
     points = expand(sweep)
     assert len(points) == 2 * 3 * 2 and len({p.trial_id for p in points}) == len(points)
@@ -57,7 +57,7 @@ def test_depth_and_all_resolve_per_model_and_each_point_names_its_model(tmp_path
     assert {(p.values["model"], p.values["layer"]) for p in points} == {
         (m, layer) for m, ls in layers.items() for layer in ls}
     (tmp_path / "all.yaml").write_text(two_models(deep, layer=["all"]))
-    assert [len(p.axes["layer"]) for p in load_sweep(tmp_path / "all.yaml").models] == [4, 6]
+    assert [len(p.axes["layer"]) for p in load_sweep(tmp_path / "all.yaml").parts] == [4, 6]
 
 
 def test_trial_ids_of_a_model_axis_are_unique_and_hold_the_model_as_a_point_value(tmp_path, deep):
@@ -77,7 +77,7 @@ def test_a_family_that_does_not_tokenize_for_one_model_is_left_out_for_that_mode
     (tmp_path / "odd.jsonl").write_text(jsonl(*rows))
     (tmp_path / "s.yaml").write_text(two_models(deep, family=["antonyms", "odd.jsonl"], seeds=(0,)))
     sweep = load_sweep(tmp_path / "s.yaml")
-    assert {part.spec.model: part.axes["family"] for part in sweep.models} == {
+    assert {part.name: part.axes["family"] for part in sweep.parts} == {
         "tiny-qwen2": ["antonyms"], deep: ["antonyms", "odd"]}
     assert sweep.axes["family"] == ["antonyms", "odd"]
     said = [w for w in sweep.warnings if "odd" in w]
@@ -112,12 +112,13 @@ def test_per_model_resources_override_the_sweeps(tmp_path, deep):
     from orchestrator.cost import PROCESS_BYTES, WEIGHTS_FACTOR, WORKING_FACTOR, actor_bytes
 
     (tmp_path / "s.yaml").write_text(two_models(deep, resources={"cpu": 1, "models": {deep: {"memory_gb": 2}}}))
-    small, big = load_sweep(tmp_path / "s.yaml").models
+    sweep = load_sweep(tmp_path / "s.yaml")
+    small, big = sweep.parts
     assert (big.resources.cpu, big.resources.memory_gb, small.resources.memory_gb) == (1, 2, None)
-    assert actor_bytes(big) == 2 * 2**30  # as given
+    assert actor_bytes(sweep, big) == 2 * 2**30  # as given
     weights = 4 * small.model.n_params  # float32
     footprint = PROCESS_BYTES + weights * (WEIGHTS_FACTOR + WORKING_FACTOR)  # a small model's working set: 1.5 x
-    assert actor_bytes(small) == int(footprint)
+    assert actor_bytes(sweep, small) == int(footprint)
     assert small.model.n_params == sum(p.numel() for p in _load("tiny-qwen2").parameters())
 
 
