@@ -1,7 +1,7 @@
 """Interventions on a loaded model: models, task families, forward passes, metrics and experiment kinds.
 
-Every registry is complete on import: KINDS imports the modules that declare kinds (adapters' among
-them) on its first lookup.
+Every registry is complete on import: KINDS imports the modules here that declare kinds on its first
+lookup. Packages above add their own (adapters/__init__.py: KINDS.add_sources); this package never names them.
 """
 from interventions.ablation import ABLATIONS
 from interventions.architectures import ARCHITECTURES

@@ -49,6 +49,13 @@ class Method:
     base: Literal["clean", "corrupt"] = "clean"
     patching: bool = False  # reads the corrupt prompts
 
+    @property
+    def recovers(self) -> bool:
+        """Acts on the corrupt run (denoising): its trials report `recovery`, the share of the clean LD it brings
+        back, which is also what ranks its layers and its screen cards (KL to the clean run is smallest exactly where
+        the patch matters most)."""
+        return self.base == "corrupt"
+
 
 ABLATIONS: Registry[Method] = Registry("ablation method")
 
@@ -143,7 +150,7 @@ def effect_metric(method_name: str) -> str:
     ("mean[last]", see `variant`) ranks as its method."""
     method_name = method_name.split("[")[0]
     known = method_name in ABLATIONS
-    return "recovery" if known and ABLATIONS.get(method_name).base == "corrupt" else "kl"
+    return "recovery" if known and ABLATIONS.get(method_name).recovers else "kl"
 
 
 POSITIONS = ("all", "last", "all_but_first")  # which real positions an ablation replaces (`all`: the default)
@@ -250,7 +257,8 @@ METRICS = ("kl", "target_prob_drop", "top1_agreement", "ld_drop", "recovery", "a
 
 
 @kind("ablation", axes=AblationAxes, metrics=METRICS, primary="kl", shown=("accuracy_clean",),
-      pack_axes=("method", "head", "positions"), points=ablation_points, check_splits=check_ablation_splits)
+      pack_axes=("method", "head", "positions"), points=ablation_points, check_splits=check_ablation_splits,
+      restarts_at_layer=True, baseline_copies=3)  # its runs also cache the corrupt run's and components' values
 def ablation_trials(ctx: TrialContext, points: list[dict]) -> list[dict[str, float]]:
     """Grid points of one component and layer (any methods, heads and positions): replace or patch the component;
     metrics against the clean run, the layer's depth and its first-position norm ratio (`first_norm_ratio`)."""
@@ -268,7 +276,7 @@ def ablation_trials(ctx: TrialContext, points: list[dict]) -> list[dict[str, flo
         out = {**agreement_metrics(clean, out_logits, target), **at_layer}
         out.update(target_prob_drop=mean(target_prob(clean, target) - target_prob(out_logits, target)),
                    ld_drop=mean(ld_clean - ld_out))
-        if ABLATIONS.get(method_name).base == "corrupt":  # denoising: how much of the clean LD comes back
+        if ABLATIONS.get(method_name).recovers:  # denoising: how much of the clean LD comes back
             ld_corrupt = mean(logit_diff(corrupt_run(run)[0], target, distractor))
             gap = mean(ld_clean) - ld_corrupt
             out["recovery"] = (mean(ld_out) - ld_corrupt) / gap if gap != 0 else float("nan")

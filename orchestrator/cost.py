@@ -12,9 +12,10 @@ The estimate, in seconds (docs/performance.md compares it with measured walls):
   (a screen: a forward and a backward, ~3 forwards, per run instead of every exact trial but the verified ones)
 
 Actors are what Ray would start on this machine: CPUs (or GPUs) / the spec's resources, at most one per trial.
-Kinds are read generically: a point with a `layer` starts at L (attn, mlp, head) or L + 1 (anything else at
-resid_post[L]) when prefix reuse is on; a kind that reads the other families (steering's knock-outs) runs their
-eval items too. The constants were measured on the 2-core machine this was written on.
+Kinds are read generically: a point with a `layer` of a kind that restarts there (Kind.restarts_at_layer) starts at
+L (a component that reads its layer's input: components.FROM_INPUT) or L + 1 (after resid_post[L]) when prefix reuse
+is on; a kind that reads the other families (steering's knock-outs) runs their eval items too. The constants were
+measured on the 2-core machine this was written on.
 """
 from __future__ import annotations
 
@@ -35,14 +36,14 @@ WORKING_FACTOR, WORKING_BYTES = 1.5, 3 * 2**29  # cached baselines, activations:
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 
-def actor_bytes(sweep) -> int:
-    """Ray `memory` one actor of a one-model sweep asks for: resources.memory_gb if given, else the process, the
-    weights and the working set. Measured peak RSS of the scale sweeps' actors (n_eval 8, float32): SmolLM2-135M
+def actor_bytes(sweep, part) -> int:
+    """Ray `memory` one actor of a sweep's model (its part) asks for: resources.memory_gb if given, else the process,
+    the weights and the working set. Measured peak RSS of the scale sweeps' actors (n_eval 8, float32): SmolLM2-135M
     1.9 GiB, Gemma 3 270M 3.2, Qwen2.5-Coder 0.5B 3.7, 1.5B 8.5; this formula asks 2.0, 3.3, 4.9 and 10.0 GiB."""
-    given = sweep.resources.memory_gb
+    given = part.resources.memory_gb
     if given is not None:
         return int(given * 2**30)
-    weights = sweep.model.n_params * DTYPE_BYTES[sweep.spec.dtype]
+    weights = part.model.n_params * DTYPE_BYTES[sweep.spec.dtype]
     return int(PROCESS_BYTES + weights * WEIGHTS_FACTOR + min(WORKING_BYTES, weights * WORKING_FACTOR))
 
 
@@ -73,32 +74,31 @@ class Work:
         return sum(layers for _, layers in self.forwards)
 
 
-LAYER_STARTS = ("steering", "ablation")  # kinds whose trials restart at their layer (the others: full forwards)
-
-
 def _start(sweep, values: dict) -> int:
-    """The first decoder layer a trial's forward runs."""
-    if not sweep.spec.execution.prefix_reuse or sweep.kind.name not in LAYER_STARTS:
+    """The first decoder layer a trial's forward runs (Kind.restarts_at_layer; the others: full forwards)."""
+    from interventions.components import FROM_INPUT
+
+    if not sweep.spec.execution.prefix_reuse or not sweep.kind.restarts_at_layer:
         return 0
     layer = values.get("layer")
     if layer is None:  # steering's prompting baseline: one full forward of the k-shot prompts
         return 0
     first = min(layer) if isinstance(layer, (list, tuple)) else layer  # a layer set starts at its lowest layer
-    return first + (0 if values.get("component") in ("attn", "mlp", "head") else 1)
+    return first + (0 if values.get("component") in FROM_INPUT else 1)
 
 
-def work(sweep, points) -> Work:
-    """Count the batched forwards of every pack (a screen: of its verify set's share of the grid)."""
+def work(sweep, part, points) -> Work:
+    """Count the batched forwards of every pack of one model's points (a screen: of its verify set's share)."""
     from orchestrator.grid import packs
 
-    n, n_eval = sweep.model.n_layers, sweep.spec.n_eval
+    n, n_eval = part.model.n_layers, sweep.spec.n_eval
     grouped = packs(sweep, points)
     forwards = []
     for pack in grouped:
         layers = n - min(_start(sweep, pack[0].values), n)
         forwards.append((len(pack) * n_eval, layers))
         knock = sum(1 for p in pack if p.values.get("strength", 0) < 0) if sweep.kind.uses_other_families else 0
-        forwards += [(knock * n_eval, layers)] * ((len(sweep.axes["family"]) - 1) if knock else 0)
+        forwards += [(knock * n_eval, layers)] * ((len(part.axes["family"]) - 1) if knock else 0)
     screen, trials, screened = sweep.spec.screen, len(grouped), 0
     if screen is not None:  # the verify set, spread over the packs, plus an estimate trial per (family, seed)
         groups = {(p.values["component"], p.values["method"]) for p in points}
@@ -106,8 +106,8 @@ def work(sweep, points) -> Work:
         share = verified / max(1, len(points))
         forwards = [(n_eval * -(-int(rows * share) // n_eval) or n_eval, layers) for rows, layers in forwards]
         forwards, screened = forwards[:verified], len(points) - verified
-        trials = min(trials, verified) + len(sweep.splits)
-    return Work(len(points), trials, max(map(len, grouped), default=0), forwards, len(points) * n, len(sweep.splits),
+        trials = min(trials, verified) + len(part.splits)
+    return Work(len(points), trials, max(map(len, grouped), default=0), forwards, len(points) * n, len(part.splits),
                 screened)
 
 
@@ -132,7 +132,7 @@ class Calibration:
         return max(0.0, t1 + slope * (rows - r1)) * layers / n_layers
 
 
-def calibrate(sweep, pack_rows: int, repeats: int = 3) -> Calibration:
+def calibrate(sweep, part, pack_rows: int, repeats: int = 3) -> Calibration:
     """Load the model and time full forwards (last position unembedded, as trials do) over the first (family,
     seed)'s eval prompts, and over them stacked to `pack_rows`, with the actors' torch threads."""
     import torch
@@ -141,12 +141,12 @@ def calibrate(sweep, pack_rows: int, repeats: int = 3) -> Calibration:
     from interventions.models import load
 
     start = time.perf_counter()
-    model = load(sweep.spec.model, sweep.spec.trust_remote_code, dtype=sweep.spec.dtype)
+    model = load(part.name, sweep.spec.trust_remote_code, dtype=sweep.spec.dtype)
     load_s = time.perf_counter() - start
-    split = next(iter(sweep.splits.values()))
+    split = next(iter(part.splits.values()))
     batch = encode(model.tokenizer, [i.prompt for i in split.eval])
     threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, int(sweep.spec.resources.cpu)))
+    torch.set_num_threads(max(1, int(part.resources.cpu)))
     try:
         seconds = []
         sizes = (len(split.eval), max(len(split.eval), pack_rows))
@@ -164,7 +164,7 @@ def calibrate(sweep, pack_rows: int, repeats: int = 3) -> Calibration:
     finally:
         torch.set_num_threads(threads)
     config = model.config
-    return Calibration(sizes, tuple(seconds), load_s, max(1, int(sweep.spec.resources.cpu)),
+    return Calibration(sizes, tuple(seconds), load_s, max(1, int(part.resources.cpu)),
                        sum(p.numel() * p.element_size() for p in model.module.parameters()),
                        int(batch.mask.sum(-1).max()), config.hidden_size,
                        getattr(config, "intermediate_size", 4 * config.hidden_size), config.num_attention_heads,
@@ -182,31 +182,33 @@ class Estimate:
     parts: dict[str, int]  # peak memory by part
 
 
-def estimate(sweep, w: Work, cal: Calibration, process_s: float) -> Estimate:
-    n, spec = sweep.model.n_layers, sweep.spec
-    n_actors = max(1, actors(spec.resources, max(1, w.trials)))
+def estimate(sweep, part, w: Work, cal: Calibration, process_s: float) -> Estimate:
+    n, spec = part.model.n_layers, sweep.spec
+    n_actors = max(1, actors(part.resources, max(1, w.trials)))
     baseline = cal.forward(spec.n_eval, n, n) + 3 * cal.forward(spec.n_train, n, n)
     if spec.screen is not None:
-        runs = 2 if any(m in ("corrupt_to_clean", "clean_to_corrupt") for m in sweep.axes.get("method", ())) else 1
+        from interventions.ablation import ABLATIONS
+
+        runs = 2 if any(ABLATIONS.get(m).patching for m in sweep.axes.get("method", ())) else 1  # + the corrupt run
         baseline += 3 * runs * cal.forward(spec.n_eval, n, n)
     per_fs_actor = min(n_actors, max(1, w.trials // max(1, w.family_seeds)))
     setup = baseline * w.family_seeds * per_fs_actor / n_actors
     compute = sum(cal.forward(rows, layers, n) for rows, layers in w.forwards) / n_actors + setup
     overhead = TRIAL_OVERHEAD_S * w.trials / n_actors
     startup = process_s + RAY_START_S + max(TUNE_START_S, cal.load_s)
-    parts = memory(sweep, w, cal)
+    parts = memory(sweep, part, w, cal)
     return Estimate(n_actors, startup, compute, overhead, startup + compute + overhead + END_S, sum(parts.values()),
                     parts)
 
 
-def memory(sweep, w: Work, cal: Calibration) -> dict[str, int]:
+def memory(sweep, part, w: Work, cal: Calibration) -> dict[str, int]:
     """Peak bytes of one actor by part: the process, the weights, the cached baselines of the (family, seed)s it
     keeps (clean residuals of every layer, train activations), and the largest forward's activations."""
-    spec, n = sweep.spec, sweep.model.n_layers
+    spec, n = sweep.spec, part.model.n_layers
     word = 4  # float32
     kept = min(16, w.family_seeds)  # worker._RUNS keeps 16 (family, seed) baselines
     resid = spec.n_eval * cal.seq * cal.d_model * n * word  # clean resid_post of every layer
-    cache = kept * (resid * (3 if sweep.kind.name == "ablation" else 1) + 3 * spec.n_train * cal.d_model * n * word)
+    cache = kept * (resid * sweep.kind.baseline_copies + 3 * spec.n_train * cal.d_model * n * word)
     rows = max((r for r, _ in w.forwards), default=spec.n_eval)
     per_token = cal.d_model * 6 + cal.d_ff * 3 + cal.n_heads * cal.seq
     transient = rows * cal.seq * per_token * word + rows * cal.vocab * word
@@ -216,11 +218,11 @@ def memory(sweep, w: Work, cal: Calibration) -> dict[str, int]:
             "largest forward": transient}
 
 
-def render(sweep, w: Work, cal: Calibration, est: Estimate) -> list[str]:
-    spec, n = sweep.spec, sweep.model.n_layers
+def render(sweep, part, w: Work, cal: Calibration, est: Estimate) -> list[str]:
+    spec, n = sweep.spec, part.model.n_layers
     mb = 2**20
     rows = [f"work: {w.trials} Tune trials (packs of up to {w.largest_pack} points) on {est.actors} actors "
-            f"({os.cpu_count()} CPUs here, resources.cpu {spec.resources.cpu:g}); {len(w.forwards)} batched forwards, "
+            f"({os.cpu_count()} CPUs here, resources.cpu {part.resources.cpu:g}); {len(w.forwards)} batched forwards, "
             f"{w.layer_forwards} layer-forwards after packing and prefix reuse (one full forward per point: "
             f"{w.naive_layer_forwards})" + (f"; a screen estimates {w.screened} points instead of running them"
                                              if spec.screen is not None else "")]
@@ -239,15 +241,15 @@ def render(sweep, w: Work, cal: Calibration, est: Estimate) -> list[str]:
 
 
 def dry_run_cost(sweep, points) -> list[str]:
-    """The lines `sweep --dry-run` prints after the grid size (a `model` axis: each model's, one after another)."""
+    """The lines `sweep --dry-run` prints after the grid size: each model's (under its name when several)."""
     import psutil
 
-    if sweep.parts:
-        return [line for part in sweep.parts for line in (
-            f"{part.spec.model}:", *("  " + line for line in dry_run_cost(
-                part, [p for p in points if p.values["model"] == part.spec.model])))]
-
     process_s = time.time() - psutil.Process().create_time()  # imports and validation, as the driver's
-    w = work(sweep, points)
-    cal = calibrate(sweep, max((r for r, _ in w.forwards), default=sweep.spec.n_eval))
-    return render(sweep, w, cal, estimate(sweep, w, cal, process_s))
+    lines = []
+    for part in sweep.parts:
+        own = [p for p in points if p.model == part.name]
+        w = work(sweep, part, own)
+        cal = calibrate(sweep, part, max((r for r, _ in w.forwards), default=sweep.spec.n_eval))
+        rows = render(sweep, part, w, cal, estimate(sweep, part, w, cal, process_s))
+        lines += [f"{part.name}:", *("  " + row for row in rows)] if len(sweep.parts) > 1 else rows
+    return lines

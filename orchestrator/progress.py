@@ -1,5 +1,6 @@
-"""What a sweep is doing: a line per step before the first trial, then a bar (terminal) or a line per 5 % (logs), with
-an ETA from the overall rate of finished work, each grid point weighted by the layers it runs."""
+"""What a sweep is doing: a line per step before the first trial, then a bar (terminal, or an HTML bar in Jupyter) or a
+line per 5 % (logs), with an ETA from the overall rate of finished work, each grid point weighted by the layers it
+runs."""
 from __future__ import annotations
 
 import time
@@ -44,6 +45,32 @@ def point_cost(values: dict, layer_axes: tuple[str, ...], n_layers: int, prefix_
     return n_layers - layer + 1.0
 
 
+class NotebookBar:
+    """A progress bar in a Jupyter cell: one HTML output updated in place (no terminal escape codes, no ipywidgets)."""
+
+    def __init__(self, name: str, total: int, text: str) -> None:
+        self.name, self.total, self.count, self.handle = name, total, 0, None
+        self.text = text
+
+    def html(self):
+        from IPython.display import HTML
+        from rich.markup import escape
+
+        return HTML(f"<div style='font-family:monospace'><b>{escape(self.name)}</b> "
+                    f"<progress value='{self.count}' max='{max(1, self.total)}' style='width:40%'></progress> "
+                    f"{self.count}/{self.total} {escape(self.text)}</div>")
+
+    def start(self) -> None:
+        from IPython.display import display
+
+        self.handle = display(self.html(), display_id=True)
+
+    def update(self, count: int, text: str) -> None:
+        self.count, self.text = count, text
+        if self.handle is not None:
+            self.handle.update(self.html())
+
+
 class TrialProgress:
     """Points logged so far, and an ETA = work left / overall rate of work since the first result.
 
@@ -62,6 +89,8 @@ class TrialProgress:
         self.step = STEP if self.total >= SMALL else 0.25
         self.next_line = self.step
         self.bar = None
+        self.notebook = NotebookBar(name, self.total, "the actors load the model, build baselines") \
+            if console.is_jupyter else None
         if console.is_terminal:
             self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                                 TimeElapsedColumn(), TextColumn("eta {task.fields[eta]}"), console=console)
@@ -71,6 +100,8 @@ class TrialProgress:
     def __enter__(self) -> TrialProgress:
         if self.bar:
             self.bar.start()
+        elif self.notebook:
+            self.notebook.start()
         else:
             self.console.print(f"{self.name}: {self.total} points to run; the actors load the model once and build "
                                "baselines per (family, seed) before the first result")
@@ -102,6 +133,8 @@ class TrialProgress:
         text = "after the first results" if eta is None else duration(eta)
         if self.bar:
             self.bar.update(self.task, advance=1, eta=text, description=self.name)
+        elif self.notebook:
+            self.notebook.update(self.count, f"{duration(now - self.start)}, eta {text}")
         elif self.count == self.total or self.count >= self.next_line * self.total:
             while self.next_line * self.total <= self.count:
                 self.next_line += self.step

@@ -8,17 +8,18 @@ import difflib
 import hashlib
 import json
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, ClassVar, Iterator, Literal, get_args, get_origin
+from typing import Annotated, Iterator, Literal, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
+import adapters  # noqa: F401  (the kinds above interventions: adapters adds its own to KINDS)
 from interventions.attribution import ESTIMATES
 from interventions.families import Split, family_name, make_split
-from interventions.families.pairs import warnings as pair_warnings
-from interventions.kinds import KINDS, Kind, kind_points, registered
+from interventions.kinds import KINDS, Kind, Option, kind_points, registered
 from interventions.layers import is_symbolic, resolve_axis
 from interventions.models import EMBEDDED, ModelInfo, check_dtype, describe
 from interventions.registry import AtlasError
@@ -57,26 +58,6 @@ class Execution(BaseModel):
     prefix_reuse: bool = True  # start at the cached residual of layer L (off: the layers below run again)
 
 
-class Baseline(BaseModel):
-    """Steering's prompting baseline: the eval items after `shots` train demonstrations (0: off). On by default."""
-
-    model_config = ConfigDict(extra="forbid")
-    shots: int = Field(4, ge=0)
-    every_point: ClassVar[bool] = False  # only the baseline's own grid points depend on it (shots is their value)
-
-
-class Generate(BaseModel):
-    """Steering's generation metrics: a greedy continuation of `tokens` tokens per eval item. Off unless given."""
-
-    model_config = ConfigDict(extra="forbid")
-    tokens: int = Field(24, ge=1, le=512)
-    every_point: ClassVar[bool] = True  # every grid point's numbers depend on it: part of every trial_id
-
-
-OPTIONS = {"baseline": Baseline, "generate": Generate}  # spec sections a kind may read (Kind.options)
-ON_BY_DEFAULT = ("baseline",)
-
-
 class Screen(BaseModel):
     """Estimate every grid point, then run exact trials only for the top `verify_top` by |estimate| and a seeded
     sample of `verify_random` others, per (component, method) (orchestrator/screen.py)."""
@@ -89,6 +70,8 @@ class Screen(BaseModel):
 
 
 class SweepSpec(BaseModel):
+    """The spec's own keys; `spec_model()` adds each kind's option sections (Kind.options), before `screen`."""
+
     model_config = ConfigDict(extra="forbid")
     name: Annotated[str, Field(min_length=1, pattern=r"^[\w.-]+$")]  # the MLflow experiment
     model: str = EMBEDDED  # built-in name, hub id or local folder (safetensors)
@@ -100,50 +83,76 @@ class SweepSpec(BaseModel):
     resources: Resources = Resources()
     max_failures: int = Field(2, ge=0)  # Ray Tune retries of a trial whose actor died
     execution: Execution = Execution()
-    baseline: Baseline | None = None  # steering only (default: 4 shots)
-    generate: Generate | None = None  # steering only (default: off)
     screen: Screen | None = None  # estimate the grid, verify the top and a random sample exactly
     axes: dict
 
 
+def options() -> dict[str, type[Option]]:
+    """Every option section a registered kind reads (Kind.options): section name -> its model."""
+    out: dict[str, type[Option]] = {}
+    for name in KINDS:
+        for section, model in KINDS.get(name).options.items():
+            if out.setdefault(section, model) is not model or section in SweepSpec.model_fields:
+                raise ValueError(f"kind {name!r}: option section {section!r} is declared twice, or is a spec key")
+    return out
+
+
+def spec_model() -> type[BaseModel]:
+    """SweepSpec with a section per option of every registered kind (None unless given), before `screen`."""
+    return _spec_model(tuple(options().items()))
+
+
+@lru_cache(maxsize=None)
+def _spec_model(sections: tuple[tuple[str, type[Option]], ...]) -> type[BaseModel]:
+    fields = {name: (f.annotation, f) for name, f in SweepSpec.model_fields.items()}
+    tail = {name: fields.pop(name) for name in ("screen", "axes")}
+    return create_model("SweepSpec", __config__=SweepSpec.model_config, __doc__=SweepSpec.__doc__, **fields,
+                        **{name: (model | None, None) for name, model in sections}, **tail)
+
+
+@dataclass(frozen=True)
+class Part:
+    """One model of a sweep: its sizes, the axes resolved against it, its items and what its actors ask Ray for."""
+
+    name: str  # the model as the spec names it (built-in name, hub id or folder)
+    model: ModelInfo
+    axes: dict[str, list]  # axis -> values for this model (layers resolved against it, its families by name)
+    splits: dict[tuple[str, int], Split]  # (family name, seed) -> items for this model's tokenizer
+    resources: ActorResources
+
+
 @dataclass(frozen=True)
 class Sweep:
-    """A validated spec with everything resolved: kind, axes, model sizes, and every split's items."""
+    """A validated spec with everything resolved: kind, options, and one Part per model (one for a one-model sweep)."""
 
     path: Path
     spec: SweepSpec
     kind: Kind
-    axes: dict[str, list]  # axis -> values, `family` values as written in the spec
-    model: ModelInfo
-    splits: dict[tuple[str, int], Split]  # (family name, seed) -> items
+    axes: dict[str, list]  # the sweep's axes: `model` only when the spec gives a model axis, families of every model
+    parts: tuple[Part, ...]
     options: dict[str, dict | None] = field(default_factory=dict)  # the kind's `options` sections (None: off)
     warnings: tuple[str, ...] = ()  # printed, never fatal: e.g. train pairs that cancel (families/pairs.py)
-    parts: tuple[Sweep, ...] = ()  # a `model` axis: one one-model sweep per model (`model`, `splits`: the first's)
+    root: Path | None = None  # what relative paths resolve against, when not the spec's folder (api.py: the cwd)
 
-    @property
-    def models(self) -> tuple[Sweep, ...]:
-        """The one-model sweeps this sweep runs: one per model of its `model` axis, else itself."""
-        return self.parts or (self,)
+    def part(self, name: str) -> Part:
+        """The part of model `name`."""
+        return next(p for p in self.parts if p.name == name)
 
-    def of(self, point_values: dict) -> Sweep:
-        """The one-model sweep a grid point belongs to."""
-        if not self.parts:
-            return self
-        return next(p for p in self.parts if p.spec.model == point_values["model"])
-
-    @property
-    def resources(self):
-        """What one actor of this (one-model) sweep asks Ray for."""
-        return self.spec.resources.of(self.spec.model)
+    def updated(self, **spec_fields) -> Sweep:
+        """This sweep with spec fields that say how trials run replaced (resources, execution): each part's resources
+        follow."""
+        spec = self.spec.model_copy(update=spec_fields)
+        parts = tuple(replace(p, resources=spec.resources.of(p.name)) for p in self.parts)
+        return replace(self, spec=spec, parts=parts)
 
     @property
     def id_options(self) -> dict[str, dict]:
         """The options that change every grid point's numbers (part of every trial_id when on)."""
-        return {k: v for k, v in self.options.items() if v is not None and OPTIONS[k].every_point}
+        return {k: v for k, v in self.options.items() if v is not None and self.kind.options[k].every_point}
 
     @property
     def base_dir(self) -> Path:
-        return self.path.parent
+        return self.root or self.path.parent
 
     @property
     def pack_size(self) -> int:
@@ -154,12 +163,11 @@ class Sweep:
 
     @property
     def spec_hash(self) -> str:
-        items = {f"{family}:{seed}": split.digest() for (family, seed), split in self.splits.items()}
-        if self.parts:  # a model axis: every model's items
-            items = {f"{part.spec.model}/{family}:{seed}": split.digest() for part in self.parts
-                     for (family, seed), split in part.splits.items()}
+        prefix = "model" in self.axes  # a model axis: every model's items under its name (one model: as before)
+        items = {f"{part.name}/" * prefix + f"{family}:{seed}": split.digest() for part in self.parts
+                 for (family, seed), split in part.splits.items()}
         default_dtype = {"dtype"} if self.spec.dtype == "float32" else set()  # hashes from before the setting hold
-        unset = {k for k in OPTIONS if getattr(self.spec, k) is None}  # hashes of specs from before options stay
+        unset = {k for k in options() if getattr(self.spec, k, None) is None}  # specs from before options: same hash
         unset_resources = {k for k in ("memory_gb", "models") if not getattr(self.spec.resources, k)}  # likewise
         excluded = {k: True for k in ("execution", "screen", *default_dtype, *unset)}  # which, how trials run
         spec = self.spec.model_dump(exclude={**excluded, "resources": unset_resources})
@@ -219,20 +227,19 @@ def _check_layers(path: Path, kind: Kind, axes: dict, info: ModelInfo) -> dict:
 def _options(path: Path, raw: dict, spec: SweepSpec, kind: Kind) -> dict[str, dict | None]:
     """The option sections the kind reads (defaults filled in); a section given to a kind that never reads it is
     refused."""
-    for name in OPTIONS:
+    for name in options():
         if name in raw and name not in kind.options:
             readers = ", ".join(k for k in KINDS.names() if name in KINDS.get(k).options)
             raise SpecError(f"{path.name}: {name}: only the {readers} kind reads it, not {kind.name}")
-    out = {}
-    for name in kind.options:
+    values = {}
+    for name, model in kind.options.items():
         value = getattr(spec, name)
-        value = OPTIONS[name]() if value is None and name in ON_BY_DEFAULT and name not in raw else value
-        out[name] = value.model_dump() if value is not None else None
-    shots = (out.get("baseline") or {}).get("shots", 0)
-    if shots > spec.n_train:
-        raise SpecError(f"{path.name}: baseline.shots: {shots} demonstrations come from the train items, but n_train "
-                        f"is {spec.n_train}")
-    return out
+        values[name] = model() if value is None and model.on_by_default and name not in raw else value
+    for name, value in values.items():  # checks against the rest of the spec (steering: baseline.shots <= n_train)
+        if value is not None:
+            with _field(path, f"{name}."):
+                value.check(spec)
+    return {name: value.model_dump() if value is not None else None for name, value in values.items()}
 
 
 @contextmanager
@@ -258,8 +265,8 @@ def _check_dtype(path: Path, spec: SweepSpec) -> None:
         check_dtype(spec.dtype, device)
 
 
-def _load_splits(path: Path, spec: SweepSpec, axes: dict, info: ModelInfo, dropped: list[str] | None = None
-                 ) -> dict[tuple[str, int], Split]:
+def _load_splits(path: Path, spec: SweepSpec, axes: dict, info: ModelInfo, dropped: list[str] | None = None,
+                 base: Path | None = None) -> dict[tuple[str, int], Split]:
     """Every (family, seed)'s items for this model's tokenizer. With `dropped` (a sweep of several models), a family
     whose items do not tokenize for this model is left out for this model only, and why goes into `dropped`."""
     names = [family_name(v) for v in axes["family"]]
@@ -270,7 +277,8 @@ def _load_splits(path: Path, spec: SweepSpec, axes: dict, info: ModelInfo, dropp
         try:
             for seed in axes["seed"]:
                 with _field(path, "axes.family: ", f" (model {info.name})"):
-                    split = make_split(value, seed, info.tokenizer, spec.n_train, spec.n_eval, path.parent)
+                    split = make_split(value, seed, info.tokenizer, spec.n_train, spec.n_eval,
+                                       base or path.parent)
                 splits[(split.family, seed)] = split
         except SpecError as exc:
             if dropped is None:
@@ -299,33 +307,34 @@ def _model_names(path: Path, raw: dict, spec: SweepSpec) -> list[str] | None:
     return names
 
 
-def _one_model(path: Path, spec: SweepSpec, kind: Kind, axes: dict, options: dict, where: str = "model",
-               dropped: list[str] | None = None) -> Sweep:
-    """The sweep of one model: its sizes, the layer axes resolved against it, and its items."""
+def _part(path: Path, spec: SweepSpec, name: str, kind: Kind, axes: dict, options: dict, where: str,
+          dropped: list[str] | None, base: Path | None = None) -> Part:
+    """One model's part: its sizes, the layer axes resolved against it, and its items."""
     with _field(path, f"{where}: "):
-        info = describe(spec.model, spec.trust_remote_code)
+        info = describe(name, spec.trust_remote_code)
     axes = _check_layers(path, kind, axes, info)
     with _field(path, "", f" (model {info.name})" if dropped is not None else ""):
         kind_points(kind, axes, info, options)  # model-dependent checks of the kind's own axes
-    splits = _load_splits(path, spec, axes, info, dropped)
+    splits = _load_splits(path, spec, axes, info, dropped, base)
     families = {family for family, _ in splits}
     axes["family"] = [v for v in axes["family"] if family_name(v) in families]
     if kind.check_splits is not None:
         with _field(path):
             kind.check_splits(axes, splits)
     axes["family"] = [family_name(v) for v in axes["family"]]
-    notes = tuple(pair_warnings(splits, info.tokenizer)) if "vector_type" in axes else ()
-    return Sweep(path, spec, kind, axes, info, splits, options=options, warnings=notes)
+    return Part(name, info, axes, splits, spec.resources.of(name))
 
 
-def load_sweep(path: str | Path) -> Sweep:
-    """Read and validate a spec file in full; raises SpecError naming the field."""
+def load_sweep(path: str | Path, base_dir: str | Path | None = None) -> Sweep:
+    """Read and validate a spec file in full; raises SpecError naming the field. Relative paths in it (JSONL
+    families, adapters) resolve against `base_dir`, by default the spec's own folder."""
     path = Path(path).resolve()
+    base = Path(base_dir).resolve() if base_dir is not None else path.parent
     raw = read_yaml(path)
     try:
-        spec = SweepSpec.model_validate(raw)
+        spec = spec_model().model_validate(raw)
     except ValidationError as exc:
-        raise _field_error(path, exc, model=SweepSpec) from None
+        raise _field_error(path, exc, model=spec_model()) from None
     kind = KINDS.get(spec.kind)
     options = _options(path, raw, spec, kind)
     if spec.screen is not None and kind.name not in ESTIMATES.get(spec.screen.estimate).kinds:
@@ -334,19 +343,18 @@ def load_sweep(path: str | Path) -> Sweep:
     try:
         # paths are relative to the spec
         own = {k: v for k, v in spec.axes.items() if k != "model"}  # the model axis is every kind's (below)
-        validated = kind.axes.model_validate(own, context={"base_dir": path.parent})
+        validated = kind.axes.model_validate(own, context={"base_dir": base})
         axes = {k: v for k, v in validated.model_dump().items() if v is not None}
     except ValidationError as exc:
         raise _field_error(path, exc, ("axes",), kind.axes) from None
     _check_dtype(path, spec)
     names = _model_names(path, raw, spec)
-    if names is None:
-        return _one_model(path, spec, kind, axes, options)
-    dropped: list[str] = []
-    parts = tuple(_one_model(path, spec.model_copy(update={"model": name}), kind, dict(axes), options,
-                             f"axes.model.{i}", dropped) for i, name in enumerate(names))
+    dropped = [] if names else None  # several models: a family that does not tokenize for one leaves that one only
+    parts = tuple(_part(path, spec, name, kind, dict(axes), options, f"axes.model.{i}" if names else "model", dropped,
+                        base) for i, name in enumerate(names or [spec.model]))
     families = list(dict.fromkeys(f for part in parts for f in part.axes["family"]))
-    first = parts[0]
-    top_axes = {"model": names, **first.axes, "family": families}
-    notes = tuple(dropped) + tuple(dict.fromkeys(w for part in parts for w in part.warnings))
-    return Sweep(path, spec, kind, top_axes, first.model, {}, options=options, warnings=notes, parts=parts)
+    top_axes = {**({"model": names} if names else {}), **parts[0].axes, "family": families}
+    notes = tuple(dropped or ()) + tuple(dict.fromkeys(w for part in parts for w in (
+        kind.split_warnings(part.splits, part.model.tokenizer) if kind.split_warnings else ())))
+    return Sweep(path, spec, kind, top_axes, parts, options=options, warnings=notes,
+                 root=base if base_dir is not None else None)

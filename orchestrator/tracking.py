@@ -165,7 +165,7 @@ class Tracker:
             run = self.client.create_run(self.experiment_id, tags={**self.tags, f"{TAG}role": ROLE_PARENT, **driver},
                                          run_name=f"{spec.name} {time.strftime('%Y-%m-%d %H:%M:%S')}")
             run_id, step = run.info.run_id, 0
-            models = ", ".join(part.spec.model for part in self.sweep.models)
+            models = ", ".join(part.name for part in self.sweep.parts)
             params = {"model": models, "dtype": spec.dtype, "kind": spec.kind, "n_train": spec.n_train,
                       "n_eval": spec.n_eval, "grid_size": n_points,
                       "resources": json.dumps(spec.resources.model_dump())}
@@ -186,8 +186,8 @@ class Tracker:
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "items.jsonl"
             with path.open("w", encoding="utf-8") as out:
-                for part in self.sweep.models:
-                    model = {"model": part.spec.model} if self.sweep.parts else {}  # each tokenizer's own items
+                for part in self.sweep.parts:
+                    model = {"model": part.name} if "model" in self.sweep.axes else {}  # each tokenizer's items
                     for (family, seed), split in sorted(part.splits.items()):
                         for name, items in (("train", split.train), ("eval", split.eval)):
                             for item in items:
@@ -208,7 +208,7 @@ class Tracker:
         tags = {**self.tags, MLFLOW_PARENT_RUN_ID: parent_id, f"{TAG}role": role,
                 f"{TAG}trial_id": point.trial_id, **{f"{TAG}{k}": v for k, v in extra_tags.items()}}
         run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
-        params = {"model": self.sweep.spec.model, "kind": self.sweep.kind.name, **point.values}
+        params = {"model": point.model, "kind": self.sweep.kind.name, **point.values}
         now = int(time.time() * 1000)
         self.client.log_batch(
             run.info.run_id,
@@ -236,9 +236,10 @@ class Tracker:
         self.client.set_terminated(run_id, status)
 
 
-def check_ledger(loaded: Sweep, uri: str, points: list[Point], resume: bool, console) -> None:
-    """The experiment as the resume ledger: refuse what would silently mix two specs or two drivers."""
-    tracker = Tracker(uri, loaded)
+def check_ledger(tracker: Tracker, points: list[Point], resume: bool, console) -> dict[str, dict[str, float]]:
+    """The experiment as the resume ledger: refuse what would silently mix two specs or two drivers. Returns the
+    ledger read (trial_id -> metrics of every FINISHED child run) for the sweep to go on with."""
+    loaded = tracker.sweep
     name = loaded.spec.name
     other = tracker.live_driver()
     if other:
@@ -255,3 +256,4 @@ def check_ledger(loaded: Sweep, uri: str, points: list[Point], resume: bool, con
         console.print(f"--resume: {kept} of {len(points)} grid points already finished in {name!r}"
                       + (f"; {len(stale)} finished runs of an earlier spec are kept but not aggregated" if stale
                          else ""))
+    return finished

@@ -7,6 +7,7 @@ tier.
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 import socket
@@ -16,6 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from mlflow.tracking import MlflowClient
 from transformers.utils import logging as transformers_logging
@@ -34,6 +36,7 @@ transformers_logging.get_logger("transformers")
 KINDS.names()
 
 REPO = Path(__file__).resolve().parents[1]
+CRASH_ONCE = REPO / "tests" / "crash_once"  # a sitecustomize.py that crashes one trial's worker
 
 
 def pytest_collection_modifyitems(items) -> None:
@@ -70,6 +73,28 @@ def tiny_steering(name: str) -> str:
     """A steering spec on the tiny Llama that validates in a second and runs in a few (2 grid points)."""
     return spec("steering", name, layer=[0, 2], strength=[0.5], vector_type=["mean_diff"],
                 extra={"resources": {"cpu": 2, "gpu": 0}})
+
+
+@pytest.fixture(scope="session", autouse=True)
+def tiny_models_built_once():
+    """Each tiny seeded model (tiny-<architecture>) is built once per session, per dtype, and its config and
+    tokenizer read once: every later load or describe (a spec's validation) gets a deep copy of the model or the
+    config and the same tokenizer. A seeded build is deterministic, so a copy is what a new build would be (same
+    weights, same config), at a fraction of the 0.2-1 s a build takes; tests may change their copy freely."""
+    inner, built = models._resolve, {}
+
+    def resolve(name, weights, trust_remote_code, dtype=torch.float32):
+        if not name.startswith("tiny-") or name not in models.MODELS:
+            return inner(name, weights, trust_remote_code, dtype)
+        key = (name, weights, trust_remote_code, dtype if weights else None)
+        if key not in built:
+            built[key] = inner(name, weights, trust_remote_code, dtype)
+        made, tokenizer = built[key]
+        return copy.deepcopy(made), tokenizer
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(models, "_resolve", resolve)
+        yield
 
 
 @pytest.fixture(scope="session")
@@ -150,6 +175,12 @@ def cli_env(**extra: str) -> dict:
     env = {**os.environ, "PYTHONPATH": str(REPO), **extra}
     env.pop("MLFLOW_TRACKING_URI", None)
     return env
+
+
+def crash_once_env(marker: Path) -> dict[str, str]:
+    """The environment for `cli` under which the first Ray trial of the sweep kills its worker process, once, and
+    creates `marker`/crashed (tests/crash_once/sitecustomize.py, first on the path of every process of the sweep)."""
+    return {"ATLAS_CRASH_ONCE_DIR": str(marker), "PYTHONPATH": os.pathsep.join([str(CRASH_ONCE), str(REPO)])}
 
 
 def cli(cwd: Path, *args: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:

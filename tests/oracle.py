@@ -1,11 +1,15 @@
 """Independent computations for the tests: plain HF forwards, one prompt at a time, with hand-written hooks."""
 from __future__ import annotations
 
+import pytest
 import torch
 
-from interventions.ablation import item_generator, resample_choice
+from interventions.ablation import ablated_logits, item_generator, resample_choice
 from interventions.architectures import part
 from interventions.components import COMPONENTS, Site
+from interventions.hooks import count_hooks
+from interventions.kinds import run_kind
+from interventions.steering import steering_vector
 
 
 @torch.no_grad()
@@ -118,9 +122,53 @@ SEED = 3
 VALUES: dict = {}  # the oracle's component values, per (model, prompt, layer, component)
 
 
+def _position_mean(c: dict) -> torch.Tensor:
+    """Position -k: the mean over the train prompts at least k long (else the all-position mean)."""
+    trains, new = [c["val"](p) for p in c["train"]], c["base"].clone()
+    overall = torch.cat(trains).double().mean(0)
+    for k in range(1, new.shape[0] + 1):
+        at_k = [t[-k].double() for t in trains if t.shape[0] >= k]
+        new[-k] = (torch.stack(at_k).mean(0) if at_k else overall).float()
+    return new
+
+
+def _resample(c: dict) -> torch.Tensor:
+    base, n = c["base"], c["base"].shape[0]
+    lens = [c["val"](p).shape[0] for p in c["train"]]
+    j = resample_choice(SEED, c["site"], c["i"], n, lens)
+    new, k = base.clone(), min(n, lens[j])
+    new[-k:] = c["val"](c["train"][j])[-k:]
+    return new
+
+
+def _random(c: dict) -> torch.Tensor:
+    base = c["base"]
+    noise = torch.randn(base.shape, generator=item_generator(SEED, c["site"], c["i"]), dtype=torch.float64)
+    return (noise / noise.norm(dim=-1, keepdim=True) * base.double().norm(dim=-1, keepdim=True)).float()
+
+
+# Every ablation method's oracle: (the eval run it acts on, its replacement of one item's value built by hand from
+# c: val(prompt) -> the component's value, base (the value replaced), train (prompts), item, i, site). A method
+# without an entry here fails tests/test_ablation.py::test_every_ablation_method_has_an_oracle.
+ORACLES = {
+    "zero": ("clean", lambda c: torch.zeros_like(c["base"])),
+    "mean": ("clean", lambda c: torch.cat([c["val"](p) for p in c["train"]]).double().mean(0).float()
+             .expand_as(c["base"])),
+    "position_mean": ("clean", _position_mean),
+    "resample": ("clean", _resample),
+    "random": ("clean", _random),
+    "corrupt_to_clean": ("clean", lambda c: c["val"](c["item"].corrupt_prompt)),  # noising
+    "clean_to_corrupt": ("corrupt", lambda c: c["val"](c["item"].prompt)),  # denoising
+}
+
+
 def expected(model, run, site: Site, method: str, positions: str = "all") -> torch.Tensor:
-    """Per eval item, the method's replacement built by hand, run through a plain forward with hooks; with
+    """Per eval item, the method's replacement built by hand (ORACLES), run through a plain forward with hooks; with
     `positions` "last" or "all_but_first", the item's other positions keep their own value."""
+    if method not in ORACLES:
+        raise NotImplementedError(f"ablation method {method!r} has no oracle: add its hand-built replacement to "
+                                  "ORACLES in tests/oracle.py")
+    acts_on, replacement = ORACLES[method]
     component, layer = site.component, site.layer
     heads = list(site.heads)
 
@@ -134,31 +182,9 @@ def expected(model, run, site: Site, method: str, positions: str = "all") -> tor
     train = [i.prompt for i in run.split.train]
     rows = []
     for i, item in enumerate(run.split.eval):
-        prompt = item.corrupt_prompt if method == "clean_to_corrupt" else item.prompt
+        prompt = item.corrupt_prompt if acts_on == "corrupt" else item.prompt
         base = val(prompt)
-        n = base.shape[0]
-        if method == "zero":
-            new = torch.zeros_like(base)
-        elif method == "mean":
-            new = torch.cat([val(p) for p in train]).double().mean(0).float().expand_as(base)
-        elif method == "position_mean":  # position -k: mean over the train prompts at least k long
-            trains, new = [val(p) for p in train], base.clone()
-            overall = torch.cat(trains).double().mean(0)
-            for k in range(1, n + 1):
-                at_k = [t[-k].double() for t in trains if t.shape[0] >= k]
-                new[-k] = (torch.stack(at_k).mean(0) if at_k else overall).float()
-        elif method == "resample":
-            lens = [val(p).shape[0] for p in train]
-            j = resample_choice(SEED, site, i, n, lens)
-            new, k = base.clone(), min(n, lens[j])
-            new[-k:] = val(train[j])[-k:]
-        elif method == "random":
-            noise = torch.randn(base.shape, generator=item_generator(SEED, site, i), dtype=torch.float64)
-            new = (noise / noise.norm(dim=-1, keepdim=True) * base.double().norm(dim=-1, keepdim=True)).float()
-        elif method == "corrupt_to_clean":
-            new = val(item.corrupt_prompt)
-        else:  # clean_to_corrupt
-            new = val(item.prompt)
+        new = replacement({"val": val, "base": base, "train": train, "item": item, "i": i, "site": site})
         if positions == "last":
             new = torch.cat([base[:-1], new[-1:]])
         elif positions == "all_but_first":
@@ -169,3 +195,45 @@ def expected(model, run, site: Site, method: str, positions: str = "all") -> tor
 
 def sites(layer: int):
     return [Site(c, layer, (1,) if c == "head" else ()) for c in COMPONENTS]
+
+
+# --- the library's results against the oracle: the checks the suites share -------------------------------------
+
+def hand_steered_ld_delta(ctx, layer: int, strength: float, vector_type: str) -> float:
+    """The mean over the eval items of the steered minus the clean logit difference, each item its own plain forward,
+    the steering vector (scaled as a trial scales it: strength x r_L) added by a hand-written hook."""
+    model = ctx.model
+    vector = strength * ctx.family.resid_norm(layer) * steering_vector(ctx, layer, vector_type)
+    deltas = []
+    for item in ctx.family.split.eval:
+        clean = last_logits(model, item.prompt)
+        steered = last_logits(model, item.prompt, add_at_layer=(layer, vector))
+        deltas.append(logit_diff(model, steered, item.target, item.distractor)
+                      - logit_diff(model, clean, item.target, item.distractor))
+    return sum(deltas) / len(deltas)
+
+
+def assert_steering_equals_hook(ctx, layer: int, strength: float, vector_type: str, abs_tol: float = 1e-4) -> dict:
+    """The steering trial's ld_delta is the hand-hooked one (hand_steered_ld_delta) and the trial leaves no hook;
+    returns the trial's metrics (for a test's check that the steering moved something)."""
+    out = run_kind("steering", ctx, {"layer": layer, "strength": strength, "vector_type": vector_type}).metrics
+    assert out["ld_delta"] == pytest.approx(hand_steered_ld_delta(ctx, layer, strength, vector_type), abs=abs_tol)
+    assert count_hooks(ctx.model.module) == 0
+    return out
+
+
+def assert_ablation_equals_oracle(ctx, layers, method: str, atol: float = 1e-4, logprob_atol: float | None = None):
+    """Every component of each layer ablated by `method` (ablated_logits) against the method's replacement built by
+    hand (expected): logits within `atol`, or, with `logprob_atol`, log-probabilities within it (real weights: per
+    prompt float32 noise grows with the vocabulary); no hook left on the model."""
+    model = ctx.model
+    for layer in layers:
+        for site in sites(layer):
+            got = ablated_logits(ctx.family, SEED, site, method)
+            want = expected(model, ctx.family, site, method)
+            if logprob_atol is None:
+                torch.testing.assert_close(got, want, atol=atol, rtol=0, msg=f"{site} {method}")
+            else:
+                diff = (got.log_softmax(-1) - want.log_softmax(-1)).abs().max()
+                assert diff <= logprob_atol, f"{site} {method}: {diff}"
+    assert count_hooks(model.module) == 0

@@ -9,11 +9,11 @@ import torch
 from interventions.ablation import ABLATIONS, ablated_logits
 from interventions.components import COMPONENTS, Site, batch_of, corrupt_run
 from interventions.forward import run_from
-from interventions.hooks import count_hooks
 from interventions.kinds import run_kind
 from interventions.metrics import kl
+from tests import oracle
 from tests.conftest import context
-from tests.oracle import SEED, expected, sites
+from tests.oracle import SEED, sites
 
 
 def ablation_trial(ctx, **point) -> dict[str, float]:
@@ -21,26 +21,27 @@ def ablation_trial(ctx, **point) -> dict[str, float]:
     return run_kind("ablation", ctx, point).metrics
 
 
+def test_every_ablation_method_has_an_oracle():
+    """A method is one @method entry in interventions/ablation.py; the tests below compare each with its hand-built
+    replacement (tests/oracle.py ORACLES), which must act on the run the method declares."""
+    missing = [m for m in ABLATIONS.names() if m not in oracle.ORACLES]
+    assert not missing, f"ablation methods without an oracle: {', '.join(missing)} (add each to tests/oracle.py)"
+    for name in ABLATIONS.names():
+        assert oracle.ORACLES[name][0] == ABLATIONS.get(name).base, f"{name}: the oracle acts on another run"
+    with pytest.raises(NotImplementedError, match="'no_such_method' has no oracle"):
+        oracle.expected(None, None, Site("mlp", 0), "no_such_method")
+
+
 @pytest.mark.parametrize("method", ABLATIONS.names())
 def test_every_method_on_every_component_matches_hand_hooks_tiny(tiny_model, method):
     ctx = context(tiny_model, "copying", seed=0, n_train=6, n_eval=5)  # prompts of several lengths
-    for layer in (0, 2):
-        for site in sites(layer):
-            got = ablated_logits(ctx.family, SEED, site, method)
-            want = expected(tiny_model, ctx.family, site, method)
-            torch.testing.assert_close(got, want, atol=1e-4, rtol=0, msg=f"{site} {method}")
-    assert count_hooks(tiny_model.module) == 0
+    oracle.assert_ablation_equals_oracle(ctx, (0, 2), method)
 
 
 @pytest.mark.parametrize("method", ABLATIONS.names())
 def test_every_method_on_every_component_matches_hand_hooks_embedded(smollm2, method):
     ctx = context(smollm2, "factual_recall", seed=0, n_train=4, n_eval=3)
-    for site in sites(11):
-        got = ablated_logits(ctx.family, SEED, site, method)
-        want = expected(smollm2, ctx.family, site, method)
-        diff = (got.log_softmax(-1) - want.log_softmax(-1)).abs().max()
-        assert diff <= 1e-4, f"{site} {method}: {diff}"
-    assert count_hooks(smollm2.module) == 0
+    oracle.assert_ablation_equals_oracle(ctx, [11], method, logprob_atol=1e-4)
 
 
 def test_zero_ablating_every_head_equals_zero_ablating_attn(tiny_model):

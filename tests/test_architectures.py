@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from adapters.lora import attached, tuner_layers
-from adapters.sources import check_targets, target_names
+from adapters.sources import check_targets, layer_linears, target_names
 from adapters.training import LoraSettings, train
 from interventions import models
 from interventions.ablation import ABLATIONS, ablated_logits
@@ -18,11 +18,11 @@ from interventions.families import Split
 from interventions.forward import clean_run, encode, run_from
 from interventions.hooks import count_hooks
 from interventions.kinds import run_kind
+from interventions.registry import AtlasError
 from interventions.skipping import exit_logits, skipped_logits
-from interventions.steering import steering_vector
 from tests import oracle
 from tests.conftest import context, split
-from tests.oracle import SEED, VALUES, expected, sites
+from tests.oracle import SEED, VALUES, sites
 
 PROMPTS = ["The capital of France is", "Hi", "one two three four five six seven eight"]
 
@@ -85,29 +85,14 @@ def test_sliding_windows_and_soft_capping_are_exercised(model):
 
 @pytest.mark.parametrize("layer,strength,vector_type", [(0, 1.0, "mean_diff"), (2, -0.5, "random")])
 def test_steering_equals_a_hand_written_hook(model, layer, strength, vector_type):
-    ctx = context(model)
-    out = run_kind("steering", ctx, {"layer": layer, "strength": strength, "vector_type": vector_type}).metrics
-    vector = strength * ctx.family.resid_norm(layer) * steering_vector(ctx, layer, vector_type)
-    deltas = []
-    for item in ctx.family.split.eval:
-        clean = oracle.last_logits(model, item.prompt)
-        steered = oracle.last_logits(model, item.prompt, add_at_layer=(layer, vector))
-        deltas.append(oracle.logit_diff(model, steered, item.target, item.distractor)
-                      - oracle.logit_diff(model, clean, item.target, item.distractor))
-    assert out["ld_delta"] == pytest.approx(sum(deltas) / len(deltas), abs=1e-4)
+    out = oracle.assert_steering_equals_hook(context(model), layer, strength, vector_type)
     assert abs(out["ld_delta"]) > 1e-4 or out["kl"] > 1e-6  # the steering moved something
-    assert count_hooks(model.module) == 0
 
 
 @pytest.mark.parametrize("method", ABLATIONS.names())
 def test_every_ablation_method_on_every_component_matches_the_oracle(model, method):
     ctx = context(model, "copying", seed=0, n_train=6, n_eval=4)  # prompts of several lengths: padding
-    for layer in (0, 2):
-        for site in sites(layer):
-            got = ablated_logits(ctx.family, SEED, site, method)
-            want = expected(model, ctx.family, site, method)
-            torch.testing.assert_close(got, want, atol=1e-4, rtol=0, msg=f"{site} {method}")
-    assert count_hooks(model.module) == 0
+    oracle.assert_ablation_equals_oracle(ctx, (0, 2), method)
 
 
 @torch.no_grad()
@@ -213,4 +198,9 @@ def test_half_precision_runs_every_kind_and_stays_near_float32(dtype):
 
 
 def test_the_default_lora_targets_pass_spec_validation(model):
-    check_targets({"targets": ["default"]}, models.describe(model.name))  # GPT-2's Conv1D projections count
+    info = models.describe(model.name)
+    defaults = target_names("default", model.arch)
+    assert defaults and set(defaults) <= set(layer_linears(model.name))  # GPT-2's Conv1D projections count
+    check_targets({"targets": ["default"]}, info)  # raises on a default the layer does not have
+    with pytest.raises(AtlasError, match="axes.targets.1: unknown target module 'no_such_proj'"):
+        check_targets({"targets": ["default", f"{defaults[0]}+no_such_proj"]}, info)  # the check can fail

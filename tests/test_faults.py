@@ -16,6 +16,7 @@ import pandas as pd
 import psutil
 import pytest
 
+from orchestrator.driver import worker_settings
 from orchestrator.grid import expand
 from orchestrator.spec import load_sweep
 from tests.conftest import (
@@ -187,10 +188,10 @@ def test_the_same_spec_twice_gives_bit_identical_metrics(worker_killed, driver_k
     torch.set_num_threads(1)  # as in the actors (resources.cpu: 1)
     try:
         for pack in reversed(packs(sweep, smoke_points)):  # the sweep's packs: batch shapes decide the bits
-            config = {"model": sweep.spec.model, "trust_remote_code": False, "gpu": 0, "kind": sweep.kind.name,
-                      "families": sweep.axes["family"], "prefix_reuse": True,
-                      "pack": [{"point": p.values, "trial_id": p.trial_id} for p in pack]}
-            results = run_pack(sweep.kind.name, worker.trial_context(config, sweep.splits), [p.values for p in pack])
+            entries = [{"point": p.values, "trial_id": p.trial_id, "model": p.model} for p in pack]
+            splits = {part.name: part.splits for part in sweep.parts}
+            ctx = worker.trial_context(worker_settings(sweep), entries, splits)
+            results = run_pack(sweep.kind.name, ctx, [p.values for p in pack])
             for point, result in zip(pack, results):
                 assert {k: float(v) for k, v in result.metrics.items()} == a[point.trial_id], point.values
     finally:
@@ -287,16 +288,16 @@ class FakeTrial:
 def test_points_tune_gave_up_on_early_run_again_and_are_logged_once(tmp_path, monkeypatch):
     """Ray Tune fails a trial for good when it dies again while PENDING, after 1 failure of max_failures 2: the
     driver reruns exactly those points in a new Tune run; a trial that spent its retries stays failed."""
-    from orchestrator import cluster, runner
+    from orchestrator import cluster, driver, runner
     from orchestrator.grid import packs
 
     sweep = load_sweep(SMOKE)
     grid = [[{"trial_id": p.trial_id, "point": p.values} for p in pack] for pack in packs(sweep, expand(sweep))]
     rounds = []
 
-    def fake_tune(sweep, todo, recorder, storage, round_=0):
-        rounds.append(len(todo))
-        ids = {p.trial_id for p in todo}
+    def fake_tune(sweep, grouped, recorder, storage, round_=0):
+        rounds.append(sum(map(len, grouped)))
+        ids = {p.trial_id for pack in grouped for p in pack}
         for pack in (g for g in grid if g[0]["trial_id"] in ids):
             if round_ == 0 and pack is grid[0]:
                 recorder.on_trial_error(0, [], FakeTrial(pack, failures=1))  # gave up early: runs again
@@ -307,7 +308,7 @@ def test_points_tune_gave_up_on_early_run_again_and_are_logged_once(tmp_path, mo
                            for e in pack]
                 recorder.on_trial_complete(0, [], FakeTrial(pack, result={"results": results, "worker": "w"}))
 
-    monkeypatch.setattr(runner, "_tune", fake_tune)
+    monkeypatch.setattr(driver, "_tune", fake_tune)
     monkeypatch.setattr(cluster.ray, "is_initialized", lambda: True)
     monkeypatch.setattr(runner, "check_resources", lambda *args: None)
     outcome = runner.run_sweep(sweep, tracking_uri=f"sqlite:///{tmp_path}/m.db", out_dir=tmp_path)

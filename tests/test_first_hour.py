@@ -205,9 +205,7 @@ def test_progress_lines_off_a_terminal_say_what_happens_before_the_first_result(
 
 def fake_tune(stop_after: int | None):
     """A stand-in for Ray Tune that finishes every pack (or raises KeyboardInterrupt after `stop_after` packs)."""
-    def run(sweep, todo, recorder, storage, round_=0):
-        from orchestrator.grid import packs
-
+    def run(sweep, grouped, recorder, storage, round_=0):
         class Trial:
             def __init__(self, pack):
                 self.config, self.num_failures, self.error_file = {"pack": pack}, 0, None
@@ -215,7 +213,7 @@ def fake_tune(stop_after: int | None):
                                                  "metrics": {"ld_delta": float(len(e["trial_id"])), "kl": 0.5}}
                                                 for e in pack], "worker": "w:1"}
 
-        for n, pack in enumerate(packs(sweep, todo)):
+        for n, pack in enumerate(grouped):
             if stop_after is not None and n == stop_after:
                 raise KeyboardInterrupt
             recorder.on_trial_complete(0, [], Trial([{"trial_id": p.trial_id, "point": p.values} for p in pack]))
@@ -232,16 +230,18 @@ def no_ray(monkeypatch):
 
 
 def test_a_rerun_continues_the_parent_and_one_with_nothing_to_do_adds_no_run(tmp_path, monkeypatch, capsys, no_ray):
+    from orchestrator import driver
+
     monkeypatch.chdir(tmp_path)
     (tmp_path / "spec.yaml").write_text(spec("steering", "cont", layer=[0, 1, 2, 3], strength=[0.5, 1.0],
                                              vector_type=["mean_diff", "random"],
                                              extra={"baseline": {"shots": 0}}))  # 16 points in 4 packs
     sweep, uri = load_sweep(tmp_path / "spec.yaml"), f"sqlite:///{tmp_path}/m.db"
     console = Console(file=open("/dev/null", "w"))
-    monkeypatch.setattr(no_ray, "_tune", fake_tune(stop_after=2))  # Ctrl-C after two of four packs
+    monkeypatch.setattr(driver, "_tune", fake_tune(stop_after=2))  # Ctrl-C after two of four packs
     first = no_ray.run_sweep(sweep, tracking_uri=uri, console=console, out_dir=tmp_path)
     assert first.interrupted and first.logged == 8
-    monkeypatch.setattr(no_ray, "_tune", fake_tune(stop_after=None))
+    monkeypatch.setattr(driver, "_tune", fake_tune(stop_after=None))
     second = no_ray.run_sweep(sweep, tracking_uri=uri, console=console, out_dir=tmp_path)
     assert not second.interrupted and second.logged == 8 and second.parent_run_id == first.parent_run_id
     third = no_ray.run_sweep(sweep, tracking_uri=uri, console=console, out_dir=tmp_path)

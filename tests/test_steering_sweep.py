@@ -79,7 +79,7 @@ def test_saved_vectors_load_back_equal_to_the_vectors_the_trials_used(field_run,
     assert len(tensors) == 2 * 2 * 3 * 3  # (seed, family) x layers 0, 1, 2 x (mean_diff, random, r_L)
     sweep = load_sweep(cwd / "field.yaml")
     model = load("tiny-llama")
-    for (family, seed), split in sweep.splits.items():
+    for (family, seed), split in sweep.parts[0].splits.items():
         ctx = TrialContext(model, seed, FamilyRun(model, split))
         for layer in (0, 1, 2):
             saved = vectors.load("field", family=family, seed=seed, layer=layer, vector_type="mean_diff")

@@ -14,7 +14,18 @@ import pytest
 
 from orchestrator.grid import expand
 from orchestrator.spec import load_sweep
-from tests.conftest import SMOKE, children, cli, finished_now, free_port, role, start, store, sweep_runs
+from tests.conftest import (
+    SMOKE,
+    children,
+    cli,
+    crash_once_env,
+    finished_now,
+    free_port,
+    role,
+    start,
+    store,
+    sweep_runs,
+)
 
 pytestmark = pytest.mark.slow  # Ray, subprocess CLIs or servers, end to end
 
@@ -121,12 +132,14 @@ def test_rerun_resumes_and_duplicates_nothing(smoke_run):
 def test_a_crashed_worker_is_retried_and_logged_once(tmp_path):
     marker = tmp_path / "crash"
     marker.mkdir()
-    done = cli(tmp_path, "sweep", str(SMOKE), env={"ATLAS_CRASH_ONCE_DIR": str(marker)})
+    done = cli(tmp_path, "sweep", str(SMOKE), env=crash_once_env(marker))
     assert done.returncode == 0, done.stdout + done.stderr
     assert (marker / "crashed").exists(), "the fault was not injected"
     kids = children(sweep_runs(tmp_path))
     ids = Counter(r.data.tags["orchestrator.trial_id"] for r in kids)
     assert len(ids) == 32 and max(ids.values()) == 1  # the killed trial was retried, and logged once
+    said = done.stdout
+    assert "worker failed (" in said or "runs again on fresh actors" in said, said  # Ray saw the worker die
 
 
 def test_an_interrupted_driver_resumes_without_loss_or_duplicates(tmp_path):

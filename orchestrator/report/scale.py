@@ -6,10 +6,9 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pandas as pd
 
-from interventions.ablation import HUB
 from orchestrator.report.claims import ClaimCard, Evidence, card, ranked
 from orchestrator.report.figures import depth_compare, table_figure
-from orchestrator.report.hubs import METRIC, layer_profiles, mode_and_std, safe_name
+from orchestrator.report.hubs import METRIC, mode_and_std, safe_name
 from orchestrator.report.record import SweepRecord
 from orchestrator.report.sections import (
     SECTIONS,
@@ -17,14 +16,8 @@ from orchestrator.report.sections import (
     Section,
     Shown,
     build,
-    location_evidence,
     over_seeds,
-    peak,
-    seed_means,
 )
-from orchestrator.report.sections.layers import single_skips
-
-KEEP = 0.5  # the top-5 overlap (top-1 agreement) a single-layer skip (an early exit) must keep to count as harmless
 
 
 @dataclass
@@ -116,9 +109,7 @@ def scale_section(record: SweepRecord) -> Section:
         cards = [moved_card(a, b, fig_id) for a, b in zip(placed, placed[1:])]
         result.notes += [f"{b.profile.marker} sits at the same mean depth in {a.label} and {b.label}{what}: no card "
                          "on its move" for a, b, c in zip(placed, placed[1:], cards) if c is None]
-        cards += [_mlp_card(models, fig_id) if record.kind == "ablation" else None,
-                  _skip_card(models, fig_id) if record.kind == "skip" else None,
-                  _exit_card(models, fig_id) if record.kind == "early_exit" else None]
+        cards.append(entry.scale_card(models, fig_id) if entry.scale_card is not None else None)  # the kind's own
         result.cards += [replace(c, claim=f"{c.claim[:-1]} ({variant}).") if variant else c for c in cards if c]
     return result
 
@@ -144,77 +135,3 @@ def namespaced(part: Section, model: str) -> Section:
     cards = [replace(c, claim=f"{model}: {c.claim}", figure=ids.get(c.figure, f"{safe_name(model)}_{c.figure}"))
              for c in part.cards]
     return Section(f"{model}: {part.title}", figures, cards, [f"{model}: {n}" for n in part.notes])
-
-
-def _joined(evs: dict[str, Evidence]) -> Evidence:
-    """Several models' evidence as one: per seed (of all of them) the mean value and control; agreeing in every one."""
-    seeds = sorted(set.intersection(*(set(e.values) for e in evs.values())))
-    mean = {s: float(np.mean([e.values[s] for e in evs.values()])) for s in seeds}
-    control = {s: float(np.mean([e.control[s] for e in evs.values()])) for s in seeds}
-    return Evidence(mean, {s: all(e.agree[s] for e in evs.values()) for s in seeds}, control, 1)
-
-
-def _mlp_card(models: list[SweepRecord], figure: str) -> ClaimCard | None:
-    """'L's MLP is the top MLP in every model' (L: the most common of the models' MLP hubs), or which break it."""
-    parts = {}
-    for rec in models:
-        profiles = layer_profiles(rec.frame)
-        mlp = profiles[profiles["component"] == "mlp"]
-        if mlp.empty:
-            return None
-        methods = list(dict.fromkeys(mlp["method"]))
-        method = min(methods, key=lambda m: (m.split("[")[0] != HUB[1], methods.index(m)))
-        parts[rec.model] = mlp[mlp["method"] == method][["seed", "layer", METRIC]]
-    hubs = {model: peak(part)[0] for model, part in parts.items()}
-    layer = mode_and_std(pd.Series(list(hubs.values())))[0]
-    broken = {m: h for m, h in hubs.items() if h != layer}
-    ev = _joined({m: location_evidence(part, layer) for m, part in parts.items() if m not in broken})
-    where = ("every model" if not broken else ", ".join(m for m in parts if m not in broken) + " but not in "
-             + ", ".join(f"{m} (its top MLP: L{h})" for m, h in broken.items()))
-    return card(f"L{layer}'s MLP is the top MLP (mlp/{method}) in {where}.", figure,
-                "mlp effect at the layer, mean over the models", ev,
-                "the median MLP layer of the same model, per seed (mean over the models)",
-                [f"MLP hub per model: {', '.join(f'{m} L{h}' for m, h in hubs.items())}; a seed agrees if the "
-                 "layer is its top MLP in each of these models"], layer=layer, broken=broken)
-
-
-def _skip_card(models: list[SweepRecord], figure: str) -> ClaimCard | None:
-    """'No single-layer skip keeps top-5 overlap >= KEEP in any model', or the models where one does."""
-    return _keeps_card(models, figure, lambda rec: single_skips(rec)[0], "top5_overlap", "top-5 overlap",
-                       "single-layer skip", "skipping")
-
-
-def _exit_card(models: list[SweepRecord], figure: str) -> ClaimCard | None:
-    """'No early exit before the last layer keeps top-1 agreement >= KEEP in any model', or where one does."""
-    def early(rec: SweepRecord) -> pd.DataFrame:
-        rows = rec.frame[rec.frame["exit_layer"] < rec.n_layers - 1]
-        return rows.assign(layer=rows["exit_layer"])
-
-    return _keeps_card(models, figure, early, "top1_agreement", "top-1 agreement",
-                       "early exit before the last layer", "exiting after")
-
-
-def _keeps_card(models: list[SweepRecord], figure: str, rows_of, metric: str, metric_text: str, what: str,
-                doing: str) -> ClaimCard | None:
-    """Whether any model has a layer whose `what` keeps `metric` >= KEEP with the full model (per seed: the
-    largest over layers and models, against the KEEP threshold)."""
-    best, where = {}, {}
-    for rec in models:
-        rows = rows_of(rec)
-        if metric not in rows or rows[metric].isna().all():
-            return None
-        per_seed = seed_means(rows, ["layer"], metric)
-        best[rec.model] = per_seed.groupby("seed")[metric].max()
-        where[rec.model] = int(per_seed.groupby("layer")[metric].mean().idxmax())
-    seeds = sorted(set.intersection(*(set(b.index) for b in best.values())))
-    values = {int(s): float(max(b[s] for b in best.values())) for s in seeds}
-    keeping = [m for m, b in best.items() if b.mean() >= KEEP]
-    sign = 1 if keeping else -1
-    ev = Evidence(values, {s: sign * (v - KEEP) > 0 for s, v in values.items()}, dict.fromkeys(values, KEEP), sign)
-    top = max(best, key=lambda m: best[m].mean())
-    article = "An" if what[0] in "aeiou" else "A"
-    claim = (f"{article} {what} keeps {metric_text} ≥ {KEEP:g} with the full model in {', '.join(keeping)}"
-             if keeping else f"No {what} keeps {metric_text} ≥ {KEEP:g} with the full model in any model")
-    return card(f"{claim}: the best is {best[top].mean():.2f} ({top}, {doing} L{where[top]}).", figure,
-                f"the largest {metric_text} of any {what} in any model, per seed", ev,
-                f"the {KEEP:g} threshold", keeping=keeping)

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from interventions.ablation import effect_metric
 from interventions.metrics import spearman
 from orchestrator.numbers import fmt
 from orchestrator.report.claims import ClaimCard, Evidence, card
@@ -132,7 +133,7 @@ def cards(table: pd.DataFrame, n_layers: int) -> list[ClaimCard]:
     out = []
     table = ranked(table).dropna(subset=["ld_drop"])
     for (component, method), part in table.groupby(["component", "method"], sort=False):
-        metric = "recovery" if method == "clean_to_corrupt" and "recovery" in part else "ld_drop"
+        metric = "recovery" if effect_metric(method) == "recovery" and "recovery" in part else "ld_drop"
         best = part.loc[part["exact_shift"].abs().idxmax()]
         site = (part["layer"] == best["layer"]) & (part["head"] == best["head"])
         values = part[site].groupby("seed")[metric].mean()

@@ -16,6 +16,7 @@ from typing import Callable
 import pandas as pd
 from matplotlib.figure import Figure
 
+import adapters  # noqa: F401  (the kinds above interventions: adapters adds its own to KINDS)
 from interventions.registry import Registry
 from orchestrator.aggregate import aggregate
 from orchestrator.numbers import fmt
@@ -60,6 +61,8 @@ class SectionKind:
     build: Callable[[SweepRecord], Section]  # the report section
     profile: Callable[[SweepRecord], Profile] | None = None  # the layer profile `compare` puts on a depth axis
     summary: Callable[[pd.DataFrame], Summary] | None = None  # printed and logged at the end of a sweep (per model)
+    scale_card: Callable[[list[SweepRecord], str], ClaimCard | None] | None = None  # a sweep of several models: the
+    # kind's cross-model card from each model's record, pointing at the depth figure (scale.py)
 
 
 SECTIONS: Registry[SectionKind] = Registry("report section", sources=(
@@ -68,8 +71,8 @@ SECTIONS: Registry[SectionKind] = Registry("report section", sources=(
 
 
 def section(kind: str, **declaration):
-    """Register `build(record) -> Section` as the report of experiment kind `kind` (with `profile`, `summary`; a
-    summary is run on each model's rows apart when a sweep's rows hold several, see hubs.per_model)."""
+    """Register `build(record) -> Section` as the report of experiment kind `kind` (with `profile`, `summary`,
+    `scale_card`; a summary is run on each model's rows apart when a sweep's rows hold several, see hubs.per_model)."""
     if declaration.get("summary") is not None:
         declaration["summary"] = per_model(declaration["summary"])
 

@@ -23,6 +23,7 @@ from orchestrator.report.hubs import (
     ablation_summary,
     layer_profiles,
     layer_spearman,
+    mode_and_std,
     rank_stability,
     sink_writers,
     top_layers,
@@ -59,7 +60,39 @@ def ablation_profile(record: SweepRecord) -> Profile:
                    "the hub", "hub")
 
 
-@section("ablation", profile=ablation_profile, summary=ablation_summary)
+def _joined(evs: dict[str, Evidence]) -> Evidence:
+    """Several models' evidence as one: per seed (of all of them) the mean value and control; agreeing in every one."""
+    seeds = sorted(set.intersection(*(set(e.values) for e in evs.values())))
+    mean = {s: float(np.mean([e.values[s] for e in evs.values()])) for s in seeds}
+    control = {s: float(np.mean([e.control[s] for e in evs.values()])) for s in seeds}
+    return Evidence(mean, {s: all(e.agree[s] for e in evs.values()) for s in seeds}, control, 1)
+
+
+def mlp_scale_card(models: list[SweepRecord], figure: str) -> ClaimCard | None:
+    """'L's MLP is the top MLP in every model' (L: the most common of the models' MLP hubs), or which break it."""
+    parts = {}
+    for rec in models:
+        profiles = layer_profiles(rec.frame)
+        mlp = profiles[profiles["component"] == "mlp"]
+        if mlp.empty:
+            return None
+        methods = list(dict.fromkeys(mlp["method"]))
+        method = min(methods, key=lambda m: (m.split("[")[0] != HUB[1], methods.index(m)))
+        parts[rec.model] = mlp[mlp["method"] == method][["seed", "layer", METRIC]]
+    hubs = {model: peak(part)[0] for model, part in parts.items()}
+    layer = mode_and_std(pd.Series(list(hubs.values())))[0]
+    broken = {m: h for m, h in hubs.items() if h != layer}
+    ev = _joined({m: location_evidence(part, layer) for m, part in parts.items() if m not in broken})
+    where = ("every model" if not broken else ", ".join(m for m in parts if m not in broken) + " but not in "
+             + ", ".join(f"{m} (its top MLP: L{h})" for m, h in broken.items()))
+    return card(f"L{layer}'s MLP is the top MLP (mlp/{method}) in {where}.", figure,
+                "mlp effect at the layer, mean over the models", ev,
+                "the median MLP layer of the same model, per seed (mean over the models)",
+                [f"MLP hub per model: {', '.join(f'{m} L{h}' for m, h in hubs.items())}; a seed agrees if the "
+                 "layer is its top MLP in each of these models"], layer=layer, broken=broken)
+
+
+@section("ablation", profile=ablation_profile, summary=ablation_summary, scale_card=mlp_scale_card)
 def ablation_section(record: SweepRecord) -> Section:
     """Layer profiles, hubs and their cards from exact runs; a screened sweep adds its screen (estimates marked apart
     from exact points, their agreement) and draws profiles only for the panels whose every point ran exactly."""

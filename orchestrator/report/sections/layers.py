@@ -12,6 +12,7 @@ import json
 
 import pandas as pd
 
+from orchestrator.report.claims import ClaimCard, Evidence, card
 from orchestrator.report.figures import agreement_curves, set_bars
 from orchestrator.report.hubs import METRIC
 from orchestrator.report.record import SweepRecord
@@ -28,6 +29,7 @@ from orchestrator.report.sections import (
 )
 
 METRICS = ["kl", "top1_agreement", "top5_overlap"]
+KEEP = 0.5  # the top-5 overlap (top-1 agreement) a single-layer skip (an early exit) must keep to count as harmless
 
 
 def _seed_table(frame: pd.DataFrame, by: str) -> pd.DataFrame:
@@ -51,7 +53,39 @@ def skip_profile(record: SweepRecord) -> Profile:
     return Profile(profile, "KL of skipping the layer", peak(profile)[2], "the most harmful skip")
 
 
-@section("skip", profile=skip_profile)
+def _keeps_card(models: list[SweepRecord], figure: str, rows_of, metric: str, metric_text: str, what: str,
+                doing: str) -> ClaimCard | None:
+    """Whether any model has a layer whose `what` keeps `metric` >= KEEP with the full model (per seed: the
+    largest over layers and models, against the KEEP threshold)."""
+    best, where = {}, {}
+    for rec in models:
+        rows = rows_of(rec)
+        if metric not in rows or rows[metric].isna().all():
+            return None
+        per_seed = seed_means(rows, ["layer"], metric)
+        best[rec.model] = per_seed.groupby("seed")[metric].max()
+        where[rec.model] = int(per_seed.groupby("layer")[metric].mean().idxmax())
+    seeds = sorted(set.intersection(*(set(b.index) for b in best.values())))
+    values = {int(s): float(max(b[s] for b in best.values())) for s in seeds}
+    keeping = [m for m, b in best.items() if b.mean() >= KEEP]
+    sign = 1 if keeping else -1
+    ev = Evidence(values, {s: sign * (v - KEEP) > 0 for s, v in values.items()}, dict.fromkeys(values, KEEP), sign)
+    top = max(best, key=lambda m: best[m].mean())
+    article = "An" if what[0] in "aeiou" else "A"
+    claim = (f"{article} {what} keeps {metric_text} ≥ {KEEP:g} with the full model in {', '.join(keeping)}"
+             if keeping else f"No {what} keeps {metric_text} ≥ {KEEP:g} with the full model in any model")
+    return card(f"{claim}: the best is {best[top].mean():.2f} ({top}, {doing} L{where[top]}).", figure,
+                f"the largest {metric_text} of any {what} in any model, per seed", ev,
+                f"the {KEEP:g} threshold", keeping=keeping)
+
+
+def skip_scale_card(models: list[SweepRecord], figure: str) -> ClaimCard | None:
+    """'No single-layer skip keeps top-5 overlap >= KEEP in any model', or the models where one does."""
+    return _keeps_card(models, figure, lambda rec: single_skips(rec)[0], "top5_overlap", "top-5 overlap",
+                       "single-layer skip", "skipping")
+
+
+@section("skip", profile=skip_profile, scale_card=skip_scale_card)
 def skip_section(record: SweepRecord) -> Section:
     single, others = single_skips(record)
     result = Section("Layer skipping")
@@ -97,7 +131,17 @@ def early_exit_profile(record: SweepRecord) -> Profile:
                    "the best early exit")
 
 
-@section("early_exit", profile=early_exit_profile)
+def exit_scale_card(models: list[SweepRecord], figure: str) -> ClaimCard | None:
+    """'No early exit before the last layer keeps top-1 agreement >= KEEP in any model', or where one does."""
+    def early(rec: SweepRecord) -> pd.DataFrame:
+        rows = rec.frame[rec.frame["exit_layer"] < rec.n_layers - 1]
+        return rows.assign(layer=rows["exit_layer"])
+
+    return _keeps_card(models, figure, early, "top1_agreement", "top-1 agreement",
+                       "early exit before the last layer", "exiting after")
+
+
+@section("early_exit", profile=early_exit_profile, scale_card=exit_scale_card)
 def early_exit_section(record: SweepRecord) -> Section:
     per_seed = _seed_table(record.frame, "exit_layer")
     profile = as_profile(per_seed, "exit_layer", "top1_agreement")
