@@ -90,17 +90,6 @@ def trial_context(settings: WorkerSettings, pack: list[dict], splits: dict) -> T
                         settings.options)
 
 
-def _crash_once_for_tests() -> None:
-    """Fault injection: with ATLAS_CRASH_ONCE_DIR set, the first trial to claim the marker kills its worker."""
-    folder = os.environ.get("ATLAS_CRASH_ONCE_DIR")
-    if folder:
-        try:
-            os.close(os.open(os.path.join(folder, "crashed"), os.O_CREAT | os.O_EXCL))
-        except FileExistsError:
-            return
-        os._exit(1)
-
-
 def run_estimates(name: str, ctx: TrialContext, pack: list[dict]) -> list[TrialResult]:
     """A screen's estimates of one (family, seed)'s grid points (interventions.attribution.ESTIMATES)."""
     from interventions.attribution import ESTIMATES
@@ -111,7 +100,6 @@ def run_estimates(name: str, ctx: TrialContext, pack: list[dict]) -> list[TrialR
 def run_trial(config: dict, splits: dict[str, dict[tuple[str, int], Split]], settings: WorkerSettings) -> None:
     """One pack of grid points (one, or several sharing a batched forward): config = {pack: [{trial_id, point,
     model}]}; `splits` holds every model's items by model name."""
-    _crash_once_for_tests()
     pack = config["pack"]
     torch.set_num_threads(settings.models[pack[0]["model"]].threads)
     start = time.perf_counter()
