@@ -5,8 +5,10 @@ anything starts); `load(name, dtype=...)` returns the model in eval mode (float3
 """
 from __future__ import annotations
 
+import hashlib
+import os
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cache, cached_property
 from pathlib import Path
 from typing import Callable
 
@@ -200,3 +202,44 @@ def load(name: str, trust_remote_code: bool = False, device: str = "cpu", dtype:
                                  dtype=getattr(torch, dtype))
     module.to(device).eval().requires_grad_(False)
     return Model(name, module, tokenizer, ARCHITECTURES.get(module.config.model_type))
+
+
+@cache
+def weights_digest(name: str) -> str:
+    """A sha256 that names a model's weights, never loading a big model to get it: a pack's GGUF (checked against
+    it when assembled), a tiny model's seeded state dict, a local folder's *.safetensors files (hashed once per file
+    version, cached); "" for a hub id, whose weights are not on this machine until a trial loads them."""
+    if name in PACKS:
+        return "gguf:" + PACKS.get(name).sha256
+    if name.startswith("tiny-") and name in MODELS:
+        module, _ = MODELS.get(name)(True)
+        digest = hashlib.sha256()
+        for key, tensor in sorted(module.state_dict().items()):
+            digest.update(key.encode())
+            digest.update(tensor.detach().to(torch.float32).contiguous().numpy().tobytes())
+        return "state_dict:" + digest.hexdigest()
+    if Path(name).is_dir():
+        files = sorted(Path(name).glob("*.safetensors"))
+        return "safetensors:" + hashlib.sha256("".join(_file_digest(f) for f in files).encode()).hexdigest()
+    return ""
+
+
+def _file_digest(path: Path) -> str:
+    """sha256 of one file, cached under the cache root by (path, size, mtime): seconds for a GB, once."""
+    import json
+
+    stat = path.stat()
+    key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+    index = cache_root() / "digests.json"
+    known = json.loads(index.read_text()) if index.is_file() else {}
+    if key not in known:
+        digest = hashlib.sha256()
+        with path.open("rb") as f:
+            while block := f.read(packs.BLOCK):
+                digest.update(block)
+        known[key] = digest.hexdigest()
+        index.parent.mkdir(parents=True, exist_ok=True)
+        tmp = index.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(known, indent=0))
+        tmp.replace(index)  # whole or not at all
+    return known[key]

@@ -166,12 +166,9 @@ def _validation_steps() -> str:
 
 
 def _store(tracking_uri: str | None) -> str:
-    """The MLflow store to use, checked to answer before anything starts."""
-    from orchestrator.store import check_store, resolve_uri
+    from orchestrator.store import checked_store
 
-    uri = resolve_uri(tracking_uri)
-    check_store(uri, tracking_uri)
-    return uri
+    return checked_store(tracking_uri)
 
 
 @cli.group("models", invoke_without_command=True)

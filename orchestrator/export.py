@@ -41,8 +41,8 @@ def write(frame, out: Path, fmt: str) -> Path:
 @click.option("--tracking-uri", help="MLflow store to read (default: the same one `sweep` writes).")
 def export(sweep_name: str, fmt: str, out: str | None, tracking_uri: str | None) -> None:
     """Write a sweep's grid points as a table: one row per FINISHED point, axis values and metrics as columns."""
-    from orchestrator.__main__ import _store
+    from orchestrator.store import checked_store
 
-    frame = points(_store(tracking_uri), sweep_name)
+    frame = points(checked_store(tracking_uri), sweep_name)
     path = write(frame, Path(out or f"{sweep_name}.{fmt}"), fmt)
     click.echo(f"{path}: {len(frame)} grid points, {frame.shape[1]} columns (run_id, trial_id, params, metrics)")

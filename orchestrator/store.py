@@ -23,6 +23,15 @@ logging.getLogger("mlflow").setLevel(logging.WARNING)  # no INFO lines about cre
 TAG = "orchestrator."
 ROLE_PARENT, ROLE_CHILD = "parent", "trial"
 ROLE_ESTIMATE = "estimate"  # a screen's estimate of a grid point: never an exact result, never in the resume ledger
+MODELS_TAG = f"{TAG}models"  # on the parent run: JSON {model: {n_layers, d_model, n_heads, n_params, dtype, weights}}
+MODEL_FACTS = ("n_layers", "d_model", "n_heads", "n_params", "dtype", "weights")  # also params, one value per model
+
+
+def model_facts(parent) -> dict[str, dict]:
+    """model -> its facts as the parent run recorded them ({} for a sweep recorded before they were)."""
+    import json
+
+    return json.loads(parent.data.tags.get(MODELS_TAG, "{}"))
 
 
 def store_dir() -> Path:
@@ -36,6 +45,14 @@ def resolve_uri(cli_value: str | None = None) -> str:
         where = "--tracking-uri" if cli_value else "MLFLOW_TRACKING_URI"
         raise AtlasError(f"{where}: {uri!r} is a bare file store, which MLflow 3 rejects; give a database or "
                          "server URI such as sqlite:////abs/path/mlflow.db or http://host:5000")
+    return uri
+
+
+def checked_store(cli_value: str | None = None) -> str:
+    """The MLflow store to use (--tracking-uri, else $MLFLOW_TRACKING_URI, else the default), checked to answer before
+    anything starts."""
+    uri = resolve_uri(cli_value)
+    check_store(uri, cli_value)
     return uri
 
 

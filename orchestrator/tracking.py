@@ -13,7 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from mlflow.entities import Metric, Param, RunStatus
+from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
@@ -22,6 +22,8 @@ from interventions.registry import AtlasError, first_line
 from orchestrator.grid import Point
 from orchestrator.spec import Sweep
 from orchestrator.store import (
+    MODEL_FACTS,
+    MODELS_TAG,
     ROLE_CHILD,
     ROLE_ESTIMATE,
     ROLE_PARENT,
@@ -166,14 +168,26 @@ class Tracker:
                                          run_name=f"{spec.name} {time.strftime('%Y-%m-%d %H:%M:%S')}")
             run_id, step = run.info.run_id, 0
             models = ", ".join(part.name for part in self.sweep.parts)
+            facts = self.model_facts()
             params = {"model": models, "dtype": spec.dtype, "kind": spec.kind, "n_train": spec.n_train,
                       "n_eval": spec.n_eval, "grid_size": n_points,
-                      "resources": json.dumps(spec.resources.model_dump())}
-            self.client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
+                      "resources": json.dumps(spec.resources.model_dump()),
+                      **{k: ", ".join(str(f[k]) for f in facts.values()) for k in MODEL_FACTS if k != "dtype"}}
+            self.client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()],
+                                  tags=[RunTag(MODELS_TAG, json.dumps(facts))])
             self._log_inputs(run_id)
         if n_todo is not None:
             self.client.log_batch(run_id, metrics=[Metric("to_run", n_todo, int(time.time() * 1000), step)])
         return run_id
+
+    def model_facts(self) -> dict[str, dict]:
+        """Each model's sizes, dtype and weights digest, for the record (the report reads them, never the model)."""
+        from interventions.models import weights_digest
+
+        dtype = self.sweep.spec.dtype
+        return {part.name: {"n_layers": part.model.n_layers, "d_model": part.model.d_model,
+                            "n_heads": part.model.n_heads, "n_params": part.model.n_params, "dtype": dtype,
+                            "weights": weights_digest(part.name)} for part in self.sweep.parts}
 
     def complete_parent(self, run_id: str | None) -> None:
         """A parent left KILLED or FAILED whose grid is now complete (a rerun found nothing to do) becomes FINISHED."""

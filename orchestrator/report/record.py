@@ -18,8 +18,8 @@ from mlflow.entities import Experiment, Run
 from mlflow.tracking import MlflowClient
 
 from interventions.kinds import KINDS
-from interventions.registry import AtlasError, first_line
-from orchestrator.store import ROLE_CHILD, ROLE_ESTIMATE, ROLE_PARENT, TAG, RetryOnLock, search_all
+from interventions.registry import AtlasError
+from orchestrator.store import ROLE_CHILD, ROLE_ESTIMATE, ROLE_PARENT, TAG, RetryOnLock, model_facts, search_all
 
 
 @dataclass
@@ -152,19 +152,18 @@ def _client(uri: str) -> MlflowClient:
     return RetryOnLock(MlflowClient(tracking_uri=uri))
 
 
-def n_layers_of(model: str, kind: str, frame: pd.DataFrame, notes: list[str]) -> int:
-    """The model's layer count from its config; if the config cannot be read here, the largest layer seen + 1."""
-    from interventions.models import describe
-
-    try:
-        return describe(model).n_layers
-    except (AtlasError, OSError, ValueError) as exc:
-        layer_axes = KINDS.get(kind).layer_axes if kind in KINDS else ()
-        seen = [int(frame[c].max()) for c in layer_axes if c in frame and frame[c].notna().any()]
-        seen += [max(json.loads(s), default=-1) for s in frame.get("skip", pd.Series(dtype=object)).dropna()]
-        notes.append(f"n_layers of {model} taken as the largest layer in the sweep + 1 (config unreadable: "
-                     f"{first_line(exc, 120)})")
-        return max(seen, default=0) + 1
+def n_layers_of(model: str, kind: str, frame: pd.DataFrame, notes: list[str], facts: dict | None = None) -> int:
+    """The model's layer count as the parent run recorded it (store.MODELS_TAG); for a sweep recorded before that,
+    the largest layer its runs name + 1 (said in the notes)."""
+    if facts and model in facts:
+        return int(facts[model]["n_layers"])
+    k = KINDS.get(kind) if kind in KINDS else None
+    seen = [int(frame[c].max()) for c in (k.layer_axes if k else ()) if c in frame and frame[c].notna().any()]
+    for column in (k.set_axes if k else ()):  # layer sets, as their JSON text
+        seen += [max(json.loads(s), default=-1) for s in frame.get(column, pd.Series(dtype=object)).dropna()]
+    notes.append(f"n_layers of {model} taken as the largest layer in the sweep + 1 (its parent run predates the "
+                 "recorded model facts)")
+    return max(seen, default=0) + 1
 
 
 def finished_trials(uri: str, name: str, argument: str = "SWEEP_NAME") -> tuple[MlflowClient, Experiment, list[Run]]:
@@ -196,13 +195,16 @@ def read(uri: str, name: str, argument: str = "SWEEP_NAME") -> SweepRecord:
     runs = as_rows(found)
     frame, notes = tidy(runs, keys)
     model = str(frame["model"].iloc[0])
-    counts = {str(m): n_layers_of(str(m), kinds[0], frame[frame["model"] == m], notes) for m in frame["model"].unique()}
+    parents = list(search_all(client, experiment.experiment_id, f"tags.`{TAG}role` = '{ROLE_PARENT}'",
+                              order_by=["attributes.start_time DESC"]))
+    facts = {m: f for parent in reversed(parents) for m, f in model_facts(parent).items()}  # the newest's last
+    counts = {str(m): n_layers_of(str(m), kinds[0], frame[frame["model"] == m], notes, facts)
+              for m in frame["model"].unique()}
+
     if len(counts) > 1:
         notes.append(f"runs of {len(counts)} models (" + ", ".join(f"{m}: {n} layers" for m, n in counts.items())
                      + "); each has its own section, and depth = layer / that model's n_layers puts them on one axis")
     curves = _curves(client, found, keys, set(frame["run_id"]))
-    parents = list(search_all(client, experiment.experiment_id, f"tags.`{TAG}role` = '{ROLE_PARENT}'",
-                              order_by=["attributes.start_time DESC"]))
     axes = [k for k in dict.fromkeys(k for r in runs for k in r["params"]) if k not in ("model", "kind")]
     estimates = _estimates(client, experiment.experiment_id)
     if len(estimates):  # a screened sweep: which exact runs the screen picked, and why
