@@ -14,8 +14,7 @@ import click  # noqa: E402
 from rich.console import Console  # noqa: E402
 
 from interventions.registry import AtlasError  # noqa: E402
-
-MAX_TRIALS = 20_000  # a grid larger than this needs --yes: a typo in an axis should not start a week of work
+from orchestrator.api import MAX_TRIALS  # noqa: E402  (a light module: torch, Ray and MLflow load on first use)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

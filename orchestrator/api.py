@@ -34,12 +34,6 @@ if TYPE_CHECKING:
 MAX_TRIALS = 20_000  # a grid larger than this needs yes=True (--yes): a typo in an axis should not start a week of work
 
 
-def _store(tracking_uri: str | None) -> str:
-    from orchestrator.store import checked_store as checked  # the CLI's store check, the same for both
-
-    return checked(tracking_uri)
-
-
 def load_spec(spec: str | Path | dict, base_dir: str | Path | None = None
               ) -> tuple[Sweep, tempfile.TemporaryDirectory | None]:
     """A spec given as a path, a YAML string or a dict, validated (SpecError, one line, naming the field).
@@ -89,6 +83,7 @@ def run(loaded: Sweep, *, tracking_uri: str | None = None, address: str | None =
     from orchestrator.cluster import check_address
     from orchestrator.grid import expand
     from orchestrator.runner import run_sweep
+    from orchestrator.store import checked_store
     from orchestrator.tracking import Tracker, check_ledger
 
     console = console or Console()
@@ -96,7 +91,7 @@ def run(loaded: Sweep, *, tracking_uri: str | None = None, address: str | None =
     if len(points) > max_trials and not yes:
         raise AtlasError(f"--max-trials: the grid has {len(points)} points, more than --max-trials {max_trials}; "
                          "pass --yes to run them all (or check the axes with --dry-run)")
-    uri = _store(tracking_uri)
+    uri = checked_store(tracking_uri)
     check_address(address)
     tracker = Tracker(uri, loaded)
     done = check_ledger(tracker, points, resume, console)
@@ -136,14 +131,17 @@ def sweep(spec: str | Path | dict, *, tracking_uri: str | None = None, address: 
                       "to " + ("finish the rest" if finished < outcome.n_points else "print the table"))
     if outcome.failed:
         console.print(f"{len(outcome.failed)} trials failed after retries: {', '.join(outcome.failed[:5])}")
-    return Atlas(loaded.spec.name, _store(tracking_uri), outcome=outcome)
+    from orchestrator.store import resolve_uri
+
+    return Atlas(loaded.spec.name, resolve_uri(tracking_uri), outcome=outcome)  # `run` checked it already
 
 
 def load(name: str, tracking_uri: str | None = None) -> Atlas:
     """The sweep `name` from the store (default: the one `sweep` writes); AtlasError if it has no FINISHED run."""
     from orchestrator.report.record import finished_trials
+    from orchestrator.store import checked_store
 
-    uri = _store(tracking_uri)
+    uri = checked_store(tracking_uri)
     finished_trials(uri, name, "name")  # the same one-line errors as `report`: no such sweep, nothing finished
     return Atlas(name, uri)
 

