@@ -6,6 +6,11 @@ import os
 import signal
 import sys
 
+if __name__ == "__main__" and sys.argv[1:2] == ["sweep"]:
+    from orchestrator.supervise import keep, kept
+
+    if not kept():  # the driver runs in a child the keeper starts again if its Ray node dies (supervise.py)
+        sys.exit(keep(sys.argv[1:]))
 if __name__ == "__main__":
     signal.signal(signal.SIGINT, lambda signum, frame: os._exit(130))  # Ctrl-C while importing: nothing to clean up
     os.environ.setdefault("TQDM_DISABLE", "1")  # transformers' GGUF bars: the CLI says what it is doing instead
@@ -53,12 +58,14 @@ def sweep(spec: str, tracking_uri: str | None, address: str | None, dry_run: boo
     from orchestrator.grid import axis_order, expand
     from orchestrator.progress import phase
     from orchestrator.spec import load_sweep
+    from orchestrator.supervise import note
 
     console = Console(width=None if sys.stdout.isatty() else 160)  # pipes and CI logs get the whole table
     with phase(console, f"validating {Path(spec).name}: {_validation_steps()}"):
         loaded = load_sweep(spec)
     for line in loaded.warnings:
         click.echo(line, err=True)
+    note(name=loaded.spec.name, max_failures=loaded.spec.max_failures)  # for the keeper, if the driver's node dies
     points = expand(loaded)
     if dry_run:
         order = axis_order(loaded)
@@ -214,6 +221,20 @@ cli.add_command(export)
 
 
 def main() -> None:
+    from orchestrator.supervise import note
+
+    code = 1  # an exception escaping
+    try:
+        _main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
+        raise
+    finally:
+        note(exit=code)  # the keeper (supervise.py): this driver ended by itself, do not start it again
+
+
+def _main() -> None:
     from orchestrator.signals import first_interrupt_only, leave
 
     previous = first_interrupt_only()

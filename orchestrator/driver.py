@@ -129,6 +129,8 @@ def tune_rounds(sweep: Sweep, todo: list[Point], tracker: Tracker, outcome: Outc
             finally:
                 if not estimate:
                     outcome.logged += writer.written
+    if retries.summary():
+        console.print(f"{label}: {retries.summary()}")
     return retries.failed + [p.trial_id for p in again]
 
 

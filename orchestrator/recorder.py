@@ -80,10 +80,26 @@ class Retries:
     max_failures: int
     early: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
+    recovered: int = 0  # packs Tune restarted after their worker died
+    recovered_points: int = 0
+    rerun_points: int = 0  # points run again in a new Tune run (Tune gave up on them early)
+
+    def summary(self) -> str | None:
+        """One line for the end of the sweep: what was retried and why, if anything was."""
+        parts = []
+        if self.recovered:
+            parts.append(f"{self.recovered} pack{'s' if self.recovered > 1 else ''} ({self.recovered_points} points) "
+                         "restarted on a new actor after its worker died")
+        if self.rerun_points:
+            parts.append(f"{self.rerun_points} points run again on fresh actors (their restart failed too)")
+        if self.failed:
+            parts.append(f"{len(self.failed)} points failed every retry")
+        return "retried: " + "; ".join(parts) if parts else None
 
     def take_early(self, todo: list[Point]) -> list[Point]:
         """The points to run again in a new Tune run (and forget them here)."""
         early, self.early = set(self.early), []
+        self.rerun_points += len(early)
         return [p for p in todo if p.trial_id in early]
 
 
@@ -112,6 +128,8 @@ class RecordTrials(tune.Callback):
                 self.writer.put(self.points[entry["trial_id"]], metrics, {**tags, **own}, entry["extra"])
 
     def on_trial_recover(self, iteration, trials, trial, **info):
+        self.retries.recovered += 1
+        self.retries.recovered_points += len(trial.config["pack"])
         self.say(f"{_pack_name(trial)}: worker failed ({_last_error(trial)}); "
                  f"retry {trial.num_failures} of {self.retries.max_failures}")
 
@@ -142,4 +160,6 @@ def _last_error(trial) -> str:
     except OSError:  # a missing error file must not stop the sweep
         text = ""
     lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[-1][:300] if lines else "no error recorded"
+    if not lines:
+        return "no error recorded"
+    return lines[-1].split(" Some common causes include:")[0][:300]  # Ray's advice on the causes: not the fact

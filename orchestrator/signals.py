@@ -50,6 +50,9 @@ def shielded() -> Iterator[None]:
 
 def leave(code: int = INTERRUPTED) -> NoReturn:
     """Flush and exit now, without the interpreter's teardown."""
+    from orchestrator.supervise import note
+
+    note(exit=code)
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()

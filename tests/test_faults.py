@@ -121,6 +121,41 @@ def test_a_trial_actor_killed_with_sigkill_is_retried_and_every_point_logged_onc
     assert not [r for r in role(runs, "trial") if r.info.status == "RUNNING"]
 
 
+# --- a Ray agent killed mid-sweep: the raylet follows it, Ray ends the driver, the keeper resumes it ----------------
+
+@pytest.fixture(scope="module")
+def node_lost(tmp_path_factory):
+    """smoke.yaml through the CLI; once 4 trials are logged, the raylet's runtime-env agent gets SIGKILL. The raylet
+    fate-shares with its agents, so the whole local Ray node dies, and with it the driver (Ray's core worker ends
+    the process from C++): what a new user's `kill -9` of the first busy `ray::` process did."""
+    cwd = tmp_path_factory.mktemp("node_lost")
+    proc = start(cwd, "sweep", str(SMOKE))
+    try:
+        wait_for(cwd, proc, 4)
+        agents = [p for p in descendants(proc.pid) if p.name().startswith("ray::RuntimeEnvAgent")]
+        assert agents, [p.name() for p in descendants(proc.pid)]
+        finished_at_kill = len(finished_now(cwd))
+        agents[0].kill()
+        out, _ = proc.communicate(timeout=300)
+    finally:
+        leftover = descendants(proc.pid)
+        if proc.poll() is None:
+            proc.kill()
+        reap(leftover)
+    return cwd, proc.returncode, out, finished_at_kill
+
+
+def test_a_lost_local_ray_node_costs_a_driver_restart_and_nothing_else(node_lost, smoke_points):
+    cwd, code, out, finished_at_kill = node_lost
+    assert code == 0, out[-3000:]
+    assert finished_at_kill < N_SMOKE, "the sweep was over before the kill: nothing was tested"
+    assert "the driver died before the sweep ended" in out and "driver restart 1 of at most 2" in out, out[-3000:]
+    assert "smoke: finished after 1 driver restart" in out
+    runs = exactly_once(cwd, smoke_points)
+    assert [r.info.status for r in role(runs, "parent")] == ["FINISHED"]  # the dead driver's, continued
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+
+
 # --- the driver killed with SIGKILL, then --resume ------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
