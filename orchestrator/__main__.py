@@ -216,8 +216,10 @@ def _print_cards(done, top: int) -> None:
 
 
 from orchestrator.export import export  # noqa: E402  (a command of its own module)
+from orchestrator.localcluster import cluster_command  # noqa: E402  (`cluster start|status|stop`)
 
 cli.add_command(export)
+cli.add_command(cluster_command)
 
 
 def main() -> None:

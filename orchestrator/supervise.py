@@ -99,6 +99,8 @@ def keep(args: list[str], command: tuple[str, ...] = (sys.executable, "-m", "orc
         while True:
             status = Path(folder) / f"status-{restarts}.jsonl"
             env = {**os.environ, STATUS_ENV: str(status), RESTART_ENV: str(restarts)}
+            if cluster and "RAY_AUTH_MODE" not in env and (Path.home() / ".ray" / "auth_token").exists():
+                env["RAY_AUTH_MODE"] = "token"  # Ray 2.59+ clusters ask for it; one without auth ignores it
             child = subprocess.Popen([*command, *args], env=env,
                                      preexec_fn=_die_with_parent)
             code = child.wait()
@@ -110,8 +112,8 @@ def keep(args: list[str], command: tuple[str, ...] = (sys.executable, "-m", "orc
                           file=sys.stderr, flush=True)
                 return facts.get("exit", 128 - code if code < 0 else code)
             name = facts.get("name", "sweep")
-            lost = (f"{name}: the driver died before the sweep ended ({_why(code)}): Ray ended it when the raylet of "
-                    "its machine went away (a raylet or Ray agent process killed, or out of memory)")
+            lost = (f"{name}: the driver died before the sweep ended ({_why(code)}): Ray ends a driver whose raylet or "
+                    "cluster head goes away (a raylet, Ray agent or head process killed, or out of memory)")
             if cluster:
                 print(f"error: {lost}; the Ray cluster at {cluster} is not started here: every point finished before "
                       "is kept in the store; once the cluster answers, rerun the same command to run the rest",
