@@ -42,8 +42,11 @@ def cli() -> None:
 @click.option("--max-trials", default=MAX_TRIALS, show_default=True, type=click.IntRange(min=1),
               help="Refuse a larger grid unless --yes.")
 @click.option("--yes", is_flag=True, help="Run a grid larger than --max-trials.")
+@click.option("--take-over", is_flag=True,
+              help="Run a sweep whose parent run another machine's driver left RUNNING, once that driver's lease "
+                   "expired (it renews the lease while it runs).")
 def sweep(spec: str, tracking_uri: str | None, address: str | None, dry_run: bool, top: int, resume: bool,
-          max_trials: int, yes: bool) -> None:
+          max_trials: int, yes: bool, take_over: bool) -> None:
     """Run every grid point of SPEC that has no FINISHED run yet, then print the cross-seed table.
 
     The sweep's MLflow experiment is the ledger: rerunning the same command after a crash or
@@ -86,7 +89,7 @@ def sweep(spec: str, tracking_uri: str | None, address: str | None, dry_run: boo
     from orchestrator.api import run  # the same path as `oc.sweep`: grid guard, store, ledger, run_sweep
 
     outcome = run(loaded, tracking_uri=tracking_uri, address=address, resume=resume, top=top, console=console,
-                  max_trials=max_trials, yes=yes, points=points)
+                  max_trials=max_trials, yes=yes, points=points, take_over=take_over)
     if outcome.interrupted:
         from orchestrator.signals import leave
 

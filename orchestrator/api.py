@@ -75,7 +75,7 @@ def load_spec(spec: str | Path | dict, base_dir: str | Path | None = None
 
 def run(loaded: Sweep, *, tracking_uri: str | None = None, address: str | None = None, resume: bool = False,
         top: int = 20, console: Console | None = None, max_trials: int = MAX_TRIALS, yes: bool = False,
-        points: list | None = None) -> Outcome:
+        points: list | None = None, take_over: bool = False) -> Outcome:
     """Run a validated sweep: the grid-size guard, the store check, the resume ledger, then every grid point without
     a FINISHED run (runner.run_sweep). What the CLI's `sweep` and `oc.sweep` both do after validation."""
     from rich.console import Console
@@ -94,13 +94,13 @@ def run(loaded: Sweep, *, tracking_uri: str | None = None, address: str | None =
     uri = checked_store(tracking_uri)
     check_address(address)
     tracker = Tracker(uri, loaded)
-    done = check_ledger(tracker, points, resume, console)
+    done = check_ledger(tracker, points, resume, console, take_over)
     return run_sweep(loaded, address=address, console=console, top=top, points=points, tracker=tracker, done=done)
 
 
 def sweep(spec: str | Path | dict, *, tracking_uri: str | None = None, address: str | None = None,
           resume: bool = False, top: int = 20, console: Console | None = None, max_trials: int = MAX_TRIALS,
-          yes: bool = False, base_dir: str | Path | None = None) -> Atlas:
+          yes: bool = False, base_dir: str | Path | None = None, take_over: bool = False) -> Atlas:
     """Run every grid point of `spec` that has no FINISHED run yet, print the cross-seed table, and return the sweep.
 
     `spec`: a spec file's path, a YAML string or a dict (relative paths in a string or dict resolve against
@@ -121,7 +121,7 @@ def sweep(spec: str | Path | dict, *, tracking_uri: str | None = None, address: 
         for line in loaded.warnings:
             console.print(line)
         outcome = run(loaded, tracking_uri=tracking_uri, address=address, resume=resume, top=top, console=console,
-                      max_trials=max_trials, yes=yes)
+                      max_trials=max_trials, yes=yes, take_over=take_over)
     finally:
         if folder is not None:
             folder.cleanup()

@@ -54,7 +54,9 @@ def ray_session(address: str | None, needed: bool = True, env: dict[str, str] | 
             if address in (None, "local"):
                 os.environ.update(env or {})
             try:
-                ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+                # "local", never None: Ray would join the last `ray start` cluster of this machine, dead or alive
+                ray.init(address=address or "local", include_dashboard=False, log_to_driver=False,
+                         logging_level="ERROR")
             except ConnectionError as exc:
                 raise AtlasError(f"--address {address}: no Ray cluster answered ({first_line(exc)})") from None
             finally:

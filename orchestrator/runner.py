@@ -24,7 +24,7 @@ from orchestrator.startup import Deferred, preload_env
 from orchestrator.store import resolve_uri
 from orchestrator.summary import summarise
 from orchestrator.sweepfiles import Gathered
-from orchestrator.tracking import Tracker
+from orchestrator.tracking import Lease, Tracker
 from orchestrator.view import experiment_url
 
 
@@ -75,9 +75,12 @@ def parent_run(tracker: Tracker, n_points: int, n_todo: int | None) -> Iterator[
     the first use of the outcome's ids waits for it. n_todo None: not known yet (a screen decides it, and fills in
     the outcome's counts)."""
 
+    lease = Lease(tracker)
+
     def start() -> tuple[str | None, str | None]:
         tracker.close_stale()
         parent = tracker.start_parent(n_points, n_todo)
+        lease.hold(parent)
         return tracker.experiment_id, parent
 
     outcome = Outcome(Deferred(start), n_points, n_points - (n_points if n_todo is None else n_todo))
@@ -90,6 +93,7 @@ def parent_run(tracker: Tracker, n_points: int, n_todo: int | None) -> Iterator[
         raise
     finally:
         with shielded():  # a Ctrl-C here still leaves the run closed
+            lease.close()
             try:
                 parent = outcome.parent_run_id
             except Exception:  # no parent run was made: the block has raised or will raise why

@@ -10,6 +10,7 @@ import json
 import os
 import socket
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -36,10 +37,22 @@ from orchestrator.store import (
 )
 from orchestrator.view import set_view
 
+LEASE_TAG = f"{TAG}lease"  # on a RUNNING parent: JSON {driver, expires}, renewed by its driver while it runs
+LEASE_ENV = "ATLAS_LEASE_SECONDS"  # how long a lease lasts unrenewed (default 60; renewed every third of it)
+HOST_ENV = "ATLAS_DRIVER_HOST"  # the name a driver gives its machine in the record (default: the hostname)
+
+
+def _host() -> str:
+    return os.environ.get(HOST_ENV) or socket.gethostname()
+
+
+def lease_seconds() -> float:
+    return float(os.environ.get(LEASE_ENV, 60))
+
 
 def _driver_id() -> str:
     """host:pid:start-time of this process, so that a later invocation can tell whether it still runs."""
-    return f"{socket.gethostname()}:{os.getpid()}:{_start_time(os.getpid()):.0f}"
+    return f"{_host()}:{os.getpid()}:{_start_time(os.getpid()):.0f}"
 
 
 def _start_time(pid: int) -> float:
@@ -55,7 +68,7 @@ def _driver_alive(driver: str) -> bool:
     """True if `driver` (a host:pid:start tag) is a process still running on this machine."""
     host, _, rest = driver.partition(":")
     pid, _, started = rest.partition(":")
-    if host != socket.gethostname() or not pid.isdigit():
+    if host != _host() or not pid.isdigit():
         return False  # another machine's driver: nothing to check it with
     now = _start_time(int(pid))
     return now >= 0 and f"{now:.0f}" == started
@@ -123,19 +136,38 @@ class Tracker:
         parents = self._parents()
         return parents[0].data.tags.get(f"{TAG}spec_hash") if parents else None
 
-    def live_driver(self) -> str | None:
-        """host:pid of another driver on this machine still running this sweep (its parent run RUNNING), if any.
+    def live_driver(self, take_over: bool = False) -> str | None:
+        """Why this driver may not run the sweep now, if another driver holds it (its parent run RUNNING), else None.
 
-        Two drivers of one sweep would each run the grid points the other has not logged yet,
-        and the second's `close_stale` would mark the first's runs KILLED. A driver on another
-        machine cannot be checked from here.
-        """
+        Two drivers of one sweep would each run the grid points the other has not logged yet, and the second's
+        `close_stale` would mark the first's runs KILLED. A driver on this machine is checked by its pid; one on
+        another machine by its lease, which it renews while it runs: a live lease is never taken, an expired one
+        only with `take_over` (its driver may be alive but cut off from the store)."""
         parents = self._runs(f"attributes.status = 'RUNNING' and tags.`{TAG}role` = '{ROLE_PARENT}'")
         for run in parents:
             driver = run.data.tags.get(f"{TAG}driver", "")
-            if _driver_alive(driver) and driver != _driver_id():
-                return driver.rsplit(":", 1)[0]
+            if driver == _driver_id() or not driver:
+                continue
+            holder = driver.rsplit(":", 1)[0]
+            if driver.partition(":")[0] == _host():
+                if _driver_alive(driver):
+                    return f"is being run right now by driver {holder}; wait for it or stop it"
+                continue  # it died on this machine: its runs are stale
+            lease = json.loads(run.data.tags.get(LEASE_TAG, "{}"))
+            left = float(lease.get("expires", 0)) - time.time()
+            if left > 0:
+                return (f"is being run right now by driver {holder} on another machine (its lease, renewed while it "
+                        f"runs, ends in {left:.0f} s); wait for it or stop it; if that driver is gone, rerun with "
+                        "--take-over once its lease has expired")
+            if not take_over:
+                return (f"was being run by driver {holder} on another machine, and its lease expired {-left:.0f} s "
+                        "ago; if that driver is gone, rerun with --take-over")
         return None
+
+    def renew_lease(self, run_id: str) -> None:
+        """This driver holds the parent run for lease_seconds() more."""
+        lease = {"driver": _driver_id(), "expires": round(time.time() + lease_seconds(), 1)}
+        self.client.set_tag(run_id, LEASE_TAG, json.dumps(lease))
 
     def newest_parent(self, spec_hash: str | None = None) -> str | None:
         """run_id of the parent run used last (of `spec_hash`, if given), if any."""
@@ -162,11 +194,13 @@ class Tracker:
         if run_id is not None:
             self.client.update_run(run_id, status="RUNNING")
             self.client.set_tag(run_id, f"{TAG}driver", driver[f"{TAG}driver"])
+            self.renew_lease(run_id)
             step = len(self.client.get_metric_history(run_id, "to_run"))
         else:
             run = self.client.create_run(self.experiment_id, tags={**self.tags, f"{TAG}role": ROLE_PARENT, **driver},
                                          run_name=f"{spec.name} {time.strftime('%Y-%m-%d %H:%M:%S')}")
             run_id, step = run.info.run_id, 0
+            self.renew_lease(run_id)
             models = ", ".join(part.name for part in self.sweep.parts)
             facts = self.model_facts()
             params = {"model": models, "dtype": spec.dtype, "kind": spec.kind, "n_train": spec.n_train,
@@ -250,15 +284,40 @@ class Tracker:
         self.client.set_terminated(run_id, status)
 
 
-def check_ledger(tracker: Tracker, points: list[Point], resume: bool, console) -> dict[str, dict[str, float]]:
+class Lease:
+    """The thread that renews the parent run's lease every third of its length while the sweep runs."""
+
+    def __init__(self, tracker: Tracker) -> None:
+        self.tracker = tracker
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def hold(self, run_id: str) -> None:
+        def renew() -> None:
+            while not self._stop.wait(lease_seconds() / 3):
+                try:
+                    self.tracker.renew_lease(run_id)
+                except Exception:  # the store is away for a while: the writer says so; the next beat tries again
+                    pass
+
+        self._thread = threading.Thread(target=renew, name="lease", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+
+def check_ledger(tracker: Tracker, points: list[Point], resume: bool, console,
+                 take_over: bool = False) -> dict[str, dict[str, float]]:
     """The experiment as the resume ledger: refuse what would silently mix two specs or two drivers. Returns the
     ledger read (trial_id -> metrics of every FINISHED child run) for the sweep to go on with."""
     loaded = tracker.sweep
     name = loaded.spec.name
-    other = tracker.live_driver()
-    if other:
-        raise AtlasError(f"name: sweep {name!r} is being run right now by driver {other}; wait for it or stop it "
-                         "(two drivers of one sweep would run the same grid points twice)")
+    held = tracker.live_driver(take_over)
+    if held:
+        raise AtlasError(f"name: sweep {name!r} {held} (two drivers of one sweep would run the same grid points twice)")
     finished = tracker.finished()
     stale = set(finished) - {p.trial_id for p in points}
     if stale and not resume and tracker.last_spec_hash() != loaded.spec_hash:  # news since the last invocation

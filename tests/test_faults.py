@@ -25,6 +25,7 @@ from tests.conftest import (
     SMOKE,
     children,
     cli,
+    cli_env,
     finished_now,
     role,
     run_main,
@@ -352,3 +353,44 @@ def test_points_tune_gave_up_on_early_run_again_and_are_logged_once(tmp_path, mo
     runs = store(f"sqlite:///{tmp_path}/m.db").search_runs([outcome.experiment_id], max_results=1000)
     ids = Counter(r.data.tags["orchestrator.trial_id"] for r in children(runs))
     assert set(ids) == {e["trial_id"] for pack in grid for e in pack} - set(outcome.failed) and max(ids.values()) == 1
+
+
+# --- two drivers of one sweep on two machines (two hostnames, one store): the lease -----------------------------------
+
+def test_a_driver_on_another_machine_is_refused_by_the_lease_and_takes_over_once_it_expired(tmp_path):
+    """Driver A ("machine-a", lease 3 s) runs a 576-point sweep; B ("machine-b") is refused naming A even after
+    several lease lengths (A renews it). A dies (SIGKILL); once its lease expired B is refused without --take-over
+    and finishes the sweep with it: every point one FINISHED run, nothing RUNNING, one parent."""
+    spec = tmp_path / "smoke.yaml"
+    spec.write_text(SMOKE.read_text().replace("seed: [0, 1]", "seed: [0, 1, 2, 3, 4, 5]")
+                    .replace("layer: [0, 2]", "layer: [0, 1, 2, 3]")
+                    .replace("strength: [-1.0, 0.5]", "strength: [-1.0, -0.5, -0.25, 0.25, 0.5, 1.0]"))
+    points = expand(load_sweep(spec))
+    lease = {"ATLAS_LEASE_SECONDS": "3"}
+    a = subprocess.Popen([sys.executable, "-m", "orchestrator", "sweep", str(spec)], cwd=tmp_path, text=True,
+                         env=cli_env(ATLAS_DRIVER_HOST="machine-a", **lease), stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for(tmp_path, a, 1)
+        time.sleep(4)  # more than a lease: A must have renewed it
+        assert a.poll() is None, "driver A ended before B was tried: nothing was tested"
+        b = cli(tmp_path, "sweep", str(spec), env={"ATLAS_DRIVER_HOST": "machine-b", **lease})
+        assert b.returncode == 2, b.stdout + b.stderr
+        assert "is being run right now by driver machine-a:" in b.stderr and "on another machine" in b.stderr
+        leftover = descendants(a.pid)
+        a.kill()
+        a.wait(timeout=30)
+    finally:
+        if a.poll() is None:
+            a.kill()
+    reap(leftover)
+    time.sleep(3.5)  # A's last lease expires
+    b = cli(tmp_path, "sweep", str(spec), env={"ATLAS_DRIVER_HOST": "machine-b", **lease})
+    assert b.returncode == 2 and "its lease expired" in b.stderr and "--take-over" in b.stderr, b.stderr
+    b = cli(tmp_path, "sweep", str(spec), "--take-over", env={"ATLAS_DRIVER_HOST": "machine-b", **lease})
+    assert b.returncode == 0, b.stdout + b.stderr
+    runs = exactly_once(tmp_path, points)
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    parents = role(runs, "parent")
+    assert [r.info.status for r in parents] == ["FINISHED"]
+    assert parents[0].data.tags["orchestrator.driver"].startswith("machine-b:")
