@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -61,13 +62,32 @@ def test_the_cluster_is_separate_processes_and_stop_ends_only_its_own(cluster):
     assert len({n.raylet.pid for n in nodes}) == 3 and all(n.raylet.ppid() == 1 for n in nodes)  # daemons, as ray up
 
 
+def name(proc: psutil.Process) -> str:
+    try:
+        return proc.name()
+    except psutil.NoSuchProcess:
+        return ""
+
+
+def busy_worker_node(port: int, timeout: float = 120) -> localcluster.Node:
+    """A worker node running a trial right now (its model-holding actor is up): killing it must cost a pack."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for node in localcluster.nodes(port)[1:]:
+            if any(name(p).startswith("ray::ImplicitFunc") for p in node.processes()):
+                return node
+        time.sleep(0.05)
+    raise AssertionError("no worker node ran a trial")
+
+
 def test_a_worker_node_killed_mid_sweep_costs_only_its_pack(cluster, tmp_path, smoke_points):
     port, address = cluster
     proc = sweep_on(tmp_path, address)
     try:
         wait_for(tmp_path, proc, 4)
+        node = busy_worker_node(port)
         at_kill = len(finished_now(tmp_path))
-        kill(localcluster.nodes(port)[1].processes())  # worker node 1: its raylet, agents and Ray workers
+        kill(node.processes())  # its raylet, agents and Ray workers, the trial's actor among them
         out, _ = proc.communicate(timeout=300)
     finally:
         if proc.poll() is None:
