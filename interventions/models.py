@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from contextlib import suppress
 from dataclasses import dataclass, field
 from functools import cache, cached_property
 from pathlib import Path
@@ -134,6 +135,10 @@ def _resolve(name: str, weights: bool, trust_remote_code: bool, dtype=torch.floa
             hub.check(name, MODELS.names())  # seconds, not transformers' minute of retries when offline
         if Path(name).is_dir() and not any(Path(name).glob("*.safetensors")):
             raise AtlasError(f"{name!r} has no *.safetensors weights (.bin/.pt files are pickles and never loaded)")
+        for weights_file in sorted(Path(name).glob("*.safetensors")) if Path(name).is_dir() else []:
+            damage = packs.safetensors_damage(weights_file)
+            if damage:
+                raise AtlasError(f"{name!r}: {weights_file.name} is damaged ({damage}); copy or save it again")
         try:
             return _from_folder(name, weights, trust_remote_code, dtype)
         except (OSError, ValueError) as exc:
@@ -238,8 +243,12 @@ def _file_digest(path: Path) -> str:
             while block := f.read(packs.BLOCK):
                 digest.update(block)
         known[key] = digest.hexdigest()
-        index.parent.mkdir(parents=True, exist_ok=True)
         tmp = index.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(known, indent=0))
-        tmp.replace(index)  # whole or not at all
+        try:
+            index.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps(known, indent=0))
+            tmp.replace(index)  # whole or not at all
+        except OSError:  # a cache that cannot be written (or a full disk) only costs hashing again next time
+            with suppress(OSError):
+                tmp.unlink()
     return known[key]

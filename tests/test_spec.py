@@ -112,16 +112,25 @@ def test_a_bare_file_store_is_refused_before_anything_runs(tmp_path, monkeypatch
 
 @pytest.fixture(scope="module")
 def model_folders(tmp_path_factory):
-    """A .bin-only folder (a pickle that would leave a mark if loaded) and one that needs its own code."""
+    """A .bin-only folder (a pickle that would leave a mark if loaded), one that needs its own code, and two whose
+    safetensors are damaged (cut short as an interrupted copy leaves it; not safetensors at all)."""
     import pickle
+
+    import torch
+    from safetensors.torch import save_file
 
     from interventions.models import _tiny
 
     root = tmp_path_factory.mktemp("models")
     config, tokenizer = _tiny("llama", weights=False)
-    for name in ("binonly", "remote"):
+    for name in ("binonly", "remote", "truncated", "garbage"):
         config.save_pretrained(root / name)
         tokenizer.save_pretrained(root / name)
+    weights = {"embed": torch.randn(64, 64), "norm": torch.ones(64)}
+    save_file(weights, root / "truncated" / "model.safetensors")
+    whole = (root / "truncated" / "model.safetensors").read_bytes()
+    (root / "truncated" / "model.safetensors").write_bytes(whole[:-100])
+    (root / "garbage" / "model.safetensors").write_bytes(b"\x0c\x00\x00\x00\x00\x00\x00\x00not a header")
 
     class Mark:
         def __reduce__(self):
@@ -133,7 +142,7 @@ def model_folders(tmp_path_factory):
                                                        "AutoModelForCausalLM": "modeling_atlas.AtlasModel"})
     (root / "remote" / "config.json").write_text(json.dumps(remote))
     (root / "remote" / "configuration_atlas.py").write_text(f"open({str(root / 'RAN_REMOTE_CODE')!r}, 'w')\n")
-    (root / "remote" / "model.safetensors").write_bytes(b"")  # never read while validating
+    save_file(weights, root / "remote" / "model.safetensors")  # never loaded while validating
     return root
 
 
@@ -142,6 +151,9 @@ MODEL_CASES = [
     ("missing absolute folder", "/nonexistent/atlas/model", "no such model folder"),
     (".bin only", "{root}/binonly", "has no *.safetensors weights"),
     ("needs trust_remote_code", "{root}/remote", "set trust_remote_code: true in the spec only if you trust it"),
+    ("truncated safetensors", "{root}/truncated", "model.safetensors is damaged (its header describes 16784 bytes, "
+     "the file has 16684); copy or save it again"),
+    ("not safetensors", "{root}/garbage", "model.safetensors is damaged (its header is not safetensors)"),
 ]
 
 
