@@ -14,6 +14,10 @@ if __name__ == "__main__" and sys.argv[1:2] == ["sweep"]:
 if __name__ == "__main__":
     signal.signal(signal.SIGINT, lambda signum, frame: os._exit(130))  # Ctrl-C while importing: nothing to clean up
     os.environ.setdefault("TQDM_DISABLE", "1")  # transformers' GGUF bars: the CLI says what it is doing instead
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # a line per run on a server store
+    # How long a sweep waits for a tracking server that stopped answering, per request: 2+4+...+64 s, about 2 min
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "6")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "2")
 
 import click  # noqa: E402
 from rich.console import Console  # noqa: E402
@@ -247,7 +251,7 @@ def _main() -> None:
         cli(standalone_mode=False)
     except AtlasError as exc:
         click.echo(f"error: {exc}", err=True)
-        sys.exit(2)
+        sys.exit(getattr(exc, "exit_code", 2))  # 2: bad input; a store lost mid-sweep says 1
     except (click.exceptions.Abort, KeyboardInterrupt):
         click.echo("interrupted", err=True)
         leave(130)

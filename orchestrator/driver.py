@@ -23,7 +23,7 @@ from orchestrator.recorder import RecordTrials, Retries, Writer
 from orchestrator.screen import by_family
 from orchestrator.spec import Part, Sweep
 from orchestrator.store import ROLE_CHILD, ROLE_ESTIMATE
-from orchestrator.tracking import Tracker
+from orchestrator.tracking import StoreLost, Tracker
 from orchestrator.worker import ModelSettings, WorkerSettings, run_trial
 
 if TYPE_CHECKING:
@@ -118,7 +118,14 @@ def tune_rounds(sweep: Sweep, todo: list[Point], tracker: Tracker, outcome: Outc
                                     progress.advance, tags)
             again: list[Point] = []
             for round_ in itertools.count():
-                _tune(sweep, grouped, recorder, storage, round_, **({"estimate": estimate} if estimate else {}))
+                try:
+                    _tune(sweep, grouped, recorder, storage, round_, **({"estimate": estimate} if estimate else {}))
+                except Exception:
+                    if writer.error is not None:
+                        break  # said below, once the writer has stopped
+                    raise
+                if writer.error is not None:
+                    break
                 again = retries.take_early(todo)
                 if not again or round_ == spec.max_failures:
                     break
@@ -129,6 +136,9 @@ def tune_rounds(sweep: Sweep, todo: list[Point], tracker: Tracker, outcome: Outc
             finally:
                 if not estimate:
                     outcome.logged += writer.written
+    if writer.error is not None:
+        raise writer.error if isinstance(writer.error, StoreLost) else StoreLost(tracker.uri, writer.error,
+                                                                                 outcome.skipped + outcome.logged)
     if retries.summary():
         console.print(f"{label}: {retries.summary()}")
     return retries.failed + [p.trial_id for p in again]

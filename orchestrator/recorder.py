@@ -19,7 +19,7 @@ from orchestrator.grid import Point
 from orchestrator.signals import shielded
 from orchestrator.store import ROLE_CHILD
 from orchestrator.sweepfiles import Gathered
-from orchestrator.tracking import Tracker
+from orchestrator.tracking import StoreLost, Tracker
 
 RESULT_TAGS = ("worker", "node", "gpu_ids", "model_loads", "pack_size", "trial_seconds",
                "peak_rss_mb")  # per-trial facts, as tags
@@ -35,6 +35,7 @@ class Writer:
         self.tracker, self.parent_id, self.on_written, self.role = tracker, parent_id, on_written, role
         self.gathered = gathered if gathered is not None else Gathered()  # per-item values, tensors: sweep files
         self.written = 0
+        self.error: Exception | None = None  # why the store took no more runs, if it stopped answering
         self._queue: queue.Queue = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="mlflow-writer", daemon=True)
         self._thread.start()
@@ -48,13 +49,21 @@ class Writer:
             if parent is None:
                 try:
                     parent = self.parent_id()
-                except BaseException:  # no parent run: nothing is logged; the driver re-raises it when it asks
+                except BaseException as exc:  # no parent run: nothing is logged; the driver re-raises it when it asks
+                    self.error = exc if isinstance(exc, StoreLost) else None
                     while self._queue.get() is not None:
                         pass
                     return
             point, metrics, tags, extra = job
-            self.tracker.log_trial(parent, point, metrics, {**tags, **extra.get("tags", {})},
-                                   steps=extra.get("steps", {}), artifacts=extra.get("artifacts", {}), role=self.role)
+            try:
+                self.tracker.log_trial(parent, point, metrics, {**tags, **extra.get("tags", {})},
+                                       steps=extra.get("steps", {}), artifacts=extra.get("artifacts", {}),
+                                       role=self.role)
+            except Exception as exc:  # the store stopped answering (after MLflow's own retries): the sweep stops
+                self.error = exc
+                while self._queue.get() is not None:
+                    pass
+                return
             self.gathered.add(point.trial_id, extra)
             self.written += 1
             self.on_written(point.trial_id)
@@ -118,6 +127,8 @@ class RecordTrials(tune.Callback):
         return {}  # Tune pickles its run config to disk; the live callback stays in this process
 
     def on_trial_complete(self, iteration, trials, trial, **info):
+        if self.writer.error is not None:
+            raise RuntimeError("the tracking store stopped answering")  # ends Tune's run: nothing more is logged
         result = trial.last_result or {}
         tags = {k: str(result[k]) for k in RESULT_TAGS if k in result}
         for entry in result.get("results", ()):

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+from mlflow.exceptions import MlflowException
 from rich.console import Console
 
 from orchestrator.cluster import check_resources, ray_session
@@ -24,7 +25,7 @@ from orchestrator.startup import Deferred, preload_env
 from orchestrator.store import resolve_uri
 from orchestrator.summary import summarise
 from orchestrator.sweepfiles import Gathered
-from orchestrator.tracking import Lease, Tracker
+from orchestrator.tracking import Lease, StoreLost, Tracker
 from orchestrator.view import experiment_url
 
 
@@ -78,8 +79,11 @@ def parent_run(tracker: Tracker, n_points: int, n_todo: int | None) -> Iterator[
     lease = Lease(tracker)
 
     def start() -> tuple[str | None, str | None]:
-        tracker.close_stale()
-        parent = tracker.start_parent(n_points, n_todo)
+        try:
+            tracker.close_stale()
+            parent = tracker.start_parent(n_points, n_todo)
+        except (MlflowException, OSError) as exc:  # the store did not answer (after MLflow's retries)
+            raise StoreLost(tracker.uri, exc, n_points - (n_points if n_todo is None else n_todo)) from exc
         lease.hold(parent)
         return tracker.experiment_id, parent
 
@@ -91,6 +95,9 @@ def parent_run(tracker: Tracker, n_points: int, n_todo: int | None) -> Iterator[
     except KeyboardInterrupt:
         outcome.stopped, status = True, "KILLED"
         raise
+    except StoreLost:
+        status = None  # nothing can be written: the next invocation closes the parent run
+        raise
     finally:
         with shielded():  # a Ctrl-C here still leaves the run closed
             lease.close()
@@ -98,7 +105,7 @@ def parent_run(tracker: Tracker, n_points: int, n_todo: int | None) -> Iterator[
                 parent = outcome.parent_run_id
             except Exception:  # no parent run was made: the block has raised or will raise why
                 parent = None
-            if parent is not None:
+            if parent is not None and status is not None:
                 tracker.end_parent(parent, status)
 
 

@@ -42,6 +42,16 @@ LEASE_ENV = "ATLAS_LEASE_SECONDS"  # how long a lease lasts unrenewed (default 6
 HOST_ENV = "ATLAS_DRIVER_HOST"  # the name a driver gives its machine in the record (default: the hostname)
 
 
+class StoreLost(AtlasError):
+    """The tracking store stopped answering mid-sweep (after MLflow's own retries): the sweep stops, exit 1."""
+
+    exit_code = 1
+
+    def __init__(self, uri: str, error: BaseException, logged: int) -> None:
+        super().__init__(f"the tracking store {uri} stopped answering ({first_line(error)}); the {logged} points "
+                         "logged before are kept: once it answers, rerun the same command to run the rest")
+
+
 def _host() -> str:
     return os.environ.get(HOST_ENV) or socket.gethostname()
 

@@ -17,7 +17,8 @@ pytestmark = pytest.mark.slow  # subprocess CLIs, Ray and an MLflow server, end 
 
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 FENCE = re.compile(r"^```(\w*)([^\n`]*)\n(.*?)^```\s*$", re.M | re.S)
-KNOWN = {"python", "python3", "pip", "ray", "ruff", "."}  # what a command in a no-test block may start with
+# what a command in a no-test block may start with
+KNOWN = {"python", "python3", "pip", "ray", "ruff", "sudo", "mlflow", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false", "."}
 UI = re.compile(r"^python -m orchestrator ui\b([^#\n]*)(#.*)?$", re.M)
 
 
