@@ -112,7 +112,7 @@ def tune_rounds(sweep: Sweep, todo: list[Point], tracker: Tracker, outcome: Outc
     with TrialProgress(console, label, costs, actors) as progress, \
             tempfile.TemporaryDirectory(prefix="atlas-tune-") as storage, \
             Writer(tracker, lambda: outcome.parent_run_id, progress.advance, outcome.gathered,
-                   ROLE_ESTIMATE if estimate else ROLE_CHILD) as writer:
+                   ROLE_ESTIMATE if estimate else ROLE_CHILD, None if estimate else outcome.checkpoint) as writer:
         try:
             recorder = RecordTrials(writer, {p.trial_id: p for p in todo}, metrics, retries, console.print,
                                     progress.advance, tags)

@@ -7,8 +7,10 @@ result still queued when the driver dies is simply run again on resume: nothing 
 """
 from __future__ import annotations
 
+import os
 import queue
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -21,6 +23,7 @@ from orchestrator.store import ROLE_CHILD
 from orchestrator.sweepfiles import Gathered
 from orchestrator.tracking import StoreLost, Tracker
 
+CHECKPOINT_ENV = "ATLAS_CHECKPOINT_SECONDS"  # how often the writer puts the sweep files so far on the parent run
 RESULT_TAGS = ("worker", "node", "gpu_ids", "model_loads", "pack_size", "trial_seconds",
                "peak_rss_mb")  # per-trial facts, as tags
 
@@ -30,10 +33,14 @@ class Writer:
 
     def __init__(self, tracker: Tracker, parent_id: Callable[[], str],
                  on_written: Callable[[str], None] = lambda trial_id: None, gathered: Gathered | None = None,
-                 role: str = ROLE_CHILD) -> None:
-        """parent_id() is asked for at the first write (the parent run may still be in the making)."""
+                 role: str = ROLE_CHILD, checkpoint: Callable[[], None] | None = None) -> None:
+        """parent_id() is asked for at the first write (the parent run may still be in the making); checkpoint()
+        is called after a write when new per-item values or tensors came in and CHECKPOINT_ENV seconds (default
+        30) have passed since the last one."""
         self.tracker, self.parent_id, self.on_written, self.role = tracker, parent_id, on_written, role
         self.gathered = gathered if gathered is not None else Gathered()  # per-item values, tensors: sweep files
+        self.checkpoint, self._every = checkpoint, float(os.environ.get(CHECKPOINT_ENV, 30))
+        self._saved_at, self._saved = time.monotonic(), (0, 0)
         self.written = 0
         self.error: Exception | None = None  # why the store took no more runs, if it stopped answering
         self._queue: queue.Queue = queue.Queue()
@@ -67,6 +74,17 @@ class Writer:
             self.gathered.add(point.trial_id, extra)
             self.written += 1
             self.on_written(point.trial_id)
+            self._checkpoint()
+
+    def _checkpoint(self) -> None:
+        have = (len(self.gathered.items), len(self.gathered.tensors))
+        if self.checkpoint is None or have == self._saved or time.monotonic() - self._saved_at < self._every:
+            return
+        try:
+            self.checkpoint()
+        except Exception:  # the store is away for a moment: the next checkpoint, or the sweep's end, writes them
+            return
+        self._saved_at, self._saved = time.monotonic(), have
 
     def close(self) -> None:
         """Wait until every queued point is in the store (once; later calls return at once)."""

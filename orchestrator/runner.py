@@ -8,7 +8,7 @@ import tempfile
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from mlflow.exceptions import MlflowException
 from rich.console import Console
@@ -24,7 +24,7 @@ from orchestrator.spec import Sweep
 from orchestrator.startup import Deferred, preload_env
 from orchestrator.store import resolve_uri
 from orchestrator.summary import summarise
-from orchestrator.sweepfiles import Gathered
+from orchestrator.sweepfiles import Gathered, checkpoint
 from orchestrator.tracking import Lease, StoreLost, Tracker
 from orchestrator.view import experiment_url
 
@@ -39,6 +39,7 @@ class Outcome:
     table_path: Path | None = None
     gathered: Gathered = field(default_factory=Gathered)  # per-item values and tensors the trials sent (sweep files)
     stopped: bool = False  # Ctrl-C
+    checkpoint: Callable[[], None] | None = None  # the sweep files so far onto the parent run (by the writer thread)
 
     @property
     def experiment_id(self) -> str:
@@ -149,6 +150,8 @@ def run_sweep(sweep: Sweep, *, tracking_uri: str | None = None, address: str | N
             for part in sweep.parts:
                 check_resources(part.resources, actor_bytes(sweep, part), part.name)
             with parent_run(tracker, len(points), None if screen else len(todo)) as outcome:
+                outcome.checkpoint = lambda: checkpoint(sweep, tracker, points, outcome.parent_run_id,
+                                                        outcome.gathered)
                 if screen:
                     todo = screened(screen, tracker, outcome, console)
                 else:

@@ -4,7 +4,9 @@ Trials may return per-item columns (`TrialResult.items`) and named tensors (`Tri
 steering's unit vectors and r_L). The writer thread gathers them as it logs each point; at the
 end of an invocation they are written once, as artifacts of its parent run, merged with the
 newest earlier parent's copies, so that the newest parent always holds the whole sweep: rows of
-points no longer in the grid and tensors of items that changed are dropped.
+points no longer in the grid and tensors of items that changed are dropped. While the sweep runs
+the writer also checkpoints them onto the parent run (`checkpoint`), so that a driver that dies
+(SIGKILL, a lost node) loses at most the last moments' per-item values.
 """
 from __future__ import annotations
 
@@ -95,6 +97,12 @@ def vectors_file(part: Part, gathered: Gathered, earlier: Path | None, path: Pat
         save_file({k: v.contiguous() for k, v in sorted(tensors.items())}, str(path),
                   metadata={"model": part.name, **digests})
     return len(tensors)
+
+
+def checkpoint(sweep: Sweep, tracker, points: list[Point], parent: str, gathered: Gathered) -> None:
+    """The sweep files as they stand, on the parent run (the next write merges them, as the end's does)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        write_sweep_files(sweep, tracker, points, set(), parent, gathered, Path(tmp), lambda line: None)
 
 
 def write_sweep_files(sweep: Sweep, tracker, points: list[Point], finished: set[str], parent: str,

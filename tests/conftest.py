@@ -197,10 +197,10 @@ def swept(folder: Path, name: str, spec_text: str, env: dict | None = None) -> t
     return folder, done
 
 
-def start(cwd: Path, *args: str) -> subprocess.Popen:
+def start(cwd: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
     """The CLI in its own process group (output in .stdout), so that everything it started can be found and stopped."""
-    return subprocess.Popen([sys.executable, "-m", "orchestrator", *args], cwd=cwd, env=cli_env(), text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen([sys.executable, "-m", "orchestrator", *args], cwd=cwd, env=cli_env(**(env or {})),
+                            text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def bad_input(tmp_path, monkeypatch, capsys, spec_text: str, files: dict[str, str | bytes] | None = None,

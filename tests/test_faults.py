@@ -165,7 +165,7 @@ def driver_killed(tmp_path_factory):
     """smoke.yaml through the CLI; once 8 trials are logged the driver gets SIGKILL (no handler runs); then
     the same command with --resume."""
     cwd = tmp_path_factory.mktemp("driver_kill")
-    proc = start(cwd, "sweep", str(SMOKE))
+    proc = start(cwd, "sweep", str(SMOKE), env={"ATLAS_CHECKPOINT_SECONDS": "0"})  # sweep files after every point
     try:
         wait_for(cwd, proc, 8)
         leftover = descendants(proc.pid)
@@ -199,6 +199,10 @@ def test_a_killed_driver_leaves_a_running_parent_and_resume_loses_and_duplicates
     # the aggregate covers every finished run, those of the dead driver included
     table = pd.read_parquet(cwd / "mlruns" / "reports" / "smoke" / "aggregate.parquet")
     assert table["ld_delta_n"].sum() == N_SMOKE
+    # and so do the per-item values: the dead driver checkpointed them (a kill can land between a point's run and
+    # its checkpoint: at most the points of that moment lack them)
+    items = pd.read_parquet(cwd / "mlruns" / "reports" / "smoke" / "items.parquet")
+    assert items["trial_id"].nunique() >= N_SMOKE - 2, resumed.stdout
 
 
 # --- determinism: the same spec run twice (in other processes, orders and actors) gives bit-identical metrics -------
