@@ -85,29 +85,36 @@ def smoke_points():
 
 # --- a trial actor killed with SIGKILL mid-sweep ------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def worker_killed(tmp_path_factory):
-    """smoke.yaml through the CLI; once 4 trials are logged, one actor that ran them is killed with SIGKILL."""
-    cwd = tmp_path_factory.mktemp("worker_kill")
-    # Default max_failures (2). Ray Tune gives up on a trial that fails again while PENDING (restarted onto an actor
-    # that died too) before its retries are spent; the driver then runs it again on fresh actors (runner.py).
-    spec = cwd / "smoke.yaml"
-    spec.write_text(SMOKE.read_text())
-    proc = start(cwd, "sweep", str(spec))
+def killed_mid_sweep(cwd: Path, victim) -> tuple[int, str, int, int]:
+    """smoke.yaml through the CLI; once 4 trials are logged, victim(cli process, their worker tags) gets SIGKILL.
+    Returns (exit code, output, the victim's pid, FINISHED runs at the kill)."""
+    proc = start(cwd, "sweep", str(SMOKE))
     try:
         workers = wait_for(cwd, proc, 4)
-        pid = int(workers[0].rsplit(":", 1)[1])
-        victim = psutil.Process(pid)
-        assert victim in descendants(proc.pid) and victim.cmdline()[0].startswith("ray::"), victim.cmdline()
+        process = victim(proc, workers)
         finished_at_kill = len(finished_now(cwd))
-        victim.kill()  # SIGKILL: no cleanup in the actor, Ray sees the process die
+        process.kill()  # SIGKILL: no cleanup in the process, Ray sees it die
         out, _ = proc.communicate(timeout=300)
     finally:
         leftover = descendants(proc.pid)
         if proc.poll() is None:
             proc.kill()
         reap(leftover)
-    return cwd, proc.returncode, out, pid, finished_at_kill
+    return proc.returncode, out, process.pid, finished_at_kill
+
+
+@pytest.fixture(scope="module")
+def worker_killed(tmp_path_factory):
+    """Once 4 trials are logged, one actor that ran them is killed with SIGKILL. Default max_failures (2): Ray Tune
+    gives up on a trial that fails again while PENDING (restarted onto an actor that died too) before its retries
+    are spent; the driver then runs it again on fresh actors (driver.py)."""
+    def actor(proc, workers):
+        victim = psutil.Process(int(workers[0].rsplit(":", 1)[1]))
+        assert victim in descendants(proc.pid) and victim.cmdline()[0].startswith("ray::"), victim.cmdline()
+        return victim
+
+    cwd = tmp_path_factory.mktemp("worker_kill")
+    return (cwd, *killed_mid_sweep(cwd, actor))
 
 
 def test_a_trial_actor_killed_with_sigkill_is_retried_and_every_point_logged_once(worker_killed, smoke_points):
@@ -127,24 +134,17 @@ def test_a_trial_actor_killed_with_sigkill_is_retried_and_every_point_logged_onc
 
 @pytest.fixture(scope="module")
 def node_lost(tmp_path_factory):
-    """smoke.yaml through the CLI; once 4 trials are logged, the raylet's runtime-env agent gets SIGKILL. The raylet
-    fate-shares with its agents, so the whole local Ray node dies, and with it the driver (Ray's core worker ends
-    the process from C++): what a new user's `kill -9` of the first busy `ray::` process did."""
-    cwd = tmp_path_factory.mktemp("node_lost")
-    proc = start(cwd, "sweep", str(SMOKE))
-    try:
-        wait_for(cwd, proc, 4)
+    """Once 4 trials are logged, the raylet's runtime-env agent gets SIGKILL. The raylet fate-shares with its
+    agents, so the whole local Ray node dies, and with it the driver (Ray's core worker ends the process from C++):
+    what a new user's `kill -9` of the first busy `ray::` process did."""
+    def agent(proc, workers):
         agents = [p for p in descendants(proc.pid) if p.name().startswith("ray::RuntimeEnvAgent")]
         assert agents, [p.name() for p in descendants(proc.pid)]
-        finished_at_kill = len(finished_now(cwd))
-        agents[0].kill()
-        out, _ = proc.communicate(timeout=300)
-    finally:
-        leftover = descendants(proc.pid)
-        if proc.poll() is None:
-            proc.kill()
-        reap(leftover)
-    return cwd, proc.returncode, out, finished_at_kill
+        return agents[0]
+
+    cwd = tmp_path_factory.mktemp("node_lost")
+    code, out, _, finished_at_kill = killed_mid_sweep(cwd, agent)
+    return cwd, code, out, finished_at_kill
 
 
 def test_a_lost_local_ray_node_costs_a_driver_restart_and_nothing_else(node_lost, smoke_points):
