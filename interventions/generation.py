@@ -206,3 +206,16 @@ def _readable(model: Model, items, clean: list[list[int]], steered: list[list[in
     blocks = [f"prompt:    {item.prompt!r}  (target {item.target!r})\n"
               f"unsteered: {decode(c)!r}\nsteered:   {decode(s)!r}" for item, c, s in shown]
     return ("\n\n".join(blocks) + "\n").encode("utf-8")
+
+
+LOOP_SPAN, LOOP_PERIOD, LOOP_REPEATS = 16, 16, 3  # the loop flag's thresholds (docs/kinds.md#generation)
+
+
+def looping(seq: list[int], span: int = LOOP_SPAN, period: int = LOOP_PERIOD, repeats: int = LOOP_REPEATS) -> bool:
+    """Whether `seq` ends in a loop: for some p <= `period`, its last max(span, repeats * p) tokens are periodic with
+    period p (each equals the token p before it), i.e. one block of p tokens repeated until the end."""
+    for p in range(1, period + 1):
+        n = max(span, repeats * p)
+        if len(seq) >= n and all(seq[i] == seq[i - p] for i in range(len(seq) - n + p, len(seq))):
+            return True
+    return False
