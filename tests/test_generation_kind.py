@@ -13,7 +13,6 @@ from interventions.decoding import chat_rows, decode, prompt_batch
 from interventions.generation import looping, repetition, until_eos
 from interventions.generation_check import builtin_prompts, output_metrics, prompt_split
 from interventions.kinds import run_kind
-from interventions.models import load
 from orchestrator.spec import load_sweep
 from tests.conftest import REPO, bad_input, children, run_main, sweep_runs
 
@@ -174,5 +173,3 @@ def test_a_generation_sweep_runs_end_to_end_through_the_cli(tmp_path, monkeypatc
     greedy = [r.data.metrics for r in runs if r.data.params["decoding"] == "greedy"]
     assert greedy[0]["repetition"] == greedy[1]["repetition"]  # greedy: the seed changes nothing
     assert "loop_share" in out
-    model = load("tiny-llama")
-    del model
