@@ -13,6 +13,7 @@ from interventions.decoding import chat_rows, decode, prompt_batch
 from interventions.generation import looping, repetition, until_eos
 from interventions.generation_check import builtin_prompts, output_metrics, prompt_split
 from interventions.kinds import run_kind
+from interventions.models import load
 from orchestrator.spec import load_sweep
 from tests.conftest import REPO, bad_input, children, run_main, sweep_runs
 
@@ -77,14 +78,16 @@ def plain_greedy(model, ids: list[int], tokens: int) -> list[int]:
     return out
 
 
-def test_greedy_decoding_equals_a_plain_loop_and_padding_changes_nothing(tiny_llama):
+@pytest.mark.parametrize("name", ["tiny-gpt2", "tiny-gemma3_text", "tiny-llama"])  # absolute positions; RoPE
+def test_greedy_decoding_equals_a_plain_loop_and_padding_changes_nothing(name):
+    model = load(name)
     prompts = [p.prompt for p in builtin_prompts()[:3]]  # different lengths: rows 1 and 2 are left-padded
-    rows = chat_rows(tiny_llama.tokenizer, prompts)
+    rows = chat_rows(model.tokenizer, prompts)
     assert len({len(r) for r in rows}) > 1
-    batched = decode(tiny_llama, prompt_batch(tiny_llama, prompts), 12).ids.tolist()
+    batched = decode(model, prompt_batch(model, prompts), 16).ids.tolist()
     for i, prompt in enumerate(prompts):
-        alone = decode(tiny_llama, prompt_batch(tiny_llama, [prompt]), 12).ids[0].tolist()
-        assert batched[i] == alone == plain_greedy(tiny_llama, rows[i], 12)
+        alone = decode(model, prompt_batch(model, [prompt]), 16).ids[0].tolist()
+        assert batched[i] == alone == plain_greedy(model, rows[i], 16)
 
 
 def test_the_chat_template_is_applied_when_the_tokenizer_has_one(tiny_llama):
