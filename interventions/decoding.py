@@ -15,7 +15,6 @@ import torch
 from torch import Tensor
 
 from interventions.forward import Batch, position_ids
-from interventions.generation import eos_ids
 from interventions.models import Model
 from interventions.prompting import left_padded
 from interventions.registry import Registry
@@ -45,6 +44,13 @@ def chat_rows(tokenizer, prompts: list[str]) -> list[list[int]]:
                                                tokenize=False) for p in prompts]
         return [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
     return [tokenizer(p)["input_ids"] for p in prompts]
+
+
+def eos_ids(model: Model) -> list[int]:
+    eos = model.module.generation_config.eos_token_id
+    if eos is None:
+        eos = model.tokenizer.eos_token_id
+    return [] if eos is None else list(eos) if isinstance(eos, (list, tuple)) else [int(eos)]
 
 
 def pad_id(model: Model) -> int:

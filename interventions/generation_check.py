@@ -20,9 +20,9 @@ from pydantic import AfterValidator, Field
 
 from interventions.constraints import check, met
 from interventions.context import TrialContext, seeded_generator
-from interventions.decoding import DECODINGS, decode, prompt_batch
+from interventions.decoding import DECODINGS, decode, eos_ids, prompt_batch
 from interventions.families import Item, Split, family_name, is_jsonl
-from interventions.generation import distinct_n, eos_ids, looping, repetition, until_eos
+from interventions.generation import distinct_n, looping, repetition, until_eos
 from interventions.kinds import CommonAxes, Option, TrialResult, axis, kind, registered
 from interventions.registry import AtlasError
 
