@@ -14,6 +14,7 @@ from interventions.generation import looping, repetition, until_eos
 from interventions.generation_check import builtin_prompts, output_metrics, prompt_split
 from interventions.kinds import run_kind
 from interventions.models import load
+from orchestrator.grid import expand
 from orchestrator.spec import load_sweep
 from tests.conftest import REPO, bad_input, children, run_main, sweep_runs
 
@@ -151,6 +152,10 @@ def test_a_generation_spec_validates_and_bad_input_is_one_line(tmp_path, monkeyp
     greedy_only = GEN.replace("[greedy, sampled]", "[greedy]").replace("temperature: 0.7", "temperature: 0")
     (tmp_path / "g.yaml").write_text(greedy_only)
     load_sweep(tmp_path / "g.yaml")  # temperature is read by sampled decoding only
+    models = GEN.replace("model: tiny-llama\n", "").replace("axes:\n", "axes:\n  model: [tiny-llama, tiny-gpt2]\n")
+    (tmp_path / "m.yaml").write_text(models)
+    sweep = load_sweep(tmp_path / "m.yaml")
+    assert [p.name for p in sweep.parts] == ["tiny-llama", "tiny-gpt2"] and len(expand(sweep)) == 2 * 2 * 2
 
 
 def test_a_prompt_file_of_ones_own_is_a_family_value(tmp_path, monkeypatch, capsys):
