@@ -181,3 +181,7 @@ def test_a_generation_sweep_runs_end_to_end_through_the_cli(tmp_path, monkeypatc
     greedy = [r.data.metrics for r in runs if r.data.params["decoding"] == "greedy"]
     assert greedy[0]["repetition"] == greedy[1]["repetition"]  # greedy: the seed changes nothing
     assert "loop_share" in out
+    from orchestrator.report import write_report
+
+    made = write_report(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}", "gen", tmp_path / "report")
+    assert [f.id for f in made.figures] == ["generation_decoding"] and made.html.is_file()
