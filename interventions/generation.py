@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from interventions.architectures import part
+from interventions.decoding import decode, eos_ids
 from interventions.forward import Batch, clean_run, encode, last_position, position_ids
 from interventions.hooks import capture, replace
 from interventions.models import Model
@@ -51,25 +52,11 @@ def added(model: Model, deltas: dict[int, Tensor], mask: Tensor | None = None) -
         yield
 
 
-def eos_ids(model: Model) -> list[int]:
-    eos = model.module.generation_config.eos_token_id
-    if eos is None:
-        eos = model.tokenizer.eos_token_id
-    return [] if eos is None else list(eos) if isinstance(eos, (list, tuple)) else [int(eos)]
-
-
-@torch.no_grad()
 def greedy(model: Model, batch: Batch, tokens: int, deltas: dict[int, Tensor] | None = None) -> Tensor:
-    """Greedy continuation ids (rows, <= tokens) of a left-padded batch, with `deltas` added while generating."""
-    from transformers import GenerationConfig
-
-    tok = model.tokenizer
-    eos = eos_ids(model)
-    pad = tok.pad_token_id if tok.pad_token_id is not None else (eos[0] if eos else 0)
-    config = GenerationConfig(max_new_tokens=tokens, do_sample=False, pad_token_id=pad, eos_token_id=eos or None)
+    """Greedy continuation ids (rows, <= tokens) of a left-padded batch, with `deltas` added while generating
+    (decoding.decode: KV cache, padding after a row's end-of-sequence token)."""
     with added(model, deltas or {}):
-        out = model.module.generate(input_ids=batch.ids, attention_mask=batch.mask, generation_config=config)
-    return out[:, batch.ids.shape[1]:]
+        return decode(model, batch, tokens).ids
 
 
 def until_eos(ids: Tensor, eos: list[int]) -> list[list[int]]:
@@ -206,3 +193,16 @@ def _readable(model: Model, items, clean: list[list[int]], steered: list[list[in
     blocks = [f"prompt:    {item.prompt!r}  (target {item.target!r})\n"
               f"unsteered: {decode(c)!r}\nsteered:   {decode(s)!r}" for item, c, s in shown]
     return ("\n\n".join(blocks) + "\n").encode("utf-8")
+
+
+LOOP_SPAN, LOOP_PERIOD, LOOP_REPEATS = 16, 16, 3  # the loop flag's thresholds (docs/kinds.md#generation)
+
+
+def looping(seq: list[int], span: int = LOOP_SPAN, period: int = LOOP_PERIOD, repeats: int = LOOP_REPEATS) -> bool:
+    """Whether `seq` ends in a loop: for some p <= `period`, its last max(span, repeats * p) tokens are periodic with
+    period p (each equals the token p before it), i.e. one block of p tokens repeated until the end."""
+    for p in range(1, period + 1):
+        n = max(span, repeats * p)
+        if len(seq) >= n and all(seq[i] == seq[i - p] for i in range(len(seq) - n + p, len(seq))):
+            return True
+    return False

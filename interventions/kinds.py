@@ -10,7 +10,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from torch import Tensor
 
 from interventions.context import TrialContext
-from interventions.families import FAMILIES, is_jsonl
+from interventions.families import FAMILIES, Split, is_jsonl
 from interventions.models import ModelInfo
 from interventions.registry import Registry
 
@@ -39,6 +39,7 @@ TrialFn = Callable[..., "dict[str, float] | TrialResult"]  # fn(ctx, **kind_axes
 PackFn = Callable[[TrialContext, list[dict]], "list[dict[str, float] | TrialResult]"]  # fn(ctx, points)
 PointsFn = Callable[..., Iterable[dict]]  # (axes, info), or (axes, info, options) for a kind with `options`
 SplitsCheck = Callable[[dict[str, list], dict], None]  # (axes, {(family, seed): Split}) -> raise AtlasError
+SplitFn = Callable[..., Split]  # (value, seed, tokenizer, n_train, n_eval, base_dir) -> Split
 SplitWarnings = Callable[[dict, object], Iterable[str]]  # ({(family, seed): Split}, tokenizer) -> warning lines
 
 
@@ -122,12 +123,13 @@ class Kind:
     # a component that reads its layer's input (components.FROM_INPUT), else at L + 1 (after resid_post[L])
     baseline_copies: int = 1  # clean-residual-sized tensors its cached baselines hold per (family, seed) (cost.py)
     control: dict | None = None  # the point each table row is compared with: its axis values with these replaced
+    split: SplitFn | None = None  # how a `family` value becomes its items, when not a task family (families.make_split)
 
 
 # The modules here that declare kinds (imported on the first lookup, so KINDS is complete whoever reads it); a
 # package above adds its own with KINDS.add_sources (adapters/__init__.py).
 KINDS: Registry[Kind] = Registry("experiment kind", sources=(
-    "interventions.steering", "interventions.ablation", "interventions.skipping"))
+    "interventions.steering", "interventions.ablation", "interventions.skipping", "interventions.generation_check"))
 
 
 def kind(name: str, **declaration) -> Callable[[TrialFn], TrialFn]:

@@ -266,7 +266,7 @@ def _check_dtype(path: Path, spec: SweepSpec) -> None:
 
 
 def _load_splits(path: Path, spec: SweepSpec, axes: dict, info: ModelInfo, dropped: list[str] | None = None,
-                 base: Path | None = None) -> dict[tuple[str, int], Split]:
+                 base: Path | None = None, make=make_split) -> dict[tuple[str, int], Split]:
     """Every (family, seed)'s items for this model's tokenizer. With `dropped` (a sweep of several models), a family
     whose items do not tokenize for this model is left out for this model only, and why goes into `dropped`."""
     names = [family_name(v) for v in axes["family"]]
@@ -277,8 +277,7 @@ def _load_splits(path: Path, spec: SweepSpec, axes: dict, info: ModelInfo, dropp
         try:
             for seed in axes["seed"]:
                 with _field(path, "axes.family: ", f" (model {info.name})"):
-                    split = make_split(value, seed, info.tokenizer, spec.n_train, spec.n_eval,
-                                       base or path.parent)
+                    split = make(value, seed, info.tokenizer, spec.n_train, spec.n_eval, base or path.parent)
                 splits[(split.family, seed)] = split
         except SpecError as exc:
             if dropped is None:
@@ -315,7 +314,7 @@ def _part(path: Path, spec: SweepSpec, name: str, kind: Kind, axes: dict, option
     axes = _check_layers(path, kind, axes, info)
     with _field(path, "", f" (model {info.name})" if dropped is not None else ""):
         kind_points(kind, axes, info, options)  # model-dependent checks of the kind's own axes
-    splits = _load_splits(path, spec, axes, info, dropped, base)
+    splits = _load_splits(path, spec, axes, info, dropped, base, kind.split or make_split)
     families = {family for family, _ in splits}
     axes["family"] = [v for v in axes["family"] if family_name(v) in families]
     if kind.check_splits is not None:

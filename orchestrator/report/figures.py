@@ -209,3 +209,16 @@ def table_figure(table: pd.DataFrame, title: str) -> Figure:
     cells.set_fontsize(9)
     ax.set_title(title)
     return fig
+
+
+def metric_bars(stats: pd.DataFrame, label: str, metrics: list[str]) -> Figure:
+    """One panel per metric: a bar per `label` value (mean), error bars +-std; columns label, metric, mean, std."""
+    fig, axes = new_figure(len(metrics), cols=min(4, len(metrics)), size=(3.4, 3.0))
+    for ax, metric in zip(axes, metrics):
+        part = stats[stats["metric"] == metric]
+        ax.bar(range(len(part)), part["mean"], yerr=np.nan_to_num(part["std"].to_numpy(float)), capsize=3)
+        ax.set_xticks(range(len(part)), part[label], rotation=30, ha="right", fontsize=8)
+        top = np.nan_to_num((part["mean"] + part["std"].fillna(0)).to_numpy(float)).max(initial=0)
+        ax.set_ylim(0, max(0.05, 1.15 * top))  # shares: from 0, a visible axis when every bar is 0
+        ax.set_title(metric)
+    return fig

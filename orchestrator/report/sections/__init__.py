@@ -67,7 +67,8 @@ class SectionKind:
 
 SECTIONS: Registry[SectionKind] = Registry("report section", sources=(
     "orchestrator.report.sections.steering", "orchestrator.report.sections.ablation",
-    "orchestrator.report.sections.layers", "orchestrator.report.sections.adapters"))
+    "orchestrator.report.sections.layers", "orchestrator.report.sections.adapters",
+    "orchestrator.report.sections.generation"))
 
 
 def section(kind: str, **declaration):
