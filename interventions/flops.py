@@ -118,19 +118,22 @@ def rate_rows(rows: int) -> int:
 
 
 @cache
-def matmul_rate(rows: int, d_model: int, d_ff: int, threads: int, seconds: float = 0.25) -> float:
+def matmul_rate(rows: int, d_model: int, d_ff: int, threads: int, device: str = "cpu", seconds: float = 0.25) -> float:
     """FLOP/s of a dense float32 (rows × d_model) @ (d_model × d_ff) at `threads` torch threads in this process: the
     fastest of repeats for about `seconds` (the machine's rate; other load only slows some repeats)."""
     threads_before = torch.get_num_threads()
     torch.set_num_threads(threads)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     try:
         gen = torch.Generator().manual_seed(0)
-        a, b = torch.randn(rows, d_model, generator=gen), torch.randn(d_model, d_ff, generator=gen)
+        a, b = (torch.randn(n, k, generator=gen).to(device) for n, k in ((rows, d_model), (d_model, d_ff)))
         a @ b  # warm-up: first-call allocation and dispatch
         best, spent, repeats = float("inf"), 0.0, 0
         while spent < seconds or repeats < 3:
+            sync()
             start = time.perf_counter()
             a @ b
+            sync()
             took = time.perf_counter() - start
             best, spent, repeats = min(best, took), spent + took, repeats + 1
         return 2 * rows * d_model * d_ff / best
