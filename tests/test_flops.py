@@ -17,8 +17,10 @@ from interventions.architectures import ARCHITECTURES
 from interventions.attribution import gradients
 from interventions.flops import counting, forward_flops, layer_backward, matmul_rate
 from interventions.forward import clean_run, encode, run_from
+from interventions.generation import greedy
 from orchestrator import worker
 from orchestrator.driver import worker_settings
+from orchestrator.efficiency import Efficiency
 from orchestrator.grid import expand, packs
 from orchestrator.spec import load_sweep
 from tests.conftest import context, spec
@@ -67,6 +69,16 @@ def test_started_at_layer(tiny_llama, start):
     assert helper < full  # the cached layers are not counted
 
 
+def test_generation_with_a_kv_cache():
+    """Greedy decoding: each new position attends to the cached ones (a sliding-window cache keeps fewer, so Mistral
+    and Gemma generation is counted a little high)."""
+    model = eager("tiny-llama")
+    batch = encode(model.tokenizer, PROMPTS)
+    with counting(model) as tally:
+        truth = measured(lambda: greedy(model, batch, 5))
+    assert tally.total == pytest.approx(truth, rel=TOLERANCE)
+
+
 def test_backward_of_attribution():
     """Attribution's forward and input-gradient backward: counted high by at most layer 0's backward, the part
     autograd skips below the lowest activation whose gradient is asked for."""
@@ -112,3 +124,17 @@ def test_worker_reports_the_flops_it_ran(tmp_path, monkeypatch):
     print(f"reported {reports[0]['flops']}, FlopCounterMode {truth}")
     assert reports[0]["flops"] == pytest.approx(truth, rel=TOLERANCE)
     assert reports[0]["compute_seconds"] > 0 and reports[0]["matmul_flops_per_s"] == 1.0
+
+
+def test_efficiency_sums_the_trials():
+    """The driver's sum: FLOPs per trial-second against the actors' median matmul rate; old results are skipped."""
+    e = Efficiency()
+    e.start()
+    e.add({"flops": 4e9, "compute_seconds": 2.0, "matmul_flops_per_s": 1e10, "worker": "a"})
+    e.add({"flops": 2e9, "compute_seconds": 1.0, "matmul_flops_per_s": 1e10, "worker": "b"})
+    e.add({"trial_seconds": 1.0})
+    e.stop()
+    m = e.metrics()
+    assert m["model_flops"] == 6e9 and m["flops_per_trial_s"] == 2e9 and m["efficiency"] == pytest.approx(0.2)
+    assert m["wall_efficiency"] == pytest.approx(6e9 / m["wall_s"] / 2e10)
+    assert "20.0% of its dense matmul rate" in e.line() and Efficiency().line() is None
