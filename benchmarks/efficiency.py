@@ -4,16 +4,19 @@ PyTorch loops doing the same arithmetic, on a steering grid and a small head atl
 For each grid (SmolLM2-135M, float32, one family, one seed):
 
   sweep    run_sweep (Ray Tune actors with 1 CPU each, MLflow): the FLOPs its trials report per trial-second
+  in-process  the sweep's packed trial functions called in this process (no Ray, no MLflow, one actor's work)
   stacked  a plain loop, clean stream cached: per layer (and vector type) every strength (every head) stacked into
            one batch that starts at that layer, the decoder layers called directly
   naive    a plain loop: one hooked full forward per grid point
 
 The loops run in this process at 1 torch thread (what a `cpu: 1` actor gets); their FLOPs are counted by the same
 `interventions.flops.counting` (from layer input shapes), baselines and vectors included on every side. Each rate
-is divided by two dense float32 matmul rates at 1 thread: at its own largest (rows x d_model x d_ff) shape (the
-sweep's is what its actors measured; a naive loop's small batches are slower matmuls), and at one reference shape
-(2048 rows, measured here for 1 s) that puts every side on one scale. Beside the speed: the largest difference of
-each loop's primary metric from the sweep's (ld_delta, ld_drop).
+is divided by two dense float32 matmul rates at 1 thread (timed by CPU time, so other processes do not lower
+them): at its own largest (rows x d_model x d_ff) shape (the sweep's is what its actors measured; a naive loop's
+small batches are slower matmuls), and at one reference shape (2048 rows, measured here for 1 s) that puts every
+side on one scale. `ratio` and `/ ref` use wall seconds, so on a shared machine they include the CPU share each
+side got; `CPU` is FLOPs per CPU-second over the own-shape rate, the figure other load does not move. Beside the
+speed: the largest difference of each side's primary metric from the sweep's (ld_delta, ld_drop).
 
     PYTHONPATH=. python benchmarks/efficiency.py                 # ~5 min on 2 shared cores
     PYTHONPATH=. python benchmarks/efficiency.py --layers 6,14,22  # a smaller steering grid
@@ -30,13 +33,14 @@ import torch
 from rich.console import Console
 from transformers.masking_utils import create_causal_mask
 
-from interventions.context import FamilyRun, seeded_generator
+from interventions.context import FamilyRun, TrialContext, seeded_generator
 from interventions.flops import counting, matmul_rate, rate_rows
+from interventions.kinds import run_pack
 from interventions.metrics import logit_diff
 from interventions.models import load
 from interventions.steering import VECTORS
 from orchestrator.efficiency import si
-from orchestrator.grid import expand
+from orchestrator.grid import expand, packs
 from orchestrator.runner import run_sweep
 from orchestrator.spec import load_sweep
 from orchestrator.store import resolve_uri
@@ -159,14 +163,24 @@ def sweep_side(sweep, tmp: str):
     return outcome.efficiency.metrics(), {p.trial_id: (p.values, finished[p.trial_id]) for p in expand(sweep)}
 
 
-def loop_side(model, split, points, fn, stacked: bool) -> tuple[int, float, dict, int]:
-    """(FLOPs, seconds, results, most rows one layer ran) of one loop, from a fresh FamilyRun (baselines and
-    vectors inside the timing)."""
+def in_process(sweep, key, metric):
+    """The sweep's own packed trial functions in this process (no Ray, no MLflow): its arithmetic, one thread."""
+    def run_all(model, run, points, stacked):
+        ctx = TrialContext(model, 0, run, [], sweep.spec.execution.prefix_reuse, sweep.options)
+        grid = [p for p in expand(sweep) if p.values in points]
+        return {key(p.values): r.metrics[metric] for pack in packs(sweep, grid)
+                for p, r in zip(pack, run_pack(sweep.kind.name, ctx, [p.values for p in pack]))}
+    return run_all
+
+
+def loop_side(model, split, points, fn, stacked: bool) -> tuple[int, float, float, dict, int]:
+    """(FLOPs, seconds, CPU seconds, results, most rows one layer ran) of one side, from a fresh FamilyRun
+    (baselines and vectors inside the timing)."""
     run = FamilyRun(model, split)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     with torch.no_grad(), counting(model) as tally:
         results = fn(model, run, points, stacked)
-    return tally.total, time.perf_counter() - start, results, tally.rows
+    return tally.total, time.perf_counter() - start, time.process_time() - cpu, results, tally.rows
 
 
 def main() -> None:
@@ -197,22 +211,25 @@ def main() -> None:
             w = model.arch.widths(model.module.config)
             reference = reference or matmul_rate(2048, w.d_model, w.d_ff, 1, seconds=1.0)
             rows.append((name, "sweep", len(by_id), ours["model_flops"], ours["trial_compute_seconds"],
-                         ours["matmul_flops_per_s"], 0.0))
-            for label, stacked in (("stacked loop", True), ("naive loop", False)):
-                flops, seconds, results, most = loop_side(model, split, points, fn, stacked)
+                         ours["model_flops"] / ours["flops_per_cpu_s"], ours["matmul_flops_per_s"], 0.0))
+            sides = (("in-process", in_process(sweep, key, metric), False), ("stacked loop", fn, True),
+                     ("naive loop", fn, False))
+            for label, side, stacked in sides:
+                flops, seconds, cpu, results, most = loop_side(model, split, points, side, stacked)
                 rate = matmul_rate(rate_rows(most), w.d_model, w.d_ff, 1)
                 worst = max(abs(results[k] - truth[k]) for k in truth)
-                rows.append((name, label, len(results), flops, seconds, rate, worst))
+                rows.append((name, label, len(results), flops, seconds, cpu, rate, worst))
     print(f"\nSmolLM2-135M float32, 1 torch thread per actor / loop; {os.cpu_count()} CPUs; load average "
           f"{' '.join(f'{x:.2f}' for x in load_before)} before, {' '.join(f'{x:.2f}' for x in os.getloadavg())} "
           "after")
     print(f"reference dense matmul rate (2048 x {w.d_model} x {w.d_ff}, float32, 1 thread): {si(reference)}FLOP/s")
-    print(f"{'grid':<11} {'side':<13} {'points':>6} {'FLOPs':>9} {'seconds':>8} {'FLOP/s':>9} {'matmul':>9} "
-          f"{'ratio':>6} {'/ ref':>6} {'max |diff| vs sweep':>20}")
-    for name, side, n, flops, seconds, rate, worst in rows:
+    print(f"{'grid':<11} {'side':<13} {'points':>6} {'FLOPs':>9} {'seconds':>8} {'CPU s':>6} {'FLOP/s':>9} "
+          f"{'matmul':>9} {'ratio':>6} {'/ ref':>6} {'CPU':>6} {'max |diff| vs sweep':>20}")
+    for name, side, n, flops, seconds, cpu, rate, worst in rows:
         achieved = flops / seconds
-        print(f"{name:<11} {side:<13} {n:>6} {si(flops):>9} {seconds:>8.1f} {si(achieved):>9} {si(rate):>9} "
-              f"{achieved / rate:>6.1%} {achieved / reference:>6.1%} {'-' if side == 'sweep' else f'{worst:.1e}':>20}")
+        print(f"{name:<11} {side:<13} {n:>6} {si(flops):>9} {seconds:>8.1f} {cpu:>6.1f} {si(achieved):>9} "
+              f"{si(rate):>9} {achieved / rate:>6.1%} {achieved / reference:>6.1%} {flops / cpu / rate:>6.1%} "
+              f"{'-' if side == 'sweep' else f'{worst:.1e}':>20}")
     for name, wall in walls.items():
         print(f"{name} sweep over its Tune wall (2 actors at once, start-up included): {si(wall['flops_per_wall_s'])}"
               f"FLOP/s in {wall['wall_s']:.1f} s = {wall['flops_per_wall_s'] / reference:.1%} of one thread's "

@@ -120,21 +120,23 @@ def rate_rows(rows: int) -> int:
 @cache
 def matmul_rate(rows: int, d_model: int, d_ff: int, threads: int, device: str = "cpu", seconds: float = 0.25) -> float:
     """FLOP/s of a dense float32 (rows × d_model) @ (d_model × d_ff) at `threads` torch threads in this process: the
-    fastest of repeats for about `seconds` (the machine's rate; other load only slows some repeats)."""
+    fastest of repeats for about `seconds`. One CPU thread is timed by its CPU time (the matmul runs in the calling
+    thread), so other processes on the machine do not lower it; more threads and GPUs by the wall clock."""
     threads_before = torch.get_num_threads()
     torch.set_num_threads(threads)
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    clock = time.thread_time if threads == 1 and device == "cpu" else time.perf_counter
     try:
         gen = torch.Generator().manual_seed(0)
         a, b = (torch.randn(n, k, generator=gen).to(device) for n, k in ((rows, d_model), (d_model, d_ff)))
         a @ b  # warm-up: first-call allocation and dispatch
         best, spent, repeats = float("inf"), 0.0, 0
-        while spent < seconds or repeats < 3:
+        while spent < seconds or repeats < 3 or best <= 0:
             sync()
-            start = time.perf_counter()
+            start = clock()
             a @ b
             sync()
-            took = time.perf_counter() - start
+            took = clock() - start
             best, spent, repeats = min(best, took), spent + took, repeats + 1
         return 2 * rows * d_model * d_ff / best
     finally:

@@ -107,11 +107,11 @@ def run_trial(config: dict, splits: dict[str, dict[tuple[str, int], Split]], set
     start = time.perf_counter()
     ctx = trial_context(settings, pack, splits)
     hooks_before = count_hooks(ctx.model.module)  # transformers may keep hooks of its own (output capturing)
-    computing = time.perf_counter()
+    computing, cpu = time.perf_counter(), time.process_time()
     with counting(ctx.model) as flops:
         results = run_estimates(settings.estimate, ctx, pack) if settings.estimate else \
             run_pack(settings.kind, ctx, [p["point"] for p in pack])
-    compute_seconds = time.perf_counter() - computing
+    compute_seconds, cpu_seconds = time.perf_counter() - computing, time.process_time() - cpu
     left = count_hooks(ctx.model.module) - hooks_before
     if left:
         raise RuntimeError(f"{left} forward hooks left on the model after trial {pack[0]['trial_id']}")
@@ -128,6 +128,9 @@ def run_trial(config: dict, splits: dict[str, dict[tuple[str, int], Split]], set
         "trial_seconds": (time.perf_counter() - start) / len(pack),  # the pack's wall time per grid point
         "flops": flops.total,  # the pack's model FLOPs (forwards and backwards, baselines it computed included)
         "compute_seconds": compute_seconds,  # the pack's trial functions, without the model load
+        # the same in the actor's CPU time, which other processes' load does not add to (no figure for a GPU)
+        "cpu_seconds": cpu_seconds if ctx.model.device.type == "cpu" else None,
+        "threads": threads,
         "matmul_flops_per_s": matmul_rate(rate_rows(flops.rows), widths.d_model, widths.d_ff, threads,
                                           str(ctx.model.device)),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),  # the actor's, so far

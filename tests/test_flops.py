@@ -130,11 +130,12 @@ def test_efficiency_sums_the_trials():
     """The driver's sum: FLOPs per trial-second against the actors' median matmul rate; old results are skipped."""
     e = Efficiency()
     e.start()
-    e.add({"flops": 4e9, "compute_seconds": 2.0, "matmul_flops_per_s": 1e10, "worker": "a"})
+    e.add({"flops": 4e9, "compute_seconds": 2.0, "matmul_flops_per_s": 1e10, "worker": "a", "cpu_seconds": 1.0})
     e.add({"flops": 2e9, "compute_seconds": 1.0, "matmul_flops_per_s": 1e10, "worker": "b"})
     e.add({"trial_seconds": 1.0})
     e.stop()
     m = e.metrics()
     assert m["model_flops"] == 6e9 and m["flops_per_trial_s"] == 2e9 and m["efficiency"] == pytest.approx(0.2)
     assert m["wall_efficiency"] == pytest.approx(6e9 / m["wall_s"] / 2e10)
+    assert m["cpu_efficiency"] == pytest.approx(0.4)  # only the trials with a CPU time: 4e9 in 1 s
     assert "20.0% of its dense matmul rate" in e.line() and Efficiency().line() is None
