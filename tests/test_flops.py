@@ -76,7 +76,7 @@ def test_generation_with_a_kv_cache():
     batch = encode(model.tokenizer, PROMPTS)
     with counting(model) as tally:
         truth = measured(lambda: greedy(model, batch, 5))
-    assert tally.total == pytest.approx(truth, rel=TOLERANCE)
+    assert tally.total == pytest.approx(truth, rel=1e-4)  # the cached positions are ~1% of it: 2% would miss them
 
 
 def test_backward_of_attribution():
