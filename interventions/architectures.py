@@ -30,6 +30,35 @@ def sliding_if_configured(config) -> list[str]:
     return [kind] * config.num_hidden_layers
 
 
+@dataclass(frozen=True)
+class Widths:
+    """A decoder's matmul widths, read from its config (interventions/flops.py counts FLOPs from them)."""
+
+    d_model: int
+    heads: int
+    kv_heads: int  # fewer than heads with grouped-query attention
+    head_dim: int
+    d_ff: int
+    gated: bool  # gate, up and down projections (else up and down)
+    vocab: int
+
+
+def grouped_widths(config) -> Widths:
+    """Llama-like: grouped K/V heads, a gated MLP, head_dim where the config sets it (Gemma, Qwen3)."""
+    heads = config.num_attention_heads
+    return Widths(config.hidden_size, heads, getattr(config, "num_key_value_heads", None) or heads,
+                  getattr(config, "head_dim", None) or config.hidden_size // heads, config.intermediate_size, True,
+                  config.vocab_size)
+
+
+def plain_widths(config) -> Widths:
+    """GPT-2, GPT-NeoX: one K/V head per head, an ungated MLP of GPT-2's n_inner (default 4 d) or NeoX's
+    intermediate_size (their configs may carry a num_key_value_heads that the model ignores)."""
+    heads, d = config.num_attention_heads, config.hidden_size
+    d_ff = (config.n_inner or 4 * d) if config.model_type == "gpt2" else config.intermediate_size
+    return Widths(d, heads, heads, d // heads, d_ff, False, config.vocab_size)
+
+
 def plain_logits(module: nn.Module, arch: Architecture, hidden: Tensor) -> Tensor:
     return part(module, arch.lm_head)(part(module, arch.final_norm)(hidden))
 
@@ -58,6 +87,7 @@ class Architecture:
     rotary_per_type: bool = False  # one rotary table per layer type (Gemma 3: local and global)
     attention: Callable[[object], list[str]] = layer_types  # config -> each layer's mask kind
     logits: Callable[[nn.Module, Architecture, Tensor], Tensor] = plain_logits  # final norm, lm_head (, cap)
+    widths: Callable[[object], Widths] = grouped_widths  # config -> matmul widths (FLOPs)
     tiny: dict = field(default_factory=dict, compare=False)  # config overrides for its seeded model tiny-<model_type>
 
     def embed_tokens(self, module: nn.Module, ids: Tensor, pos: Tensor) -> Tensor:
@@ -113,11 +143,12 @@ ARCHITECTURES.register("gemma3_text")(replace(
           "layer_types": ["sliding_attention", "full_attention", "sliding_attention", "full_attention"]}))
 ARCHITECTURES.register("gpt2")(Architecture(
     layers="transformer.h", embed="transformer.wte", positions="transformer.wpe", final_norm="transformer.ln_f",
-    lm_head="lm_head", attn_out="attn.c_proj", attn="attn", mlp="mlp", lora_targets=("c_attn",), rotary=None))
+    lm_head="lm_head", attn_out="attn.c_proj", attn="attn", mlp="mlp", lora_targets=("c_attn",), rotary=None,
+    widths=plain_widths))
 ARCHITECTURES.register("gpt_neox")(Architecture(  # parallel attention + MLP, partial rotary (inside attention)
     layers="gpt_neox.layers", embed="gpt_neox.embed_in", final_norm="gpt_neox.final_layer_norm", lm_head="lm_head",
     attn_out="attention.dense", attn="attention", mlp="mlp", lora_targets=("query_key_value", "dense"),
-    rotary="gpt_neox.rotary_emb"))
+    rotary="gpt_neox.rotary_emb", widths=plain_widths))
 
 
 def part(root: nn.Module, path: str) -> nn.Module:

@@ -52,6 +52,15 @@ def observe(modules: dict[int, nn.Module], fn: Callable[[int, Tensor, Tensor], N
 
 
 @contextmanager
+def before(modules: dict, fn: Callable[[object, tuple, dict], None]) -> Iterator[None]:
+    """While the block runs, call fn(key, args, kwargs) before each module runs (counting, not changing)."""
+    handles = [m.register_forward_pre_hook(lambda _m, args, kwargs, key=key: fn(key, args, kwargs), with_kwargs=True)
+               for key, m in modules.items()]
+    with _removed_after(handles):
+        yield
+
+
+@contextmanager
 def replace(module: nn.Module, fn: Callable[[Tensor], Tensor], inputs: bool = False) -> Iterator[None]:
     """While the block runs, `module`'s output tensor (or, with inputs=True, its first input) becomes fn(tensor),
     in the tensor's dtype (a float32 mean patched into a bfloat16 model stays bfloat16)."""

@@ -115,7 +115,8 @@ def tune_rounds(sweep: Sweep, todo: list[Point], tracker: Tracker, outcome: Outc
                    ROLE_ESTIMATE if estimate else ROLE_CHILD, None if estimate else outcome.checkpoint) as writer:
         try:
             recorder = RecordTrials(writer, {p.trial_id: p for p in todo}, metrics, retries, console.print,
-                                    progress.advance, tags)
+                                    progress.advance, tags, outcome.efficiency)
+            outcome.efficiency.start()
             again: list[Point] = []
             for round_ in itertools.count():
                 try:
@@ -131,6 +132,7 @@ def tune_rounds(sweep: Sweep, todo: list[Point], tracker: Tracker, outcome: Outc
                     break
                 grouped = by_family(again) if estimate else packs(sweep, again)
         finally:
+            outcome.efficiency.stop()
             try:
                 writer.close()  # every finished point in the store, also after Ctrl-C
             finally:

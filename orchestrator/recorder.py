@@ -17,6 +17,7 @@ from typing import Callable
 
 from ray import tune
 
+from orchestrator.efficiency import Efficiency
 from orchestrator.grid import Point
 from orchestrator.signals import shielded
 from orchestrator.store import ROLE_CHILD
@@ -135,8 +136,9 @@ class RecordTrials(tune.Callback):
 
     def __init__(self, writer: Writer, points: dict[str, Point], metrics: tuple[str, ...], retries: Retries,
                  say: Callable[[str], None], skip: Callable[[str], None],
-                 point_tags: dict[str, dict[str, str]] | None = None) -> None:
+                 point_tags: dict[str, dict[str, str]] | None = None, efficiency: Efficiency | None = None) -> None:
         self.writer, self.points, self.metrics, self.retries = writer, points, metrics, retries
+        self.efficiency = efficiency if efficiency is not None else Efficiency()  # every finished pack's FLOPs
         self.point_tags = point_tags or {}  # trial_id -> tags of its own (a screen's reason to verify it)
         self.say, self.skip = say, skip  # print a line; count a point that will never be written
         self.done: set[str] = set()
@@ -149,6 +151,7 @@ class RecordTrials(tune.Callback):
             raise RuntimeError("the tracking store stopped answering")  # ends Tune's run: nothing more is logged
         result = trial.last_result or {}
         tags = {k: str(result[k]) for k in RESULT_TAGS if k in result}
+        self.efficiency.add(result)
         for entry in result.get("results", ()):
             if entry["trial_id"] not in self.done:
                 self.done.add(entry["trial_id"])

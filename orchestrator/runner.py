@@ -16,6 +16,7 @@ from rich.console import Console
 from orchestrator.cluster import check_resources, ray_session
 from orchestrator.cost import actor_bytes
 from orchestrator.driver import tune_rounds
+from orchestrator.efficiency import Efficiency
 from orchestrator.grid import Point, expand
 from orchestrator.progress import phase
 from orchestrator.screen import Screening
@@ -38,6 +39,7 @@ class Outcome:
     failed: list[str] = field(default_factory=list)  # trial_ids that failed every retry
     table_path: Path | None = None
     gathered: Gathered = field(default_factory=Gathered)  # per-item values and tensors the trials sent (sweep files)
+    efficiency: Efficiency = field(default_factory=Efficiency)  # the trials' model FLOPs and compute seconds
     stopped: bool = False  # Ctrl-C
     checkpoint: Callable[[], None] | None = None  # the sweep files so far onto the parent run (by the writer thread)
 
@@ -164,6 +166,9 @@ def run_sweep(sweep: Sweep, *, tracking_uri: str | None = None, address: str | N
                                                outcome.gathered)
                 if screen:
                     screen.report(console, outcome.parent_run_id)
+                if line := outcome.efficiency.line():
+                    console.print(line)
+                    tracker.log_summary(outcome.parent_run_id, outcome.efficiency.metrics())
     except KeyboardInterrupt:
         if outcome is None:
             raise

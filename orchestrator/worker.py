@@ -22,6 +22,7 @@ import adapters  # noqa: F401  (the kinds above interventions: adapters adds its
 from interventions.cache import LRU
 from interventions.context import FamilyRun, TrialContext
 from interventions.families import Split
+from interventions.flops import counting, matmul_rate, rate_rows
 from interventions.hooks import count_hooks
 from interventions.kinds import KINDS, TrialResult, run_pack
 from interventions.models import Model, load
@@ -101,15 +102,20 @@ def run_trial(config: dict, splits: dict[str, dict[tuple[str, int], Split]], set
     """One pack of grid points (one, or several sharing a batched forward): config = {pack: [{trial_id, point,
     model}]}; `splits` holds every model's items by model name."""
     pack = config["pack"]
-    torch.set_num_threads(settings.models[pack[0]["model"]].threads)
+    threads = settings.models[pack[0]["model"]].threads
+    torch.set_num_threads(threads)
     start = time.perf_counter()
     ctx = trial_context(settings, pack, splits)
     hooks_before = count_hooks(ctx.model.module)  # transformers may keep hooks of its own (output capturing)
-    results = run_estimates(settings.estimate, ctx, pack) if settings.estimate else \
-        run_pack(settings.kind, ctx, [p["point"] for p in pack])
+    computing, cpu = time.perf_counter(), time.process_time()
+    with counting(ctx.model) as flops:
+        results = run_estimates(settings.estimate, ctx, pack) if settings.estimate else \
+            run_pack(settings.kind, ctx, [p["point"] for p in pack])
+    compute_seconds, cpu_seconds = time.perf_counter() - computing, time.process_time() - cpu
     left = count_hooks(ctx.model.module) - hooks_before
     if left:
         raise RuntimeError(f"{left} forward hooks left on the model after trial {pack[0]['trial_id']}")
+    widths = ctx.model.arch.widths(ctx.model.module.config)
     tune.report({
         "results": [{"trial_id": p["trial_id"], "metrics": r.metrics, "extra": r.extra()}
                     for p, r in zip(pack, results)],
@@ -120,5 +126,12 @@ def run_trial(config: dict, splits: dict[str, dict[tuple[str, int], Split]], set
         "model": ctx.model.name,
         "pack_size": len(pack),
         "trial_seconds": (time.perf_counter() - start) / len(pack),  # the pack's wall time per grid point
+        "flops": flops.total,  # the pack's model FLOPs (forwards and backwards, baselines it computed included)
+        "compute_seconds": compute_seconds,  # the pack's trial functions, without the model load
+        # the same in the actor's CPU time, which other processes' load does not add to (no figure for a GPU)
+        "cpu_seconds": cpu_seconds if ctx.model.device.type == "cpu" else None,
+        "threads": threads,
+        "matmul_flops_per_s": matmul_rate(rate_rows(flops.rows), widths.d_model, widths.d_ff, threads,
+                                          str(ctx.model.device)),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),  # the actor's, so far
     })
