@@ -133,12 +133,15 @@ def _resolve(name: str, weights: bool, trust_remote_code: bool, dtype=torch.floa
             raise AtlasError(f"no such model folder {name!r} (a hub id is org/name)")
         if not Path(name).is_dir():
             hub.check(name, MODELS.names())  # seconds, not transformers' minute of retries when offline
-        if Path(name).is_dir() and not any(Path(name).glob("*.safetensors")):
-            raise AtlasError(f"{name!r} has no *.safetensors weights (.bin/.pt files are pickles and never loaded)")
-        for weights_file in sorted(Path(name).glob("*.safetensors")) if Path(name).is_dir() else []:
-            damage = packs.safetensors_damage(weights_file)
-            if damage:
-                raise AtlasError(f"{name!r}: {weights_file.name} is damaged ({damage}); copy or save it again")
+        if Path(name).is_dir():
+            weights_files = sorted(Path(name).glob("*.safetensors"))
+            if not weights_files:
+                raise AtlasError(f"{name!r} has no *.safetensors weights (.bin/.pt files are pickles and never "
+                                 "loaded)")
+            for weights_file in weights_files:
+                damage = packs.safetensors_damage(weights_file)
+                if damage:
+                    raise AtlasError(f"{name!r}: {weights_file.name} is damaged ({damage}); copy or save it again")
         try:
             return _from_folder(name, weights, trust_remote_code, dtype)
         except (OSError, ValueError) as exc:

@@ -58,24 +58,24 @@ class Writer:
                 try:
                     parent = self.parent_id()
                 except BaseException as exc:  # no parent run: nothing is logged; the driver re-raises it when it asks
-                    self.error = exc if isinstance(exc, StoreLost) else None
-                    while self._queue.get() is not None:
-                        pass
-                    return
+                    return self._give_up(exc if isinstance(exc, StoreLost) else None)
             point, metrics, tags, extra = job
             try:
                 self.tracker.log_trial(parent, point, metrics, {**tags, **extra.get("tags", {})},
                                        steps=extra.get("steps", {}), artifacts=extra.get("artifacts", {}),
                                        role=self.role)
             except Exception as exc:  # the store stopped answering (after MLflow's own retries): the sweep stops
-                self.error = exc
-                while self._queue.get() is not None:
-                    pass
-                return
+                return self._give_up(exc)
             self.gathered.add(point.trial_id, extra)
             self.written += 1
             self.on_written(point.trial_id)
             self._checkpoint()
+
+    def _give_up(self, error: Exception | None) -> None:
+        """Log nothing more: note why, and drop what is queued until close()."""
+        self.error = error
+        while self._queue.get() is not None:
+            pass
 
     def _checkpoint(self) -> None:
         have = (len(self.gathered.items), len(self.gathered.tensors))
