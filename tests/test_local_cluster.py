@@ -94,7 +94,8 @@ def test_a_worker_node_killed_mid_sweep_costs_only_its_pack(cluster, tmp_path, s
             proc.kill()
     assert proc.returncode == 0, out[-3000:]
     assert at_kill < N_SMOKE
-    assert "restarted on a new actor after its worker died" in out, out[-3000:]
+    # the retry summary is not asserted here: a node killed just after its actor reported its pack costs nothing
+    # to retry (test_faults.py asserts the summary line for a killed actor)
     runs = exactly_once(tmp_path, smoke_points)
     nodes = Counter(r.data.tags["orchestrator.node"] for r in children(runs))
     assert len(nodes) == 2, nodes  # spread over both worker nodes (the head has no CPUs), then the survivor
