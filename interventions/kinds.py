@@ -6,11 +6,12 @@ from dataclasses import dataclass, field
 from itertools import product
 from typing import Annotated, Callable, ClassVar, Iterable
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 from torch import Tensor
 
 from interventions.context import TrialContext
 from interventions.families import FAMILIES, Split, is_jsonl
+from interventions.length import bucket_label
 from interventions.models import ModelInfo
 from interventions.registry import Registry
 
@@ -75,11 +76,13 @@ def axis(item_type) -> type:
 
 
 class CommonAxes(BaseModel):
-    """Axes of every kind: `family` values are built-in names or `*.jsonl` paths relative to the spec."""
+    """Axes of every kind: `family` values are built-in names or `*.jsonl` paths relative to the spec; the optional
+    `length` buckets (interventions/length.py) lengthen every family's items (absent: the items as they are)."""
 
     model_config = ConfigDict(extra="forbid")
     seed: axis(Annotated[int, Field(ge=0)])
     family: axis(Annotated[str, AfterValidator(_family_value)])
+    length: axis(Annotated[str, BeforeValidator(bucket_label)]) | None = None
 
 
 class Option(BaseModel):

@@ -7,6 +7,7 @@ import json
 from dataclasses import dataclass
 
 from interventions.kinds import kind_axes, kind_points
+from interventions.length import split_key
 from orchestrator.spec import Part, Sweep
 
 
@@ -19,7 +20,8 @@ class Point:
 
 def trial_id(sweep: Sweep, part: Part, values: dict, digests: dict[tuple[str, int], str]) -> str:
     """Hash of everything that changes a grid point's numbers, items included; the same on any machine."""
-    items = {f: digests[(f, values["seed"])] for f in part.axes["family"]}
+    length = values.get("length")  # a length axis: the items of the point's bucket (absent: ids as before)
+    items = {f: digests[(split_key(f, length), values["seed"])] for f in part.axes["family"]}
     settings = {
         "model": part.name,
         "kind": sweep.kind.name,
@@ -38,6 +40,7 @@ def axis_order(sweep: Sweep) -> list[str]:
     """Model, then seed and family outermost so that consecutive trials share an actor's model and cached
     baselines."""
     return [*(["model"] if "model" in sweep.axes else []), "seed", "family",
+            *(["length"] if "length" in sweep.axes else []),  # each bucket's items are their own baselines
             *[a for a in kind_axes(sweep.kind) if a in sweep.axes]]  # optional axes may be absent
 
 
@@ -73,7 +76,8 @@ def _expand_part(sweep: Sweep, part: Part) -> list[Point]:
     combos = kind_points(sweep.kind, part.axes, part.model, sweep.options)
     model = {"model": part.name} if "model" in sweep.axes else {}
     points = []
-    for seed, family, combo in itertools.product(part.axes["seed"], part.axes["family"], combos):
-        values = {**model, "seed": seed, "family": family, **combo}
+    lengths = [{"length": v} for v in part.axes["length"]] if "length" in part.axes else [{}]
+    for seed, family, length, combo in itertools.product(part.axes["seed"], part.axes["family"], lengths, combos):
+        values = {**model, "seed": seed, "family": family, **length, **combo}
         points.append(Point(trial_id(sweep, part, values, digests), values, part.name))
     return points

@@ -21,6 +21,7 @@ from interventions.attribution import ESTIMATES
 from interventions.families import Split, family_name, make_split
 from interventions.kinds import KINDS, Kind, Option, kind_points, registered
 from interventions.layers import is_symbolic, resolve_axis
+from interventions.length import lengthen_split
 from interventions.models import EMBEDDED, ModelInfo, check_dtype, describe
 from interventions.registry import AtlasError
 
@@ -84,6 +85,8 @@ class SweepSpec(BaseModel):
     max_failures: int = Field(2, ge=0)  # Ray Tune retries of a trial whose actor died
     execution: Execution = Execution()
     screen: Screen | None = None  # estimate the grid, verify the top and a random sample exactly
+    length_context: Literal["neutral", "family"] | None = None  # with axes.length: what the prepended context is
+    # (neutral passages, the default, or other solved items of the family; interventions/length.py)
     axes: dict
 
 
@@ -167,7 +170,8 @@ class Sweep:
         items = {f"{part.name}/" * prefix + f"{family}:{seed}": split.digest() for part in self.parts
                  for (family, seed), split in part.splits.items()}
         default_dtype = {"dtype"} if self.spec.dtype == "float32" else set()  # hashes from before the setting hold
-        unset = {k for k in options() if getattr(self.spec, k, None) is None}  # specs from before options: same hash
+        unset = {k for k in (*options(), "length_context") if getattr(self.spec, k, None) is None}  # specs from
+        # before options (and length_context): the same hash
         unset_resources = {k for k in ("memory_gb", "models") if not getattr(self.spec.resources, k)}  # likewise
         excluded = {k: True for k in ("execution", "screen", *default_dtype, *unset)}  # which, how trials run
         spec = self.spec.model_dump(exclude={**excluded, "resources": unset_resources})
@@ -278,12 +282,19 @@ def _load_splits(path: Path, spec: SweepSpec, axes: dict, info: ModelInfo, dropp
             for seed in axes["seed"]:
                 with _field(path, "axes.family: ", f" (model {info.name})"):
                     split = make(value, seed, info.tokenizer, spec.n_train, spec.n_eval, base or path.parent)
-                splits[(split.family, seed)] = split
+                if "length" not in axes:
+                    splits[(split.family, seed)] = split
+                for label in axes.get("length", ()):  # each bucket's items under split_key(family, bucket)
+                    context = getattr(info.config, "max_position_embeddings", None)
+                    with _field(path, "", f" (family {split.family}, model {info.name})"):
+                        longer, _ = lengthen_split(split, info.tokenizer, label, spec.length_context or "neutral",
+                                                   context)
+                    splits[(longer.family, seed)] = longer
         except SpecError as exc:
             if dropped is None:
                 raise
             dropped.append(f"{exc} (left out for {info.name} only)")
-            splits = {k: v for k, v in splits.items() if k[0] != family_name(value)}
+            splits = {k: v for k, v in splits.items() if k[0].split("@")[0] != family_name(value)}
     if not splits:
         raise SpecError(dropped[-1].removesuffix(f" (left out for {info.name} only)") + " (no family is left for it)")
     return splits
@@ -315,7 +326,7 @@ def _part(path: Path, spec: SweepSpec, name: str, kind: Kind, axes: dict, option
     with _field(path, "", f" (model {info.name})" if dropped is not None else ""):
         kind_points(kind, axes, info, options)  # model-dependent checks of the kind's own axes
     splits = _load_splits(path, spec, axes, info, dropped, base, kind.split or make_split)
-    families = {family for family, _ in splits}
+    families = {family.split("@")[0] for family, _ in splits}  # without the length bucket (split_key)
     axes["family"] = [v for v in axes["family"] if family_name(v) in families]
     if kind.check_splits is not None:
         with _field(path):
@@ -346,6 +357,8 @@ def load_sweep(path: str | Path, base_dir: str | Path | None = None) -> Sweep:
         axes = {k: v for k, v in validated.model_dump().items() if v is not None}
     except ValidationError as exc:
         raise _field_error(path, exc, ("axes",), kind.axes) from None
+    if spec.length_context is not None and "length" not in axes:
+        raise SpecError(f"{path.name}: length_context: only with a length axis (axes.length)")
     _check_dtype(path, spec)
     names = _model_names(path, raw, spec)
     dropped = [] if names else None  # several models: a family that does not tokenize for one leaves that one only

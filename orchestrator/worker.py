@@ -21,10 +21,11 @@ from ray import tune
 import adapters  # noqa: F401  (the kinds above interventions: adapters adds its own to KINDS, run here by name)
 from interventions.cache import LRU
 from interventions.context import FamilyRun, TrialContext
-from interventions.families import Split
+from interventions.families import Split, token_ids
 from interventions.flops import counting, matmul_rate, rate_rows
 from interventions.hooks import count_hooks
 from interventions.kinds import KINDS, TrialResult, run_pack
+from interventions.length import split_key
 from interventions.models import Model, load
 
 MODEL_LOADS = 0  # per process: the model-load test reads it back from every trial's result
@@ -84,11 +85,12 @@ def trial_context(settings: WorkerSettings, pack: list[dict], splits: dict) -> T
     device = "cuda" if own.gpu > 0 and torch.cuda.is_available() else "cpu"
     model = actor_model(name, settings.trust_remote_code, device, settings.dtype)
     seed, family = pack[0]["point"]["seed"], pack[0]["point"]["family"]
+    length = pack[0]["point"].get("length")  # a length axis: the items of the point's bucket
     others = []
     if KINDS.get(settings.kind).uses_other_families:
-        others = [family_run(model, splits[(f, seed)]) for f in own.families if f != family]
-    return TrialContext(model, seed, family_run(model, splits[(family, seed)]), others, settings.prefix_reuse,
-                        settings.options)
+        others = [family_run(model, splits[(split_key(f, length), seed)]) for f in own.families if f != family]
+    return TrialContext(model, seed, family_run(model, splits[(split_key(family, length), seed)]), others,
+                        settings.prefix_reuse, settings.options)
 
 
 def run_estimates(name: str, ctx: TrialContext, pack: list[dict]) -> list[TrialResult]:
@@ -111,6 +113,11 @@ def run_trial(config: dict, splits: dict[str, dict[tuple[str, int], Split]], set
     with counting(ctx.model) as flops:
         results = run_estimates(settings.estimate, ctx, pack) if settings.estimate else \
             run_pack(settings.kind, ctx, [p["point"] for p in pack])
+    if "length" in pack[0]["point"]:  # the realised prompt lengths of the bucket's eval items, per run
+        sizes = [len(token_ids(ctx.model.tokenizer, i.prompt)) for i in ctx.family.split.eval]
+        for r in results:
+            r.metrics["prompt_tokens"] = sum(sizes) / len(sizes)
+            r.items.setdefault("prompt_tokens", [float(n) for n in sizes])
     compute_seconds, cpu_seconds = time.perf_counter() - computing, time.process_time() - cpu
     left = count_hooks(ctx.model.module) - hooks_before
     if left:
