@@ -106,6 +106,8 @@ def tune_rounds(sweep: Sweep, todo: list[Point], tracker: Tracker, outcome: Outc
     spec = sweep.spec
     label = f"{spec.name} ({estimate} estimates)" if estimate else spec.name
     metrics = ESTIMATES.get(estimate).metrics if estimate else sweep.kind.metrics
+    if "length" in sweep.axes and not estimate:  # the realised prompt length of each run's bucket (worker.py)
+        metrics = (*metrics, "prompt_tokens")
     costs = dict.fromkeys((p.trial_id for p in todo), 1.0) if estimate else _costs(sweep, todo)
     grouped = by_family(todo) if estimate else packs(sweep, todo)
     actors = min(len(grouped), _slots(spec.resources.cpu))

@@ -2,6 +2,7 @@
 padding rule at ~1000 tokens, validation, and trial_ids with and without the axis."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from interventions.context import FamilyRun
@@ -9,7 +10,7 @@ from interventions.families import Split, token_ids
 from interventions.length import BUCKETS, SEPARATOR, lengthen, lengthen_split, neutral_sentences
 from orchestrator.grid import expand
 from orchestrator.spec import load_sweep
-from tests.conftest import bad_input, spec, split
+from tests.conftest import bad_input, children, spec, split, swept, sweep_runs
 
 STEER = dict(layer=[0], strength=[0.5], vector_type=["mean_diff"])
 OLD_SPEC = dict(layer=[0, 2], strength=[0.5], vector_type=["mean_diff"], family=["antonyms", "copying"], seed=[0, 1])
@@ -133,3 +134,21 @@ def test_unreachable_buckets_are_refused_in_one_line(tmp_path, monkeypatch, caps
     assert "axes.length.0" in line and "unknown bucket 'huge'" in line
     line = bad_input(tmp_path, monkeypatch, capsys, spec(**STEER, extra={"length_context": "family"}))
     assert "length_context: only with a length axis" in line
+
+
+@pytest.mark.slow
+def test_a_length_sweep_logs_its_bucket_and_realised_length(tmp_path):
+    """End to end (Ray, MLflow): `length` is a param of every child run and `prompt_tokens` its eval items' mean."""
+    text = spec("steering", "lengths", **STEER, family=["copying"], length=["short", "medium"],
+                extra={"resources": {"cpu": 2, "gpu": 0}})
+    swept(tmp_path, "lengths", text)
+    sweep = _sweep(tmp_path, text)
+    runs = children(sweep_runs(tmp_path, "lengths"))
+    points = {p.trial_id: p for p in expand(sweep)}
+    assert len(runs) == len(points) and {r.data.params["length"] for r in runs} == {"short", "medium"}
+    tok = sweep.parts[0].model.tokenizer
+    for run in runs:
+        point = points[run.data.tags["orchestrator.trial_id"]]
+        items = sweep.parts[0].splits[(f"copying@{point.values['length']}", 0)].eval
+        want = sum(len(token_ids(tok, i.prompt)) for i in items) / len(items)
+        assert run.data.metrics["prompt_tokens"] == pytest.approx(want)
