@@ -10,7 +10,7 @@ from interventions.families import Split, token_ids
 from interventions.length import BUCKETS, SEPARATOR, lengthen, lengthen_split, neutral_sentences
 from orchestrator.grid import expand
 from orchestrator.spec import load_sweep
-from tests.conftest import bad_input, children, spec, split, swept, sweep_runs
+from tests.conftest import bad_input, children, spec, split, sweep_runs, swept
 
 STEER = dict(layer=[0], strength=[0.5], vector_type=["mean_diff"])
 OLD_SPEC = dict(layer=[0, 2], strength=[0.5], vector_type=["mean_diff"], family=["antonyms", "copying"], seed=[0, 1])
