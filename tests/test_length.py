@@ -2,6 +2,7 @@
 padding rule at ~1000 tokens, validation, and trial_ids with and without the axis."""
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 import torch
 
@@ -9,6 +10,8 @@ from interventions.context import FamilyRun
 from interventions.families import Split, token_ids
 from interventions.length import BUCKETS, SEPARATOR, lengthen, lengthen_split, neutral_sentences
 from orchestrator.grid import expand
+from orchestrator.report.hubs import hubs_across_lengths
+from orchestrator.report.sections import SECTIONS
 from orchestrator.spec import load_sweep
 from tests.conftest import bad_input, children, spec, split, sweep_runs, swept
 
@@ -152,3 +155,28 @@ def test_a_length_sweep_logs_its_bucket_and_realised_length(tmp_path):
         items = sweep.parts[0].splits[(f"copying@{point.values['length']}", 0)].eval
         want = sum(len(token_ids(tok, i.prompt)) for i in items) / len(items)
         assert run.data.metrics["prompt_tokens"] == pytest.approx(want)
+
+
+def _hub_rows(hubs: dict[tuple[str, str], int], seeds=(0, 1, 2), layers=range(4)) -> pd.DataFrame:
+    """Ablation rows whose KL peaks at the given layer per (family, length), for every seed."""
+    return pd.DataFrame([{"family": f, "length": b, "seed": s, "layer": layer, "component": "layer",
+                          "method": "mean", "kl": 1.0 + (layer == hub) + 0.01 * s}
+                         for (f, b), hub in hubs.items() for s in seeds for layer in layers])
+
+
+def test_the_hub_card_says_whether_each_familys_hub_moves_across_lengths():
+    frame = _hub_rows({("copying", "short"): 2, ("copying", "long"): 2,
+                       ("json_schema", "short"): 1, ("json_schema", "long"): 3})
+    out = hubs_across_lengths(frame)
+    table = out.tables["hubs_across_lengths"].set_index("family")
+    assert table.loc["copying", "verdict"] == "hub stable across lengths"
+    assert table.loc["json_schema", "verdict"] == "hub moves across lengths"
+    assert table.loc["json_schema", "hub_per_length"] == "short:1,long:3"
+    assert out.metrics["hub_stable_across_lengths"] == 0.5
+    summary = SECTIONS.get("ablation").summary(frame)  # the section's summary: per bucket, then the card table
+    assert summary.tables["hubs_across_lengths"].equals(out.tables["hubs_across_lengths"])
+    hubs = summary.tables["hubs"].set_index("length")
+    assert set(hubs.index) == {"short", "long"}
+    assert summary.metrics["length=short/hub_layer_mode"] in (1, 2)  # families averaged within the bucket
+    one = _hub_rows({("copying", "short"): 2})
+    assert "hubs_across_lengths" not in SECTIONS.get("ablation").summary(one).tables  # one bucket: no card

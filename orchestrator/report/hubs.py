@@ -36,24 +36,74 @@ def per_model(summarise: Callable[[pd.DataFrame], Summary]) -> Callable[[pd.Data
     """`summarise` run on each model's rows apart when `frame` holds several models (a `model` column): its tables
     gain a leading `model` column, its metrics are named `<model>/<metric>` (the model as a safe name),
     its views' titles start with the model."""
+    return _per("model", summarise)
+
+
+def per_length(summarise: Callable[[pd.DataFrame], Summary],
+               across: Callable[[pd.DataFrame], Summary] | None = None) -> Callable[[pd.DataFrame], Summary]:
+    """`summarise` run on each length bucket's rows apart when `frame` holds several (a `length` column), as
+    per_model does for models (metrics `length=<bucket>/<metric>`); `across(frame)` adds what compares the
+    buckets (the hub per family across lengths)."""
+    each = _per("length", summarise, "length=")
+
+    @functools.wraps(summarise)
+    def both(frame: pd.DataFrame) -> Summary:
+        out = each(frame)
+        if across is None or "length" not in frame or frame["length"].nunique() < 2:
+            return out
+        more = across(frame)
+        return Summary({**out.tables, **more.tables}, {**out.metrics, **more.metrics}, [*out.views, *more.views])
+
+    return both
+
+
+def _per(column: str, summarise: Callable[[pd.DataFrame], Summary], prefix: str = "") -> Callable:
     @functools.wraps(summarise)
     def each(frame: pd.DataFrame) -> Summary:
-        models = list(dict.fromkeys(frame["model"].dropna().astype(str))) if "model" in frame else []
-        if len(models) < 2:
+        values = list(dict.fromkeys(frame[column].dropna().astype(str))) if column in frame else []
+        if len(values) < 2:
             return summarise(frame)
         tables: dict[str, list[pd.DataFrame]] = {}
         metrics, views = {}, []
-        for model in models:
-            one = summarise(frame[frame["model"].astype(str) == model].reset_index(drop=True))
+        for value in values:
+            one = summarise(frame[frame[column].astype(str) == value].reset_index(drop=True))
             for name, table in one.tables.items():
-                tables.setdefault(name, []).append(table.assign(model=model)[["model", *table.columns]])
-            metrics.update({f"{safe_name(model)}/{key}": value for key, value in one.metrics.items()})
+                tables.setdefault(name, []).append(table.assign(**{column: value})[[column, *table.columns]])
+            metrics.update({f"{prefix}{safe_name(value)}/{key}": v for key, v in one.metrics.items()})
             for view in one.views:
-                view.title = f"{model}: {view.title}"
+                view.title = f"{value}: {view.title}"
             views += one.views
         return Summary({name: pd.concat(parts, ignore_index=True) for name, parts in tables.items()}, metrics, views)
 
     return each
+
+
+def hubs_across_lengths(frame: pd.DataFrame) -> Summary:
+    """Per family, the hub (cross-seed mode of each seed's largest-effect layer, component/method HUB) in each length
+    bucket, and whether it stays: 'hub stable across lengths' when every bucket has the same hub, else 'hub moves
+    across lengths'. Metric `hub_stable_across_lengths`: the share of families whose hub stays."""
+    rows = []
+    for family, own in frame.groupby("family", sort=False):
+        hubs = {}
+        for length, part in own.groupby("length", sort=False):
+            profile = layer_profiles(part)
+            main = profile[(profile["component"] == HUB[0]) & (profile["method"] == HUB[1])]
+            if len(main):
+                hubs[str(length)] = mode_and_std(hub_of(main))[0]
+        if len(hubs) >= 2:
+            stable = len(set(hubs.values())) == 1
+            rows.append({"family": family, "hub_per_length": ",".join(f"{k}:{v}" for k, v in hubs.items()),
+                         "verdict": "hub stable across lengths" if stable else "hub moves across lengths",
+                         "stable": stable})
+    table = pd.DataFrame(rows, columns=["family", "hub_per_length", "verdict", "stable"])
+    view = Table(title=f"hub per family across prompt lengths ({HUB[0]}/{HUB[1]}, cross-seed mode per bucket)",
+                 title_justify="left")
+    for name in ("family", "hub per length", "verdict"):
+        view.add_column(name)
+    for _, r in table.iterrows():
+        view.add_row(str(r["family"]), r["hub_per_length"], r["verdict"])
+    metrics = {"hub_stable_across_lengths": float(table["stable"].mean())} if len(table) else {}
+    return Summary({"hubs_across_lengths": table}, metrics, [view] if len(table) else [])
 
 
 def with_variants(frame: pd.DataFrame) -> pd.DataFrame:

@@ -21,7 +21,7 @@ from interventions.registry import Registry
 from orchestrator.aggregate import aggregate
 from orchestrator.numbers import fmt
 from orchestrator.report.claims import ClaimCard, Evidence, card
-from orchestrator.report.hubs import METRIC, Summary, hub_of, mode_and_std, per_model
+from orchestrator.report.hubs import METRIC, Summary, hub_of, mode_and_std, per_length, per_model
 from orchestrator.report.record import SweepRecord
 
 
@@ -74,8 +74,9 @@ SECTIONS: Registry[SectionKind] = Registry("report section", sources=(
 def section(kind: str, **declaration):
     """Register `build(record) -> Section` as the report of experiment kind `kind` (with `profile`, `summary`,
     `scale_card`; a summary is run on each model's rows apart when a sweep's rows hold several, see hubs.per_model)."""
+    across = declaration.pop("across_lengths", None)  # what compares a sweep's length buckets (hubs.per_length)
     if declaration.get("summary") is not None:
-        declaration["summary"] = per_model(declaration["summary"])
+        declaration["summary"] = per_model(per_length(declaration["summary"], across))
 
     def add(build: Callable[[SweepRecord], Section]) -> Callable[[SweepRecord], Section]:
         SECTIONS.register(kind)(SectionKind(build=build, **declaration))

@@ -21,6 +21,7 @@ from orchestrator.report.figures import matrix
 from orchestrator.report.hubs import (
     METRIC,
     ablation_summary,
+    hubs_across_lengths,
     layer_profiles,
     layer_spearman,
     mode_and_std,
@@ -92,7 +93,8 @@ def mlp_scale_card(models: list[SweepRecord], figure: str) -> ClaimCard | None:
                  "layer is its top MLP in each of these models"], layer=layer, broken=broken)
 
 
-@section("ablation", profile=ablation_profile, summary=ablation_summary, scale_card=mlp_scale_card)
+@section("ablation", profile=ablation_profile, summary=ablation_summary, scale_card=mlp_scale_card,
+         across_lengths=hubs_across_lengths)
 def ablation_section(record: SweepRecord) -> Section:
     """Layer profiles, hubs and their cards from exact runs; a screened sweep adds its screen (estimates marked apart
     from exact points, their agreement) and draws profiles only for the panels whose every point ran exactly."""
