@@ -69,3 +69,76 @@ def test_bad_profiles():
     assert lock_in_steps({}) == {}
     with pytest.raises(ValueError, match="same layers"):
         lock_in_steps({1: {0: 1.0, 1: 2.0}, 2: {0: 1.0}})
+
+
+# --- the adapter kind's lock_in operation on a tiny model -----------------------------------------------------------
+
+LOCK_SPEC = """\
+name: lock
+model: tiny-llama
+kind: adapter
+n_train: 4
+n_eval: 2
+axes:
+  seed: [0]
+  family: [antonyms]
+  operation: [lock_in]
+  steps: [6]
+"""
+
+
+@pytest.fixture
+def adapter_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("ATLAS_ADAPTER_CACHE", str(tmp_path / "adapters"))
+
+
+def test_lock_in_profiles_are_the_surgery_profile_of_each_checkpoint(tiny_llama, adapter_cache):
+    from adapters.kind import adapter_trial
+    from adapters.runs import layer_effects
+    from adapters.sources import adapter_for, target_names
+    from adapters.training import LoraSettings, train
+    from tests.conftest import context
+
+    ctx = context(tiny_llama)
+    ctx.options = {"checkpoints": {"every": 2}}
+    source = dict(adapter="train", rank=4, alpha=8.0, steps=6, lr=0.05, targets="default")
+    out = adapter_trial(ctx, operation="lock_in", **source)
+    curves = {k: v for k, v in out.steps.items() if k.startswith("lock_effect_step")}
+    assert sorted(curves) == ["lock_effect_step2", "lock_effect_step4", "lock_effect_step6"]
+    assert out.metrics["checkpoints"] == 3
+    # the last checkpoint is the trained (cached) adapter: its profile is norm_effect's surgery profile
+    final, _ = adapter_for(ctx, **source)
+    assert curves["lock_effect_step6"] == pytest.approx(layer_effects(ctx, final), abs=1e-7)
+    # an earlier checkpoint is the adapter trained for that many steps (same init, same optimiser path)
+    settings = LoraSettings(4, 8.0, 2, 0.05, target_names("default", tiny_llama.arch))
+    short = train(tiny_llama, ctx.family.split, settings, "two-steps")
+    assert curves["lock_effect_step2"] == pytest.approx(layer_effects(ctx, short), abs=1e-6)
+    profiles = {int(k.removeprefix("lock_effect_step")): dict(enumerate(v)) for k, v in curves.items()}
+    assert out.steps["lock_in_layer"] == [float(s) for _, s in sorted(lock_in_steps(profiles).items())]
+    top = sorted(range(tiny_llama.n_layers), key=lambda layer: (-curves["lock_effect_step6"][layer], layer))[:3]
+    assert out.metrics["lock_in_top3"] == max(out.steps["lock_in_layer"][layer] for layer in top)
+    assert out.tags["lock_in_top3_layers"] == ",".join(f"L{layer}" for layer in top)
+
+
+@pytest.mark.parametrize("extra,field", [
+    ("", "axes.operation"),  # lock_in without checkpoints
+    ("checkpoints: {every: 7}\n", "checkpoints.every"),  # past the 6 steps
+    ("checkpoints: {every: 0}\n", "checkpoints.every"),
+])
+def test_checkpoints_are_validated_before_anything_starts(tmp_path, extra, field):
+    from interventions.registry import AtlasError
+    from orchestrator.spec import load_sweep
+
+    (tmp_path / "spec.yaml").write_text(LOCK_SPEC + extra)
+    with pytest.raises(AtlasError) as caught:
+        load_sweep(tmp_path / "spec.yaml")
+    assert field in str(caught.value), str(caught.value)
+
+
+def test_a_valid_checkpoints_spec_loads(tmp_path):
+    from orchestrator.grid import expand
+    from orchestrator.spec import load_sweep
+
+    (tmp_path / "spec.yaml").write_text(LOCK_SPEC + "checkpoints: {every: 2}\n")
+    sweep = load_sweep(tmp_path / "spec.yaml")
+    assert sweep.options["checkpoints"] == {"every": 2} and len(expand(sweep)) == 1
