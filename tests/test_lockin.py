@@ -142,3 +142,39 @@ def test_a_valid_checkpoints_spec_loads(tmp_path):
     (tmp_path / "spec.yaml").write_text(LOCK_SPEC + "checkpoints: {every: 2}\n")
     sweep = load_sweep(tmp_path / "spec.yaml")
     assert sweep.options["checkpoints"] == {"every": 2} and len(expand(sweep)) == 1
+
+
+@pytest.mark.slow  # an MLflow store written and read back: about 10-30 s
+def test_the_adapter_report_draws_checkpoint_profiles_and_states_lock_in_steps(tmp_path, monkeypatch):
+    """Constructed lock_in runs (3 seeds) logged with the sweep's writer: the figure and the notes' lock-in steps."""
+    from orchestrator.report.record import read
+    from orchestrator.report.sections import build
+    from orchestrator.tracking import Tracker
+
+    monkeypatch.chdir(tmp_path)
+    spec = (LOCK_SPEC + "checkpoints: {every: 2}\n").replace("seed: [0]", "seed: [0, 1, 2]")
+    (tmp_path / "spec.yaml").write_text(spec)
+    from orchestrator.grid import expand
+    from orchestrator.spec import load_sweep
+
+    sweep = load_sweep(tmp_path / "spec.yaml")
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}", sweep)
+    points = expand(sweep)
+    parent = tracker.start_parent(len(points), len(points))
+    # tiny-llama has 4 layers: L1 is on top from step 2; L3 overtakes L0 late
+    by_step = {2: [3.0, 9.0, 1.0, 0.5], 4: [3.0, 9.0, 2.0, 4.0], 6: [3.0, 9.0, 2.0, 5.0]}
+    locked = lock_in_steps({s: dict(enumerate(p)) for s, p in by_step.items()})
+    assert locked == {0: 2, 1: 2, 2: 2, 3: 4}
+    for point in points:
+        steps = {f"lock_effect_step{s}": p for s, p in by_step.items()}
+        steps["lock_in_layer"] = [float(locked[layer]) for layer in range(4)]
+        tracker.log_trial(parent, point, {"lock_in_top3": 2.0 + point.values["seed"], "kl": 0.0}, {}, steps)
+    tracker.end_parent(parent, "FINISHED")
+    built = build(read(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}", "lock"))
+    assert "adapter_lock_in" in [f.id for f in built.figures]
+    lines = [n for n in built.notes if n.startswith("lock-in (antonyms)")]
+    assert len(lines) == 1
+    assert "by step 3 ± 1 over 3 seed(s)" in lines[0], lines[0]
+    assert "L0 2 ± 0, L1 2 ± 0, L2 2 ± 0, L3 4 ± 0" in lines[0], lines[0]
+    figure = next(f for f in built.figures if f.id == "adapter_lock_in").figure
+    assert len(figure.axes[0].get_lines()) == 3  # one line per checkpoint
