@@ -92,6 +92,7 @@ def adapter_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("ATLAS_ADAPTER_CACHE", str(tmp_path / "adapters"))
 
 
+@pytest.mark.slow  # five tiny-model trainings and their surgery profiles: about 10-30 s on shared cores
 def test_lock_in_profiles_are_the_surgery_profile_of_each_checkpoint(tiny_llama, adapter_cache):
     from adapters.kind import adapter_trial
     from adapters.runs import layer_effects
