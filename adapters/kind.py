@@ -7,8 +7,8 @@ metrics. The actor's model carries the adapter only inside `attached(...)`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Annotated, Callable
+from dataclasses import dataclass, field
+from typing import Annotated, Callable, ClassVar
 
 import pandas as pd
 from pydantic import Field
@@ -16,10 +16,11 @@ from torch import Tensor
 
 from adapters import runs
 from adapters.lora import Adapter, attached, layer_norms
-from adapters.sources import TRAIN, SourceAxes, adapter_for, source_rank, sources, spread
+from adapters.sources import TRAIN, SourceAxes, adapter_for, checkpoints_for, source_rank, sources, spread
 from adapters.surgery import compat_problem, norm_table, parquet, per_layer, truncated
 from interventions.context import TrialContext
-from interventions.kinds import TrialResult, axis, kind, registered
+from interventions.kinds import Option, TrialResult, axis, kind, registered
+from interventions.lockin import lock_in_steps
 from interventions.metrics import kl, logit_diff, mean, pearson, spearman, top1_correct
 from interventions.models import describe
 from interventions.registry import AtlasError, Registry
@@ -32,11 +33,13 @@ class OpInput:
     ctx: TrialContext
     adapter: Adapter
     value: int | str | None = None
+    source: dict = field(default_factory=dict)  # the training axis values of a trained adapter (lock_in retrains)
 
 
 OpFn = Callable[[OpInput], TrialResult]
 ADAPTER_OPS: Registry[OpFn] = Registry("adapter operation")
 NORM_LAYER, EFFECT_LAYER, TRAIN_LOSS = "norm_layer", "effect_layer", "train_loss"  # step-indexed metrics
+LOCK_EFFECT, LOCK_IN_LAYER = "lock_effect_step", "lock_in_layer"  # lock_in: per-layer KL at a checkpoint; lock-in step
 OP_AXES = {"layer_ablation": "layer", "rank_truncation": "keep_rank", "compat": "target_model"}
 OP_AXIS_HELP = {"layer": "layer indices", "keep_rank": "ranks to keep, 0..rank", "target_model": "model names"}
 
@@ -119,6 +122,42 @@ def compat_op(op: OpInput) -> TrialResult:
                        tags={"compat_reason": "fits"})
 
 
+@ADAPTER_OPS.register("lock_in")
+def lock_in_op(op: OpInput) -> TrialResult:
+    """The surgery profile (KL of dropping one layer's LoRA, against the full adapter at the same checkpoint) at every
+    checkpoint of `checkpoints: {every: k}`; each layer's lock-in step (interventions/lockin.py)."""
+    every = (op.ctx.options.get("checkpoints") or {}).get("every")
+    if not every or op.source.get("adapter", TRAIN) != TRAIN:
+        raise AtlasError("checkpoints: operation lock_in needs a checkpoints section and adapter: train")
+    saved = checkpoints_for(op.ctx, every, **{k: v for k, v in op.source.items() if k != "adapter"})
+    profiles = {step: dict(enumerate(runs.layer_effects(op.ctx, adapter))) for step, adapter in saved}
+    locked = lock_in_steps(profiles)
+    final = profiles[saved[-1][0]]
+    top = sorted(final, key=lambda layer: (-final[layer], layer))[:3]
+    n = op.ctx.model.n_layers
+    steps = {f"{LOCK_EFFECT}{step}": [profile[layer] for layer in range(n)] for step, profile in profiles.items()}
+    steps[LOCK_IN_LAYER] = [float(locked[layer]) for layer in range(n)]
+    last = saved[-1][0]
+    return TrialResult({"lock_in_top3": float(max(locked[layer] for layer in top)),
+                        "lock_in_top3_fraction": max(locked[layer] for layer in top) / last,
+                        "lock_in_median": float(sorted(locked.values())[len(locked) // 2]),
+                        "checkpoints": float(len(saved))},
+                       steps=steps, tags={"lock_in_top3_layers": ",".join(f"L{layer}" for layer in top)})
+
+
+class Checkpoints(Option):
+    """`checkpoints: {every: k}`: the adapter's LoRA state every k training steps (and the last), for lock_in."""
+
+    every: int = Field(ge=1)
+    every_point: ClassVar[bool] = True
+
+    def check(self, spec) -> None:
+        steps = spec.axes.get("steps") or [20]
+        if self.every > min(steps):
+            raise AtlasError(f"every: {self.every} > steps {min(steps)} (the fewest training steps of the sweep): "
+                             "no checkpoint before the last")
+
+
 class AdapterAxes(SourceAxes):
     operation: axis(Annotated[str, registered(ADAPTER_OPS)])
     layer: axis(Annotated[int, Field(ge=0)]) = []  # layer_ablation only
@@ -134,9 +173,15 @@ def _check_op_axes(axes: dict) -> None:
             raise AtlasError(f"axes.{name}: only used by operation {op}, which is not in axes.operation")
 
 
-def adapter_points(axes: dict, info) -> list[dict]:
+def adapter_points(axes: dict, info, options: dict) -> list[dict]:
     """Per adapter: each operation once, or once per value of its own axis; keep_rank up to the adapter's rank."""
     _check_op_axes(axes)
+    if "lock_in" in axes["operation"]:
+        if not options.get("checkpoints"):
+            raise AtlasError("axes.operation: lock_in needs a checkpoints section (checkpoints: {every: k})")
+        if any(a != TRAIN for a in axes["adapter"]):
+            raise AtlasError("axes.operation: lock_in trains its adapter (adapter: train), a brought folder has no "
+                             "checkpoints")
     found = sources(axes, info)
     ranks = [source_rank(s) for s in found]
     for i, keep in enumerate(axes["keep_rank"]):
@@ -159,14 +204,16 @@ def adapter_points(axes: dict, info) -> list[dict]:
     return spread(per_source)
 
 
-CURVES = (NORM_LAYER, EFFECT_LAYER, TRAIN_LOSS, "norm_*_proj")  # step = layer (train_loss: step = training step)
+CURVES = (NORM_LAYER, EFFECT_LAYER, TRAIN_LOSS, "norm_*_proj", f"{LOCK_EFFECT}*", LOCK_IN_LAYER)  # step = layer
+# (train_loss: step = training step)
 METRICS = ("kl", "ld_drop", "accuracy", "accuracy_clean", "accuracy_adapted", "kl_adapter", "train_loss_first",
            "train_loss_last", "norm_total", "norm_peak_depth", "norm_centroid_depth", "pearson", "spearman",
-           "compatible", "accuracy_target")
+           "compatible", "accuracy_target", "lock_in_top3", "lock_in_top3_fraction", "lock_in_median",
+           "checkpoints")
 
 
 @kind("adapter", axes=AdapterAxes, metrics=METRICS, primary="kl", shown=("accuracy_clean",), curves=CURVES,
-      points=adapter_points)
+      points=adapter_points, options={"checkpoints": Checkpoints})
 def adapter_trial(ctx: TrialContext, *, operation: str, adapter: str = TRAIN, rank: int | None = None,
                   alpha: float | None = None, steps: int | None = None, lr: float | None = None,
                   targets: str | None = None, layer: int | None = None, keep_rank: int | None = None,
@@ -174,7 +221,8 @@ def adapter_trial(ctx: TrialContext, *, operation: str, adapter: str = TRAIN, ra
     """One grid point: get the adapter, run one operation, add the adapter's own effect."""
     found, how = adapter_for(ctx, adapter, rank, alpha, steps, lr, targets)
     value = {"layer": layer, "keep_rank": keep_rank, "target_model": target_model}.get(OP_AXES.get(operation))
-    result = ADAPTER_OPS.get(operation)(OpInput(ctx, found, value))
+    source = {"adapter": adapter, "rank": rank, "alpha": alpha, "steps": steps, "lr": lr, "targets": targets}
+    result = ADAPTER_OPS.get(operation)(OpInput(ctx, found, value, source))
     run, adapted = ctx.family, runs.adapted(ctx, found).logits
     result.metrics.update(accuracy_clean=mean(top1_correct(run.clean_logits, run.target)),
                           accuracy_adapted=mean(top1_correct(adapted, run.target)),

@@ -148,6 +148,17 @@ def adapter_for(ctx: TrialContext, adapter: str = TRAIN, rank: int | None = None
     return ctx.family.memo(("adapter", settings), fit), made.get("how", "memory")
 
 
+def checkpoints_for(ctx: TrialContext, every: int, rank: int, alpha: float | str, steps: int, lr: float,
+                    targets: str) -> list[tuple[int, Adapter]]:
+    """The trained adapter's checkpoints every `every` steps, (step, adapter), trained once per actor and settings."""
+    from adapters.training import checkpoints
+
+    alpha = 2.0 * rank if alpha == "2r" else float(alpha)
+    settings = LoraSettings(rank, alpha, steps, lr, target_names(targets, ctx.model.arch))
+    return ctx.family.memo(("checkpoints", settings, every),
+                           lambda: checkpoints(ctx.model, ctx.family.split, settings, every))
+
+
 _RECENT: dict[str, LRU] = {}
 RECENT_SIZE = 2  # per purpose: adapted runs hold every layer's residuals (~30 MB each on the embedded model)
 

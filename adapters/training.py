@@ -63,8 +63,10 @@ def init_seed(split: Split) -> int:
     return int.from_bytes(digest[:8], "little") % (2**63)
 
 
-def train(model: Model, split: Split, settings: LoraSettings, key: str) -> Adapter:
-    """Fit a fresh LoRA on the train items; the model is left as it was."""
+def train(model: Model, split: Split, settings: LoraSettings, key: str, every: int | None = None,
+          saved: list[tuple[int, Adapter]] | None = None) -> Adapter:
+    """Fit a fresh LoRA on the train items; the model is left as it was. With `every` = k, the LoRA state after
+    steps k, 2k, ... (and the last step) is appended to `saved` as (step, adapter) (checkpoints kept in memory)."""
     from peft import get_peft_model_state_dict
 
     batch = encode(model.tokenizer, [i.prompt for i in split.train]).to(model.device)
@@ -77,7 +79,7 @@ def train(model: Model, split: Split, settings: LoraSettings, key: str) -> Adapt
             params = [p for p in peft_model.parameters() if p.requires_grad]
             opt = torch.optim.AdamW(params, lr=settings.lr, weight_decay=0.0)
             losses = []
-            for _ in range(settings.steps):
+            for step in range(1, settings.steps + 1):
                 logits = model.module(input_ids=batch.ids, attention_mask=batch.mask, position_ids=pos,
                                       use_cache=False, logits_to_keep=last_position(batch)).logits[:, -1]
                 loss = torch.nn.functional.cross_entropy(logits.float(), target)
@@ -85,6 +87,9 @@ def train(model: Model, split: Split, settings: LoraSettings, key: str) -> Adapt
                 loss.backward()
                 opt.step()
                 losses.append(float(loss.detach()))
+                if every and saved is not None and (step % every == 0 or step == settings.steps):
+                    state = {k: v.detach().cpu().clone() for k, v in get_peft_model_state_dict(peft_model).items()}
+                    saved.append((step, Adapter(settings.config(), state, f"{key}-step{step}", tuple(losses))))
             weights = {k: v.detach().cpu().clone() for k, v in get_peft_model_state_dict(peft_model).items()}
     trim_heap()
     return Adapter(settings.config(), weights, key, tuple(losses))
@@ -110,3 +115,11 @@ def cached_or_trained(model: Model, split: Split, settings: LoraSettings) -> tup
         except OSError:
             shutil.rmtree(tmp, ignore_errors=True)
     return adapter, "trained"
+
+
+def checkpoints(model: Model, split: Split, settings: LoraSettings, every: int) -> list[tuple[int, Adapter]]:
+    """(step, adapter) after steps every, 2 every, ... and the last: the same training as `train` (its last checkpoint
+    is the trained adapter bit for bit on a CPU), never cached on disk."""
+    saved: list[tuple[int, Adapter]] = []
+    train(model, split, settings, adapter_key(model, split, settings), every, saved)
+    return saved

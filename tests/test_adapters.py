@@ -149,6 +149,7 @@ def test_patching_the_base_into_the_base_changes_nothing(tiny_model):
 def test_adapters_never_leak_into_the_actor_model(tiny_llama):
     fresh = models.load("tiny-llama")
     ctx = context(tiny_llama)
+    ctx.options = {"checkpoints": {"every": 2}}  # read by lock_in only
     names = [n for n, _ in tiny_llama.module.named_modules()]
     extras = {"layer_ablation": [{"layer": 0}], "rank_truncation": [{"keep_rank": 2}],
               "compat": [{"target_model": "tiny-llama"}, {"target_model": "tiny-qwen2"}]}

@@ -14,7 +14,7 @@ import pandas as pd
 
 from interventions.ablation import HUB, effect_metric
 from orchestrator.numbers import fmt
-from orchestrator.report import screen
+from orchestrator.report import screen, separability
 from orchestrator.report.claims import ClaimCard, Evidence, card
 from orchestrator.report.figures import layer_profiles as profile_figure
 from orchestrator.report.figures import matrix
@@ -140,6 +140,7 @@ def _exact_section(record: SweepRecord, empty: str = "only head trials") -> Sect
     result.cards += _runner_up_cards(main, record.n_layers, f"{component}/{method}", _label(method))
     result.figures.append(_family_figure(record, component, method, result))
     result.figures += _spearman(profiles, result)
+    result.notes += separability.notes(separability.over_seeds(separability.from_records([record])))
     return result
 
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from adapters.kind import EFFECT_LAYER, NORM_LAYER
-from orchestrator.numbers import fmt
+from adapters.kind import EFFECT_LAYER, LOCK_EFFECT, LOCK_IN_LAYER, NORM_LAYER
+from orchestrator.numbers import fmt, pm
 from orchestrator.report.claims import ClaimCard, Evidence, card
 from orchestrator.report.figures import lines_by_layer, scatter_with_r
 from orchestrator.report.hubs import METRIC
@@ -75,7 +75,35 @@ def adapter_section(record: SweepRecord) -> Section:
         result.figures.append(_scatter(record, result))
     result.figures += _truncation(record, result)
     result.notes += _compat_notes(record)
+    result.figures += _lock_in(record, result)
     return result
+
+
+def _lock_in(record: SweepRecord, result: Section) -> list[Shown]:
+    """lock_in runs: the surgery profile at each checkpoint (one line per step) and the lock-in step of each layer."""
+    keys = sorted({k for k in record.curves["key"].unique() if str(k).startswith(LOCK_EFFECT)}) \
+        if len(record.curves) else []
+    parts = [layer_curve(record, key, "lock_in").assign(step=int(key.removeprefix(LOCK_EFFECT))) for key in keys]
+    parts = [p for p in parts if len(p)]
+    if not parts:
+        return []
+    profiles = pd.concat(parts, ignore_index=True)
+    stats = over_seeds(seed_means(profiles, ["family", "step", "layer"], "value"), ["family", "step", "layer"],
+                       "value")
+    locked = layer_curve(record, LOCK_IN_LAYER, "lock_in")
+    for family, part in locked.groupby("family"):
+        per_layer = over_seeds(seed_means(part, ["layer"], "value"), ["layer"], "value")
+        runs = record.frame[(record.frame["operation"] == "lock_in") & (record.frame["family"] == family)]
+        top = runs.groupby("seed")["lock_in_top3"].mean() if "lock_in_top3" in runs else pd.Series(dtype=float)
+        result.notes.append(
+            f"lock-in ({family}): the final top-3 layers lock in by step {pm(top.mean(), top.std(ddof=1))} "
+            f"over {len(top)} seed(s); per layer: "
+            + ", ".join(f"L{int(r['layer'])} {pm(r['mean'], r['std'])}" for _, r in per_layer.iterrows()))
+    return [Shown("adapter_lock_in", "Adapter surgery profile over training checkpoints",
+                  "One panel per family, one line per checkpoint step: KL of dropping one layer's LoRA against the "
+                  "full adapter at that checkpoint, mean over seeds (band ± cross-seed std). A layer locks in at the "
+                  "first checkpoint from which its rank stays within ±1 of its final rank.",
+                  lines_by_layer(stats, "family", "step", "KL(adapter || layer off)"))]
 
 
 def _scatter(record: SweepRecord, result: Section) -> Shown:
