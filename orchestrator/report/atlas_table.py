@@ -19,7 +19,7 @@ import pandas as pd
 from interventions.registry import Registry
 from orchestrator.numbers import fmt
 from orchestrator.report.claims import Evidence, grade
-from orchestrator.report.hubs import METRIC, hub_of, layer_profiles, mode_and_std
+from orchestrator.report.hubs import METRIC, hub_of, layer_profiles
 from orchestrator.report.record import SweepRecord
 
 KEEP = 0.5  # the top-1 agreement an early exit must keep (sections/layers.py's threshold)
@@ -38,6 +38,7 @@ class Row:
 
 
 ROWS: Registry[Row] = Registry("key-metrics row")
+ORDER: list[str] = []  # the rows in declaration order (the table's order)
 
 
 def _profile(record: SweepRecord, component: str) -> pd.DataFrame:
@@ -121,10 +122,11 @@ def first_exit(record: SweepRecord) -> pd.Series:
 
 def _declare(name: str, row: Row) -> None:
     ROWS.register(name)(row)
+    ORDER.append(name)
 
 
 _declare("hub layer", Row("ablation", hub_layer, location=True))
-_declare("hub depth", Row("ablation", hub_depth, "layer / n_layers", research="0.5-0.7 (seeds: Qwen2.5 hubs mid-depth)"))
+_declare("hub depth", Row("ablation", hub_depth, "layer / n_layers", location=True, research="0.5-0.7 (seeds: Qwen2.5 hubs mid-depth)"))
 _declare("hub max KL", Row("ablation", _max_effect("layer"), "nats"))
 _declare("MLP max effect", Row("ablation", _max_effect("mlp"), "KL, nats"))
 _declare("head max effect", Row("ablation", head_max, "KL, nats"))
@@ -162,7 +164,8 @@ def cell(row: Row, record: SweepRecord, member: str, link: str) -> Cell:
     if values.empty:
         return Cell(values, "–", "no value", member, link)
     if row.location:
-        mode = mode_and_std(values)[0]
+        counts = values.value_counts()
+        mode = min(counts.index[counts == counts.max()])  # as hubs.mode_and_std, for depths too
         agree = {s: v == mode for s, v in values.items()}
     else:
         sign = np.sign(values.mean())
@@ -174,7 +177,7 @@ def cell(row: Row, record: SweepRecord, member: str, link: str) -> Cell:
 def table(members: list[tuple[str, SweepRecord, str]], models: list[str]) -> dict[str, dict[str, Cell | str]]:
     """row -> model -> its Cell, or a string saying why there is none; `members` are (experiment, record, url)."""
     out: dict[str, dict[str, Cell | str]] = {}
-    for name in ROWS.names():
+    for name in ORDER:
         row = ROWS.get(name)
         out[name] = {}
         for model in models:
