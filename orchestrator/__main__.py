@@ -1,5 +1,4 @@
-"""Command line: `python -m orchestrator sweep SPEC`, `study STUDY`, `ui`, `report SWEEP_NAME|STUDY` and `compare SWEEP_A
-SWEEP_B`."""
+"""Command line: `sweep SPEC`, `study FILE`, `ui`, `report NAME`, `compare A B` (python -m orchestrator)."""
 from __future__ import annotations
 
 import math

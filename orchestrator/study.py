@@ -82,7 +82,8 @@ def load_study(path: str | Path) -> Study:
         if not isinstance(name, str) or not name or not all(c.isalnum() or c in "-_" for c in name):
             raise SpecError(f"{path.name}: sweeps[{i}].name: a member needs a name of letters, digits, - and _")
         if name in names:
-            raise SpecError(f"{path.name}: sweeps[{i}].name: {name!r} is already the name of sweeps[{names.index(name)}]")
+            first = names.index(name)
+            raise SpecError(f"{path.name}: sweeps[{i}].name: {name!r} is already the name of sweeps[{first}]")
         names.append(name)
     study = Study(path, spec, [])
     try:
@@ -116,7 +117,7 @@ def dry_run(study: Study, console) -> float:
     from orchestrator.grid import expand
 
     total = 0.0
-    for member, sweep in study.members:
+    for _, sweep in study.members:
         points = expand(sweep)
         lines, wall = dry_run_estimate(sweep, points)
         total += wall

@@ -146,3 +146,17 @@ def test_smoke_study_end_to_end(tmp_path, monkeypatch):
     assert len(re.findall(r"± ", table)) >= 2 * 5  # the five ablation rows and boost, measured for both models
     assert "not measured: no skip member in the study" in table
     assert "smoke_study.atlas" in page and "smoke_study.steer" in page
+
+
+def test_the_shipped_atlas_study_validates_on_tiny_stand_ins(tmp_path):
+    raw = yaml.safe_load((REPO / "studies" / "atlas.yaml").read_text(encoding="utf-8"))
+    assert raw["models"] == ["smollm2-135m", "gemma3-270m", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b"]
+    assert len(raw["families"]) == 6 and raw["seeds"] == [0, 1]
+    kinds = {body["kind"] for body in raw["sweeps"]}
+    readers = {atlas_table.ROWS.get(n).kind for n in atlas_table.ORDER} - {None}
+    assert readers <= kinds  # every measurable row has a member to read
+    study = load_study(_write(tmp_path, {**raw, "models": ["tiny-llama", "tiny-qwen2"]}))  # the packs need no install
+    try:
+        assert [m for m, _ in study.members] == ["hubs", "heads", "steering", "skipping", "exit"]
+    finally:
+        study.close()
