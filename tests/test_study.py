@@ -97,8 +97,16 @@ def test_steering_boost_reads_non_random_positive_cells_only():
     rows = [{"seed": s, "layer": 0, "strength": st, "vector_type": vt, "family": f,
              "ld_delta": (10.0 if vt == "random" else st * (s + 1) + (0.5 if f == "a" else -0.5))}
             for s in (0, 1) for st in (-2.0, 1.0, 2.0) for vt in ("mean_diff", "random") for f in ("a", "b")]
-    boost = atlas_table.best_boost(_record("steering", pd.DataFrame(rows)))
+    rows += [{"seed": s, "layer": "[0, 1]", "strength": 1.0, "vector_type": "mean_diff", "family": f,
+              "ld_delta": -3.0 * (s + 1) + (1.0 if f == "a" else 0.0)} for s in (0, 1) for f in ("a", "b")]
+    rows += [{"seed": s, "layer": "[0, 1]", "strength": 1.0, "vector_type": "random", "family": "a", "ld_delta": 50.0}
+             for s in (0, 1)]
+    frame = pd.DataFrame(rows)
+    frame["layer"] = frame["layer"].astype(str)  # as the record types a layer axis holding sets: JSON text
+    rec = _record("steering", frame)
+    boost = atlas_table.best_boost(rec)
     assert boost.to_dict() == {0: 2.0, 1: 4.0}  # family mean of mean_diff at strength 2: 2 * (seed + 1)
+    assert atlas_table.multi_layer(rec).to_dict() == {0: -2.5, 1: -5.5}  # the set's family mean, signed
 
 
 def test_rows_nothing_measures_say_why():
@@ -143,7 +151,8 @@ def test_smoke_study_end_to_end(tmp_path, monkeypatch):
         assert f">{name}" in table
         assert set(made.cells[name]) == {"tiny-llama", "tiny-qwen2"}  # a cell per model per row
     assert len(re.findall(r"<td", table)) == 2 * len(atlas_table.ORDER)
-    assert len(re.findall(r"± ", table)) >= 2 * 5  # the five ablation rows and boost, measured for both models
+    assert len(re.findall(r"± ", table)) >= 2 * 7  # five ablation rows, boost, multi-layer, selectivity: both models
+    assert "not measured: smoke_study.steer" not in table  # the layer set gives the multi-layer row
     assert "not measured: no skip member in the study" in table
     assert "smoke_study.atlas" in page and "smoke_study.steer" in page
 

@@ -78,15 +78,32 @@ def head_max(record: SweepRecord) -> pd.Series:
     return rows.groupby(["seed", "layer", "head", "method"])["kl"].mean().groupby("seed").max()
 
 
+def _steered(record: SweepRecord, sets: bool) -> pd.DataFrame:
+    """Family-mean ld_delta per (seed, layer label, strength, vector type) of non-random vectors at positive
+    strengths, single-layer cells or layer-set cells (sections/steering.py's labels: "6+21" for a set)."""
+    from orchestrator.report.sections.steering import split_frame
+
+    if "strength" not in record.frame:
+        return pd.DataFrame(columns=["seed", "ld_delta"])
+    steer = split_frame(record)[0]
+    steer = steer[(steer["vector_type"] != "random") & (steer["strength"] > 0)]
+    steer = steer[steer["layer"].str.contains(r"\+") == sets]
+    return steer.groupby(["seed", "layer", "strength", "vector_type"], as_index=False)["ld_delta"].mean()
+
+
 def best_boost(record: SweepRecord) -> pd.Series:
-    """Per seed, the largest family-mean ld_delta of a non-random vector at a positive strength."""
-    frame = record.frame
-    rows = frame[(frame["vector_type"] != "random") & (frame["strength"] > 0)] if "strength" in frame else frame[:0]
-    if "layers" in rows:
-        rows = rows[rows["layers"].isna()]  # single-layer cells only
-    if rows.empty:
+    """Per seed, the largest family-mean ld_delta of a non-random vector at one layer and a positive strength."""
+    cells = _steered(record, sets=False)
+    return cells.groupby("seed")["ld_delta"].max() if not cells.empty else pd.Series(dtype=float)
+
+
+def multi_layer(record: SweepRecord) -> pd.Series:
+    """Per seed, the family-mean ld_delta of largest magnitude (signed) of a non-random vector steering a layer set
+    at a positive strength (the seeds' -7.20 at 1.5B is such a signed value)."""
+    cells = _steered(record, sets=True)
+    if cells.empty:
         return pd.Series(dtype=float)
-    return rows.groupby(["seed", "layer", "strength", "vector_type"])["ld_delta"].mean().groupby("seed").max()
+    return cells.loc[cells["ld_delta"].abs().groupby(cells["seed"]).idxmax()].set_index("seed")["ld_delta"]
 
 
 def knockout_selectivity(record: SweepRecord) -> pd.Series:
@@ -138,9 +155,8 @@ _declare("knockout selectivity", Row("steering", knockout_selectivity, "own / co
 _declare("layer skipping", Row("skip", best_skip_overlap, "best top-5 overlap of a single-layer skip",
                               research=f"{RESEARCH}: 0 / 0 / 0 (always fatal)"))
 _declare("early exit", Row("early_exit", first_exit, f"depth of the first exit with top-1 >= {KEEP}"))
-_declare("multi-layer steering", Row(None, None, research=f"{RESEARCH}: +1.17 / -7.20 / –",
-                                     missing="the steering kind's layer-set cells are not read by this "
-                                     "table yet"))
+_declare("multi-layer steering", Row("steering", multi_layer, "ld_delta of a layer set (largest |.|)",
+                                     research=f"{RESEARCH}: +1.17 / -7.20 / –"))
 _declare("cross-model transfer zone", Row(None, None, missing="needs a cross_model_patch member with a trained "
                                           "model of the same architecture"))
 _declare("adapter norm-effect correlation", Row(None, None, missing="needs an adapter member (LoRA training), not "
