@@ -151,7 +151,7 @@ def test_smoke_study_end_to_end(tmp_path, monkeypatch):
         assert f">{name}" in table
         assert set(made.cells[name]) == {"tiny-llama", "tiny-qwen2"}  # a cell per model per row
     assert len(re.findall(r"<td", table)) == 2 * len(atlas_table.ORDER)
-    assert len(re.findall(r"± ", table)) >= 2 * 7  # five ablation rows, boost, multi-layer, selectivity: both models
+    assert len(re.findall(r"± ", table)) >= 2 * 7  # four ablation rows (no heads), boost, multi-layer, selectivity
     assert "not measured: smoke_study.steer" not in table  # the layer set gives the multi-layer row
     assert "not measured: no skip member in the study" in table
     assert "smoke_study.atlas" in page and "smoke_study.steer" in page
