@@ -74,7 +74,7 @@ def load_study(path: str | Path) -> Study:
         spec = StudySpec(**raw)
     except ValidationError as exc:
         err = exc.errors()[0]
-        where = ".".join(map(str, err["loc"])) or "study"
+        where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"]).lstrip(".") or "study"
         raise SpecError(f"{path.name}: {where}: {err['msg'].removeprefix('Value error, ')}") from None
     names = []
     for i, body in enumerate(spec.sweeps):

@@ -64,6 +64,8 @@ def test_a_bad_member_is_refused_before_anything_runs(tmp_path, monkeypatch, cap
     assert not (tmp_path / "mlruns").exists()  # the store untouched: the first member did not run either
     with pytest.raises(SpecError, match=r"sweeps\[1\]\.name: 'abl' is already"):
         load_study(_write(tmp_path, {**STUDY, "sweeps": [STUDY["sweeps"][0]] * 2}))
+    with pytest.raises(SpecError, match=r"study.yaml: sweeps\[1\]: "):
+        load_study(_write(tmp_path, {**STUDY, "sweeps": [STUDY["sweeps"][0], "abl"]}))
     with pytest.raises(SpecError, match=r"study.yaml: seeds: "):
         load_study(_write(tmp_path, {**STUDY, "seeds": []}))
 
