@@ -1,4 +1,4 @@
-"""Command line: `python -m orchestrator sweep SPEC`, `ui`, `report SWEEP_NAME` and `compare SWEEP_A SWEEP_B`."""
+"""Command line: `sweep SPEC`, `study FILE`, `ui`, `report NAME`, `compare A B` (python -m orchestrator)."""
 from __future__ import annotations
 
 import math
@@ -107,6 +107,45 @@ def sweep(spec: str, tracking_uri: str | None, address: str | None, dry_run: boo
 
 
 @cli.command()
+@click.argument("study_file", type=click.Path(dir_okay=False))
+@click.option("--tracking-uri",
+              help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlruns/mlflow.db).")
+@click.option("--address", help="Ray cluster to join (default: a local Ray).")
+@click.option("--dry-run", is_flag=True, help="Validate every member, print each one's estimate and their sum.")
+@click.option("--resume", is_flag=True, help="As `sweep --resume`, for every member.")
+@click.option("--yes", is_flag=True, help="Run a member grid larger than the sweep's --max-trials.")
+def study(study_file: str, tracking_uri: str | None, address: str | None, dry_run: bool, resume: bool,
+          yes: bool) -> None:
+    """Run a study's sweeps in order, each an ordinary sweep `<study>.<member>` (docs/study.md).
+
+    Every member is validated first; a member whose grid has finished is skipped. Then
+    `report STUDY` builds one page: the key-metrics table and each sweep's section.
+    Exit codes as `sweep`.
+    """
+    from orchestrator.study import dry_run as study_dry_run
+    from orchestrator.study import load_study, run_study
+
+    console = Console(width=None if sys.stdout.isatty() else 160)
+    loaded = load_study(study_file)
+    try:
+        if dry_run:
+            study_dry_run(loaded, console)
+            return
+        outcome = run_study(loaded, tracking_uri=tracking_uri, address=address, console=console, resume=resume,
+                            yes=yes)
+    finally:
+        loaded.close()
+    console.print(f"study {loaded.spec.name}: {len(outcome.ran)} sweeps run, {len(outcome.skipped)} done before; "
+                  f"`python -m orchestrator report {loaded.spec.name}` builds its page")
+    if outcome.interrupted:
+        from orchestrator.signals import leave
+
+        leave(130)
+    if outcome.failed:
+        sys.exit(1)
+
+
+@cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind (loopback by default).")
 @click.option("--port", default=5000, show_default=True)
 @click.option("--tracking-uri", help="MLflow store to browse (default: the same one `sweep` writes).")
@@ -140,12 +179,18 @@ def report(sweep_name: str, tracking_uri: str | None, out: str | None, top: int)
     """Write the HTML report of a sweep's FINISHED runs: figures and ranked, graded claim cards.
 
     Nothing is recomputed. The page and its PNGs are also logged under `report/` on the
-    sweep's newest parent run.
+    sweep's newest parent run. A study's name (no sweep of that name) gives its page:
+    the key-metrics table, then each member sweep's section.
     """
     from pathlib import Path
 
     from orchestrator.report import write_report
 
+    if _is_study(tracking_uri, sweep_name):
+        from orchestrator.report.study_page import write_study_report
+
+        _print_cards(write_study_report(_store(tracking_uri), sweep_name, Path(out) if out else None), top)
+        return
     done = write_report(_store(tracking_uri), sweep_name, Path(out) if out else None)
     _print_cards(done, top)
     if done.logged_to:
@@ -166,6 +211,16 @@ def compare(sweep_a: str, sweep_b: str, tracking_uri: str | None, out: str | Non
     from orchestrator.report.compare import write_compare
 
     _print_cards(write_compare(_store(tracking_uri), sweep_a, sweep_b, Path(out) if out else None), top)
+
+
+def _is_study(tracking_uri: str | None, name: str) -> bool:
+    """No experiment is named `name`, but some are named `<name>.<member>` (a study's members)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=_store(tracking_uri))
+    if client.get_experiment_by_name(name) is not None:
+        return False
+    return any(e.name.startswith(f"{name}.") for e in client.search_experiments())
 
 
 def _validation_steps() -> str:

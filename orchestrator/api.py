@@ -75,9 +75,10 @@ def load_spec(spec: str | Path | dict, base_dir: str | Path | None = None
 
 def run(loaded: Sweep, *, tracking_uri: str | None = None, address: str | None = None, resume: bool = False,
         top: int = 20, console: Console | None = None, max_trials: int = MAX_TRIALS, yes: bool = False,
-        points: list | None = None, take_over: bool = False) -> Outcome:
+        points: list | None = None, take_over: bool = False, tags: dict[str, str] | None = None) -> Outcome:
     """Run a validated sweep: the grid-size guard, the store check, the resume ledger, then every grid point without
-    a FINISHED run (runner.run_sweep). What the CLI's `sweep` and `oc.sweep` both do after validation."""
+    a FINISHED run (runner.run_sweep). What the CLI's `sweep` and `oc.sweep` both do after validation. `tags`: more
+    tags on the parent and every child run (a study's `orchestrator.study`)."""
     from rich.console import Console
 
     from orchestrator.cluster import check_address
@@ -94,6 +95,7 @@ def run(loaded: Sweep, *, tracking_uri: str | None = None, address: str | None =
     uri = checked_store(tracking_uri)
     check_address(address)
     tracker = Tracker(uri, loaded)
+    tracker.tags.update(tags or {})
     done = check_ledger(tracker, points, resume, console, take_over)
     return run_sweep(loaded, address=address, console=console, top=top, points=points, tracker=tracker, done=done)
 

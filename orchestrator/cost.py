@@ -242,14 +242,21 @@ def render(sweep, part, w: Work, cal: Calibration, est: Estimate) -> list[str]:
 
 def dry_run_cost(sweep, points) -> list[str]:
     """The lines `sweep --dry-run` prints after the grid size: each model's (under its name when several)."""
+    return dry_run_estimate(sweep, points)[0]
+
+
+def dry_run_estimate(sweep, points) -> tuple[list[str], float]:
+    """`dry_run_cost`'s lines and the estimated wall seconds summed over the sweep's models (`study --dry-run`)."""
     import psutil
 
     process_s = time.time() - psutil.Process().create_time()  # imports and validation, as the driver's
-    lines = []
+    lines, wall = [], 0.0
     for part in sweep.parts:
         own = [p for p in points if p.model == part.name]
         w = work(sweep, part, own)
         cal = calibrate(sweep, part, max((r for r, _ in w.forwards), default=sweep.spec.n_eval))
-        rows = render(sweep, part, w, cal, estimate(sweep, part, w, cal, process_s))
+        est = estimate(sweep, part, w, cal, process_s)
+        wall += est.wall_s
+        rows = render(sweep, part, w, cal, est)
         lines += [f"{part.name}:", *("  " + row for row in rows)] if len(sweep.parts) > 1 else rows
-    return lines
+    return lines, wall

@@ -49,6 +49,7 @@ def ui_checked(body: str) -> str:
 
 def scratch(tmp_path: Path) -> tuple[Path, dict]:
     shutil.copytree(REPO / "sweeps", tmp_path / "sweeps")
+    shutil.copytree(REPO / "studies", tmp_path / "studies")
     bin_dir = tmp_path / ".bin"
     bin_dir.mkdir()
     wrapper = bin_dir / "python"  # `python` in the pages is this interpreter (a symlink would lose its venv)

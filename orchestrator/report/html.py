@@ -30,7 +30,9 @@ class Report:
     logged_to: str | None = None  # parent run id the files were logged on
 
 
-def write_page(out: Path, page: str, title: str, facts, notes, figures: list[Shown], cards: list[ClaimCard]) -> Report:
+def write_page(out: Path, page: str, title: str, facts, notes, figures: list[Shown], cards: list[ClaimCard],
+               extra: str = "") -> Report:
+    """`extra`: HTML placed after the facts (a study's key-metrics table)."""
     out.mkdir(parents=True, exist_ok=True)
     pngs, blocks = [], []
     for shown in figures:
@@ -39,7 +41,7 @@ def write_page(out: Path, page: str, title: str, facts, notes, figures: list[Sho
         path.write_bytes(data)
         pngs.append(path)
         blocks.append(_figure_html(shown, data))
-    body = [f"<h1>{_e(title)}</h1>", _facts_html(facts)]
+    body = [f"<h1>{_e(title)}</h1>", _facts_html(facts), *([extra] if extra else [])]
     if notes:
         body.append("<h2>Notes</h2><ul>" + "".join(f"<li>{_e(n)}</li>" for n in notes) + "</ul>")
     body += ["<h2>Figures</h2>", *blocks, "<h2 id='claims'>Claim cards (ranked)</h2>"]
@@ -105,6 +107,7 @@ figcaption, .small { font-size: 0.85em; color: #555; }
 .card table th { text-align: left; padding-right: 1em; font-weight: normal; color: #555; vertical-align: top; }
 .grade-A { border-left-color: #2a7d2a; } .grade-B { border-left-color: #c08a00; } .grade-C { border-left-color: #a33; }
 .badge { font-weight: bold; padding: 0 0.4em; border: 1px solid #333; }
+table.atlas td, table.atlas th { border: 1px solid #ddd; padding: 0.3em; } td.missing { color: #888; }
 .claim { font-weight: bold; } pre.rule { white-space: pre-wrap; font-size: 0.85em; background: #f6f6f6; padding: 1em; }
 """
 PAGE = """<!DOCTYPE html>
