@@ -148,7 +148,10 @@ def test_smoke_study_end_to_end(tmp_path, monkeypatch):
         study.close()
     made = write_study_report(resolve_uri(), "smoke_study")
     page = made.html.read_text(encoding="utf-8")
-    table = page[page.index("id='key-metrics'"):page.index("<h2>Sweeps")]
+    table = page[page.index("id='key-metrics'"):page.index("id='separability'")]
+    sss = page[page.index("id='separability'"):page.index("<h2>Sweeps")]
+    for family in ("antonyms", "capitalization"):  # the ablation member gives sharpness, knockout and collateral per family
+        assert sss.count(f"<td>{family}</td>") == 2  # once per model
     for name in atlas_table.ORDER:
         assert f">{name}" in table
         assert set(made.cells[name]) == {"tiny-llama", "tiny-qwen2"}  # a cell per model per row

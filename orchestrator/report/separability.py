@@ -1,6 +1,7 @@
 """Skill separability tables: SSS and its components per (model, family, seed) from sweeps' tidy frames, over seeds."""
 from __future__ import annotations
 
+import html
 from typing import Iterable
 
 import numpy as np
@@ -153,3 +154,20 @@ def notes(summary: pd.DataFrame) -> list[str]:
             + ", ".join(f"{n} {pm(row[f'{n}_mean'], row[f'{n}_std'])}" for n in names
                         if not pd.isna(row[f"{n}_mean"]))
             for _, row in summary.iterrows()]
+
+
+def separability_html(summary: pd.DataFrame) -> str:
+    """The over_seeds table as an HTML block for the study page (empty when no member measured a component)."""
+    if summary.empty:
+        return ""
+    e = html.escape
+    names = COMPONENTS.names()
+    head = "".join(f"<th>{e(n)}</th>" for n in ("model", "family", "n", "SSS", *names))
+    body = "".join(
+        "<tr>" + "".join(f"<td>{e(str(v))}</td>" for v in (row["model"], row["family"], int(row["n"]))) +
+        "".join(f"<td>{e(pm(row[f'{n}_mean'], row[f'{n}_std']))}</td>" for n in ("sss", *names)) + "</tr>"
+        for _, row in summary.iterrows())
+    return ("<h2 id='separability'>Skill separability (SSS)</h2><p class='small'>Per family: the score and each "
+            "component in [0, 1], mean ± cross-seed std; SSS is the mean of the components the study's sweeps "
+            "measured (docs/kinds.md)</p>"
+            f"<table class='facts'><tr>{head}</tr>{body}</table>")

@@ -10,6 +10,7 @@ from orchestrator.report.html import Report, write_page
 from orchestrator.report.record import read
 from orchestrator.report.scale import models_section, namespaced
 from orchestrator.report.sections import build
+from orchestrator.report.separability import from_records, over_seeds, separability_html
 from orchestrator.store import store_dir
 from orchestrator.view import url
 
@@ -34,7 +35,8 @@ def write_study_report(uri: str, name: str, out: Path | None = None) -> Report:
                       f"{html.escape(record.kind)}, {len(record.frame)} FINISHED grid points, models "
                       f"{html.escape(', '.join(record.models))}, parent run {html.escape(record.parent_id or '–')} · "
                       f"<a href='{html.escape(url(record.experiment_id))}'>MLflow</a>{first}</li>")
-    extra = table_html(cells, models) + "<h2>Sweeps</h2><ul>" + "".join(listed) + "</ul>"
+    sss = over_seeds(from_records(record for _, record, _ in records))
+    extra = table_html(cells, models) + separability_html(sss) + "<h2>Sweeps</h2><ul>" + "".join(listed) + "</ul>"
     facts = [("study", name), ("sweeps", ", ".join(e for e, _, _ in records)), ("models", ", ".join(models))]
     out = out or store_dir() / "reports" / name
     made = write_page(out, "study.html", f"{name}: study report", facts, notes, figures, cards, extra)
