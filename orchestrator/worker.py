@@ -75,6 +75,7 @@ class WorkerSettings:
     options: dict  # the kind's option sections (None: off)
     models: dict[str, ModelSettings]  # model name -> its settings
     estimate: str | None = None  # a screen's estimate name: the pack's points are estimated, not run
+    estimate_params: tuple[tuple[str, object], ...] = ()  # its `screen:` keys (Estimate.params), as keywords
 
 
 def trial_context(settings: WorkerSettings, pack: list[dict], splits: dict) -> TrialContext:
@@ -91,11 +92,12 @@ def trial_context(settings: WorkerSettings, pack: list[dict], splits: dict) -> T
                         settings.options)
 
 
-def run_estimates(name: str, ctx: TrialContext, pack: list[dict]) -> list[TrialResult]:
+def run_estimates(name: str, ctx: TrialContext, pack: list[dict], params: dict | None = None) -> list[TrialResult]:
     """A screen's estimates of one (family, seed)'s grid points (interventions.attribution.ESTIMATES)."""
     from interventions.attribution import ESTIMATES
 
-    return [TrialResult(m, tags={"estimate": name}) for m in ESTIMATES.get(name).fn(ctx, [p["point"] for p in pack])]
+    got = ESTIMATES.get(name).fn(ctx, [p["point"] for p in pack], **(params or {}))
+    return [TrialResult(m, tags={"estimate": name}) for m in got]
 
 
 def run_trial(config: dict, splits: dict[str, dict[tuple[str, int], Split]], settings: WorkerSettings) -> None:
@@ -109,7 +111,7 @@ def run_trial(config: dict, splits: dict[str, dict[tuple[str, int], Split]], set
     hooks_before = count_hooks(ctx.model.module)  # transformers may keep hooks of its own (output capturing)
     computing, cpu = time.perf_counter(), time.process_time()
     with counting(ctx.model) as flops:
-        results = run_estimates(settings.estimate, ctx, pack) if settings.estimate else \
+        results = run_estimates(settings.estimate, ctx, pack, dict(settings.estimate_params)) if settings.estimate else \
             run_pack(settings.kind, ctx, [p["point"] for p in pack])
     compute_seconds, cpu_seconds = time.perf_counter() - computing, time.process_time() - cpu
     left = count_hooks(ctx.model.module) - hooks_before
