@@ -8,9 +8,11 @@ Each site's estimate is (r - a) . mean_j dLD/da at the jointly moved points. Wha
 
 - a group of one site: the integral of the gradient along that site's own path, which is the exact trial's LD
   shift; the midpoint rule's error falls as O(1/k^2);
-- a group of many sites: each site's share of the joint path integral. The shares sum (completeness) to the
-  exact LD shift of replacing every site of the group at once; a site's own ablation effect is approximated, not
-  converged to. `ig_layer` makes one path per layer instead (k x layers passes). Where LD is linear in the sites (the linear toy) both coincide with the exact trials for any k.
+- a group of many sites: each site's share of the joint path integral. The shares sum (completeness) to the LD
+  shift of the path's end point, every site of the group moved at once by its own base-run (r - a) (a shift, so
+  a site downstream of another moved one is not left at exactly r); a site's own ablation effect is approximated,
+  not converged to. `ig_layer` makes one path per layer instead (k x layers passes). Where LD is linear in the
+  sites (the linear toy) both coincide with the exact trials for any k.
 
 k = 1 is not first-order attribution: its gradient is taken half-way (alpha = 0.5), not at the base run.
 The moved value is a shift added to each hooked module's output (the `head` slice of the o_proj input, the attn
@@ -69,7 +71,7 @@ def path_gradients(run: FamilyRun, component: str, which: str, delta: dict[int, 
         alpha = (j + 0.5) / steps
         moved: dict[int, Tensor] = {}
 
-        def move(layer: int):
+        def move(layer: int, alpha: float = alpha, moved: dict = moved):
             def fn(x: Tensor) -> Tensor:
                 d = delta[layer].flatten(-2) if heads else delta[layer]
                 moved[layer] = x + alpha * d.to(x.dtype)

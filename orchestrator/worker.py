@@ -111,8 +111,10 @@ def run_trial(config: dict, splits: dict[str, dict[tuple[str, int], Split]], set
     hooks_before = count_hooks(ctx.model.module)  # transformers may keep hooks of its own (output capturing)
     computing, cpu = time.perf_counter(), time.process_time()
     with counting(ctx.model) as flops:
-        results = run_estimates(settings.estimate, ctx, pack, dict(settings.estimate_params)) if settings.estimate else \
-            run_pack(settings.kind, ctx, [p["point"] for p in pack])
+        if settings.estimate:
+            results = run_estimates(settings.estimate, ctx, pack, dict(settings.estimate_params))
+        else:
+            results = run_pack(settings.kind, ctx, [p["point"] for p in pack])
     compute_seconds, cpu_seconds = time.perf_counter() - computing, time.process_time() - cpu
     left = count_hooks(ctx.model.module) - hooks_before
     if left:
