@@ -8,8 +8,9 @@ FamilyRun per (family, seed) and repetition (baselines, means and train values i
 
 - exact: `run_pack("ablation", ...)` on every point, packed as a sweep packs them (one forward per component and
   layer, heads x methods stacked);
-- screened: `interventions.attribution.attribution` on every point (one forward and one backward per family and
-  run), then `run_pack` on the verify set `orchestrator.screen.select` picks: the top-k by |estimate| per
+- screened, once per `--estimates` entry side by side: the estimate on every point (attribution: one forward and
+  one backward per family and run; ig:k: k per (component, method); ig_layer:k: k per layer too), then `run_pack`
+  on the verify set `orchestrator.screen.select` picks: the top-k by |estimate| per
   (component, method) plus a seeded sample of the rest, packed alike.
 
 Agreement is measured on the fully exact grid (which the exact side computed): per (component, method), Spearman
@@ -33,7 +34,7 @@ import pandas as pd
 import torch
 import transformers
 
-from interventions.attribution import attribution
+from interventions.attribution import ESTIMATES
 from interventions.context import FamilyRun, TrialContext
 from interventions.families import make_split
 from interventions.kinds import run_pack
@@ -60,10 +61,12 @@ def exact(run: FamilyRun, seed: int, packs: list[list[dict]]) -> list[dict]:
     return [r.metrics for pack in packs for r in run_pack("ablation", ctx, pack)]
 
 
-def estimated(run: FamilyRun, seed: int, packs: list[list[dict]]) -> tuple[list[dict], list[dict]]:
-    """The attribution estimate of every point of one (family, seed)."""
+def estimated(run: FamilyRun, seed: int, packs: list[list[dict]], name: str = "attribution",
+              steps: str | None = None) -> tuple[list[dict], list[dict]]:
+    """The estimate `name` (ESTIMATES; `steps` for ig) of every point of one (family, seed)."""
     points = [p for pack in packs for p in pack]
-    return attribution(TrialContext(run.model, seed, run), points), points
+    params = {} if steps is None else {"steps": int(steps)}
+    return ESTIMATES.get(name).fn(TrialContext(run.model, seed, run), points, **params), points
 
 
 def verify(model, splits: dict, seed: int, packs: list[list[dict]], estimates: dict, top: int,
@@ -96,6 +99,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--n-train", type=int, default=16)
     parser.add_argument("--n-eval", type=int, default=8)
+    parser.add_argument("--estimates", default="attribution,ig:4,ig:8,ig:16",
+                        help="screens side by side: ESTIMATES names, :k for ig / ig_layer steps")
     parser.add_argument("--top", type=int, default=20, help="screen.verify_top")
     parser.add_argument("--random", type=int, default=10, help="screen.verify_random")
     parser.add_argument("--repeats", type=int, default=3)
@@ -118,66 +123,73 @@ def main() -> None:
     packs = grid(layers, model.config.num_attention_heads, args.components.split(","), methods)
     n_points = sum(map(len, packs)) * len(families)
 
-    times = {"exact": [], "screened": [], "estimates": []}
+    screens = [e.split(":") for e in args.estimates.split(",")]  # name[:steps]
+    labels = [":".join(e) for e in screens]
+    times = {"exact": [], **{f"{k} {part}": [] for k in labels for part in ("screened", "estimates")}}
+    tables, chosen_of = {}, {}
     for r in range(args.repeats):
-        exact_t, screen_t, est_t = 0.0, 0.0, 0.0
-        exact_out, estimates = {}, {}
+        took = dict.fromkeys(times, 0.0)
+        exact_out, estimates = {}, {k: {} for k in labels}
         for i, family in enumerate(families):
-            order = ["exact", "screen"] if (i + r) % 2 == 0 else ["screen", "exact"]
-            for side in order:
+            sides = ["exact", *labels]
+            sides = sides[(i + r) % len(sides):] + sides[:(i + r) % len(sides)]  # rotate which goes first
+            for side in sides:
                 run = FamilyRun(model, splits[family])
                 start = time.perf_counter()
                 if side == "exact":
                     out = exact(run, args.seed, packs)
-                    exact_t += time.perf_counter() - start
+                    took["exact"] += time.perf_counter() - start
                     points = [p for pack in packs for p in pack]
                     exact_out.update({(family, key_of(p)): m for p, m in zip(points, out)})
                 else:
-                    est, points = estimated(run, args.seed, packs)
-                    took = time.perf_counter() - start
-                    screen_t, est_t = screen_t + took, est_t + took
-                    estimates.update({(family, key_of(p)): (p, e) for p, e in zip(points, est)})
-        start = time.perf_counter()
-        chosen, verified = verify(model, splits, args.seed, packs, estimates, args.top, args.random)
-        screen_t += time.perf_counter() - start
-        times["exact"].append(exact_t)
-        times["screened"].append(screen_t)
-        times["estimates"].append(est_t)
-        print(f"repetition {r + 1}: exact {exact_t:.1f} s, screened {screen_t:.1f} s (estimates {est_t:.1f} s, "
-              f"{len(verified)} verified points)", flush=True)
-        if r == 0:
-            for key, metrics in verified.items():  # the screen's exact runs are the exact grid's, to float noise
-                want = exact_out[key]["ld_drop"]
-                assert abs(metrics["ld_drop"] - want) < 1e-3 * max(1.0, abs(want)), (key, metrics, want)
-            rows = [{"family": k[0], "component": k[1][0], "layer": k[1][1], "head": k[1][2], "method": k[1][3],
-                     **e, "ld_drop": exact_out[k]["ld_drop"], "verify": chosen.get(k, "")}
-                    for k, (_, e) in estimates.items()]
-            table = pd.DataFrame(rows)
+                    est, points = estimated(run, args.seed, packs, *screens[labels.index(side)])
+                    spent = time.perf_counter() - start
+                    took[f"{side} screened"] += spent
+                    took[f"{side} estimates"] += spent
+                    estimates[side].update({(family, key_of(p)): (p, e) for p, e in zip(points, est)})
+        for label in labels:
+            start = time.perf_counter()
+            chosen, verified = verify(model, splits, args.seed, packs, estimates[label], args.top, args.random)
+            took[f"{label} screened"] += time.perf_counter() - start
+            if r == 0:
+                for key, metrics in verified.items():  # the screen's exact runs are the exact grid's, to float noise
+                    want = exact_out[key]["ld_drop"]
+                    assert abs(metrics["ld_drop"] - want) < 1e-3 * max(1.0, abs(want)), (key, metrics, want)
+                rows = [{"family": k[0], "component": k[1][0], "layer": k[1][1], "head": k[1][2], "method": k[1][3],
+                         **e, "ld_drop": exact_out[k]["ld_drop"], "verify": chosen.get(k, "")}
+                        for k, (_, e) in estimates[label].items()]
+                tables[label], chosen_of[label] = pd.DataFrame(rows), chosen
+        for name, t in took.items():
+            times[name].append(t)
+        print(f"repetition {r + 1}: " + ", ".join(f"{name} {t:.1f} s" for name, t in took.items()), flush=True)
     load_after = " ".join(f"{x:.2f}" for x in os.getloadavg())
 
-    full = agreement_with_k(table, args.top)  # every point exact: Spearman over all, recall@k with k = --top
-    on_verified = agreement(table.assign(ld_drop=table["ld_drop"].where(table["verify"] != "")))
-    t_exact, t_screen = statistics.median(times["exact"]), statistics.median(times["screened"])
+    t_exact = statistics.median(times["exact"])
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
     print(f"\nhead atlas on {args.model}: {n_points} points = components {args.components} x {len(layers)} of "
           f"{model.n_layers} layers (step {args.layer_step}; {model.config.num_attention_heads} heads) x methods "
           f"{args.methods} x families {args.families}, seed {args.seed}; n_eval {args.n_eval}, n_train {args.n_train}")
     print(f"machine: {os.cpu_count()} CPUs ({cpu}); torch {torch.__version__}, {args.threads} thread(s); load average "
           f"(1/5/15 min) {load_before} before, {load_after} after")
-    print(f"screen: top {args.top} + {args.random} random per (component, method) = {len(chosen)} exact points of "
-          f"{n_points}; {args.repeats} repetitions, median:")
+    print(f"screen: top {args.top} + {args.random} random per (component, method); {args.repeats} repetitions, "
+          "median:")
     for name, t in times.items():
-        print(f"  {name:10s} {statistics.median(t):8.1f} s  ({', '.join(f'{x:.1f}' for x in t)})")
-    paired = ", ".join(f"{a / b:.2f}" for a, b in zip(times["exact"], times["screened"]))
-    print(f"wall ratio exact / screened: {t_exact / t_screen:.2f}x (per repetition: {paired})")
-    print("agreement (ld_drop; LD shift = LD_out - LD of the run patched):")
+        print(f"  {name:24s} {statistics.median(t):8.1f} s  ({', '.join(f'{x:.1f}' for x in t)})")
     recall = f"recall@{args.top}"
-    print(f"  {'component/method':28s} {'Spearman all':>13s} {'Spearman verified':>18s} {recall:>10s}"
-          f" {'largest |shift| outside top-k (rank)':>38s}")
-    for (_, a), (_, v) in zip(full.iterrows(), on_verified.iterrows()):
-        outside = f"{a['outside_max']:.3g} (#{int(a['outside_rank'])})" if not pd.isna(a["outside_max"]) else "–"
-        print(f"  {a['component'] + '/' + a['method']:28s} {a['spearman']:13.3f} {v['spearman']:18.3f} "
-              f"{a['recall_at_k']:10.2f} {outside:>38s}")
+    for label in labels:
+        table = tables[label]
+        full = agreement_with_k(table, args.top)  # every point exact: Spearman over all, recall@k with k = --top
+        on_verified = agreement(table.assign(ld_drop=table["ld_drop"].where(table["verify"] != "")))
+        t_screen = statistics.median(times[f"{label} screened"])
+        paired = ", ".join(f"{a / b:.2f}" for a, b in zip(times["exact"], times[f"{label} screened"]))
+        print(f"\n{label}: {len(chosen_of[label])} exact points of {n_points}; wall ratio exact / screened: "
+              f"{t_exact / t_screen:.2f}x (per repetition: {paired})")
+        print(f"  {'component/method':28s} {'Spearman all':>13s} {'Spearman verified':>18s} {recall:>10s}"
+              f" {'largest |shift| outside top-k (rank)':>38s}")
+        for (_, a), (_, v) in zip(full.iterrows(), on_verified.iterrows()):
+            outside = f"{a['outside_max']:.3g} (#{int(a['outside_rank'])})" if not pd.isna(a["outside_max"]) else "–"
+            print(f"  {a['component'] + '/' + a['method']:28s} {a['spearman']:13.3f} {v['spearman']:18.3f} "
+                  f"{a['recall_at_k']:10.2f} {outside:>38s}")
 
 
 def agreement_with_k(table: pd.DataFrame, k: int) -> pd.DataFrame:

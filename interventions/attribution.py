@@ -47,6 +47,7 @@ class Estimate:
     kinds: tuple[str, ...]  # the experiment kinds it estimates
     metrics: tuple[str, ...]  # what it logs per grid point
     score: str  # the metric whose |value| ranks points for verification
+    params: tuple[str, ...] = ()  # the `screen:` keys it reads besides estimate / verify_* (passed as keywords)
 
 
 ESTIMATES: Registry[Estimate] = Registry("estimate")
@@ -131,3 +132,5 @@ def attribution(ctx: TrialContext, points: list[dict]) -> list[dict[str, float]]
 ESTIMATES.register("attribution")(Estimate(attribution, kinds=("ablation",),
                                            metrics=("ld_drop_estimate", "ld_shift_estimate"),
                                            score="ld_shift_estimate"))
+
+from interventions import ig  # noqa: E402,F401  (registers `ig`; it reads this module's names)

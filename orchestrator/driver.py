@@ -67,8 +67,9 @@ def worker_settings(sweep: Sweep, estimate: str | None = None) -> WorkerSettings
     spec = sweep.spec
     models = {part.name: ModelSettings(tuple(part.axes["family"]), max(1, int(part.resources.cpu)),
                                        part.resources.gpu) for part in sweep.parts}
+    params = tuple(spec.screen.params().items()) if estimate and spec.screen is not None else ()
     return WorkerSettings(spec.kind, spec.trust_remote_code, spec.execution.prefix_reuse, spec.dtype, sweep.options,
-                          models, estimate)
+                          models, estimate, params)
 
 
 def actor_resources(sweep: Sweep, part: Part) -> dict[str, float]:

@@ -68,6 +68,11 @@ class Screen(BaseModel):
     verify_top: int = Field(20, ge=0)
     verify_random: int = Field(10, ge=0)
     seed: int = Field(0, ge=0)  # of the random sample
+    steps: int | None = Field(None, ge=1)  # ig: points on the path from the clean value to the replacement (8 unset)
+
+    def params(self) -> dict:
+        """The keys the estimate reads besides estimate / verify_* / seed (Estimate.params), those given."""
+        return {k: getattr(self, k) for k in ESTIMATES.get(self.estimate).params if getattr(self, k) is not None}
 
 
 class SweepSpec(BaseModel):
@@ -350,6 +355,13 @@ def load_sweep(path: str | Path, base_dir: str | Path | None = None) -> Sweep:
     if spec.screen is not None and kind.name not in ESTIMATES.get(spec.screen.estimate).kinds:
         raise SpecError(f"{path.name}: screen: {spec.screen.estimate} estimates only kind "
                         f"{', '.join(ESTIMATES.get(spec.screen.estimate).kinds)}, not {kind.name!r}")
+    if spec.screen is not None:
+        reads = ESTIMATES.get(spec.screen.estimate).params
+        for key in ("steps",):
+            if getattr(spec.screen, key) is not None and key not in reads:
+                users = [n for n in ESTIMATES.names() if key in ESTIMATES.get(n).params]
+                raise SpecError(f"{path.name}: screen.{key}: only with estimate: {' | '.join(users)}, "
+                                f"not {spec.screen.estimate}")
     try:
         # paths are relative to the spec
         own = {k: v for k, v in spec.axes.items() if k != "model"}  # the model axis is every kind's (below)

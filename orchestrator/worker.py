@@ -76,6 +76,7 @@ class WorkerSettings:
     options: dict  # the kind's option sections (None: off)
     models: dict[str, ModelSettings]  # model name -> its settings
     estimate: str | None = None  # a screen's estimate name: the pack's points are estimated, not run
+    estimate_params: tuple[tuple[str, object], ...] = ()  # its `screen:` keys (Estimate.params), as keywords
 
 
 def trial_context(settings: WorkerSettings, pack: list[dict], splits: dict) -> TrialContext:
@@ -93,11 +94,12 @@ def trial_context(settings: WorkerSettings, pack: list[dict], splits: dict) -> T
                         settings.prefix_reuse, settings.options)
 
 
-def run_estimates(name: str, ctx: TrialContext, pack: list[dict]) -> list[TrialResult]:
+def run_estimates(name: str, ctx: TrialContext, pack: list[dict], params: dict | None = None) -> list[TrialResult]:
     """A screen's estimates of one (family, seed)'s grid points (interventions.attribution.ESTIMATES)."""
     from interventions.attribution import ESTIMATES
 
-    return [TrialResult(m, tags={"estimate": name}) for m in ESTIMATES.get(name).fn(ctx, [p["point"] for p in pack])]
+    got = ESTIMATES.get(name).fn(ctx, [p["point"] for p in pack], **(params or {}))
+    return [TrialResult(m, tags={"estimate": name}) for m in got]
 
 
 def run_trial(config: dict, splits: dict[str, dict[tuple[str, int], Split]], settings: WorkerSettings) -> None:
@@ -111,8 +113,10 @@ def run_trial(config: dict, splits: dict[str, dict[tuple[str, int], Split]], set
     hooks_before = count_hooks(ctx.model.module)  # transformers may keep hooks of its own (output capturing)
     computing, cpu = time.perf_counter(), time.process_time()
     with counting(ctx.model) as flops:
-        results = run_estimates(settings.estimate, ctx, pack) if settings.estimate else \
-            run_pack(settings.kind, ctx, [p["point"] for p in pack])
+        if settings.estimate:
+            results = run_estimates(settings.estimate, ctx, pack, dict(settings.estimate_params))
+        else:
+            results = run_pack(settings.kind, ctx, [p["point"] for p in pack])
     if "length" in pack[0]["point"]:  # the realised prompt lengths of the bucket's eval items, per run
         sizes = [len(token_ids(ctx.model.tokenizer, i.prompt)) for i in ctx.family.split.eval]
         for r in results:

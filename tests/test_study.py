@@ -150,7 +150,7 @@ def test_smoke_study_end_to_end(tmp_path, monkeypatch):
     page = made.html.read_text(encoding="utf-8")
     table = page[page.index("id='key-metrics'"):page.index("id='separability'")]
     sss = page[page.index("id='separability'"):page.index("<h2>Sweeps")]
-    for family in ("antonyms", "capitalization"):  # the ablation member gives sharpness, knockout and collateral per family
+    for family in ("antonyms", "capitalization"):  # ablation: 3 components per family
         assert sss.count(f"<td>{family}</td>") == 2  # once per model
     for name in atlas_table.ORDER:
         assert f">{name}" in table
