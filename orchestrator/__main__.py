@@ -217,7 +217,10 @@ def _is_study(tracking_uri: str | None, name: str) -> bool:
     """No experiment is named `name`, but some are named `<name>.<member>` (a study's members)."""
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=_store(tracking_uri))
+    uri = _store(tracking_uri)
+    if uri.startswith("sqlite:///") and not os.path.exists(uri[len("sqlite:///"):]):
+        return False  # a missing store: the report path says so, and opening it here would create it
+    client = MlflowClient(tracking_uri=uri)
     if client.get_experiment_by_name(name) is not None:
         return False
     return any(e.name.startswith(f"{name}.") for e in client.search_experiments())

@@ -98,7 +98,8 @@ def test_a_worker_node_killed_mid_sweep_costs_only_its_pack(cluster, tmp_path, s
     # to retry (test_faults.py asserts the summary line for a killed actor)
     runs = exactly_once(tmp_path, smoke_points)
     nodes = Counter(r.data.tags["orchestrator.node"] for r in children(runs))
-    assert len(nodes) == 2, nodes  # spread over both worker nodes (the head has no CPUs), then the survivor
+    # every run on a worker node (the head has no CPUs); the killed node may have finished none before it died
+    assert nodes and all(n != "head" for n in nodes), nodes
     assert not [r for r in runs if r.info.status == "RUNNING"]
 
 
