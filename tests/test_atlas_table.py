@@ -183,8 +183,10 @@ def test_transfer_zone_is_the_shallowest_depth_from_which_every_deeper_layer_rec
             for s, values in RECOVERY.items() for f in FAMILIES for layer, v in enumerate(values)]
     rows += [{"seed": 0, "family": f, "layer": 1, "rank": 4, "recovery": 0.5} for f in FAMILIES]  # another rank
     rows += [{"seed": 1, "family": f, "layer": 5, "rank": 8, "recovery": math.nan} for f in FAMILIES]  # no LD gap
+    rows += [{"seed": 3, "family": f, "layer": 4, "rank": 8, "recovery": math.nan} for f in FAMILIES]  # none at all
     got = at.ROWS.get("cross-model transfer zone").value(_record("cross_model_patch", rows, n_layers=6))
     assert got[0] == 2 / 6 and got[1] == 4 / 6 and math.isnan(got[2])  # seed 1's L5 does not break its zone
+    assert 3 not in got.index  # a seed with no defined recovery has no zone (not "every layer recovers")
     rows += [{"seed": 0, "family": f, "layer": 1, "rank": 16, "recovery": 3.5} for f in FAMILIES]  # rank mean: 1.5
     got = at.ROWS.get("cross-model transfer zone").value(_record("cross_model_patch", rows, n_layers=6))
     assert got[0] == 0.0  # L1's mean over ranks (0.5, 0.5, 3.5) is 1.5: every layer recovers
@@ -210,6 +212,7 @@ def test_rules_hold_as_the_docs_state():
     assert research.near(0.1).holds(0.0, bound) and not research.near(0.1).holds(0.61, bound)
     assert research.factor(2).holds(1.0, fig) and research.factor(2).holds(0.25, fig)
     assert not research.factor(2).holds(0.24, fig) and not research.factor(2).holds(-0.5, fig)
+    assert research.factor(2).holds(-5.0, research.Figure(-7.2, "")) and not research.factor(2).holds(-0.5, bound)
     assert research.side(1).holds(2.0, research.Figure(11654, ""))
     assert not research.side(1).holds(0.5, research.Figure(3.0, ""))
     assert research.at_least(2).holds(2.0, fig) and not research.at_least(2).holds(1.0, fig)

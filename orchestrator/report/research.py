@@ -42,9 +42,9 @@ def near(tol: float, unit: str = "") -> Rule:
 
 
 def factor(f: float) -> Rule:
-    """The same sign, and ours / research within [1/f, f]."""
+    """ours / research within [1/f, f] (so of the same sign)."""
     def holds(ours: float, fig: Figure) -> bool:
-        return ours * fig.value > 0 and 1 / f <= ours / fig.value <= f
+        return fig.value != 0 and 1 / f <= ours / fig.value <= f
     return Rule(f"the same sign and within a factor {f:g} of the research's", holds)
 
 
