@@ -256,7 +256,7 @@ def test_the_table_prints_the_rule_and_the_research_beside_the_cell():
     rec = _hubs("qwen2.5-coder-0.5b", {0: 2, 1: 2})
     cells = at.table([("st.hubs", rec, "#u")], ["qwen2.5-coder-0.5b"])
     page = at.table_html(cells, ["qwen2.5-coder-0.5b"])
-    assert "reproduces: the same layer" in page and "research: L2; reproduces (grade B)" in page
+    assert "reproduces when: the same layer" in page and "research: L2; reproduces (grade B)" in page
     assert cells["adapter norm-effect correlation"]["qwen2.5-coder-0.5b"] == \
         "not measured: no adapter member in the study"
 

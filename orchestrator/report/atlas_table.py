@@ -343,7 +343,7 @@ def table_html(cells: dict[str, dict[str, Cell | str]], models: list[str]) -> st
         row = ROWS.get(name)
         label = e(name) + (f"<br><span class='small'>{e(row.unit)}</span>" if row.unit else "")
         if row.rule is not None and has_figures(name):
-            label += f"<br><span class='small'>reproduces: {e(row.rule.text)}</span>"
+            label += f"<br><span class='small'>reproduces when: {e(row.rule.text)}</span>"
         tds = []
         for model in models:
             c = by_model[model]
