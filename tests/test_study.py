@@ -116,7 +116,7 @@ def test_rows_nothing_measures_say_why():
     cells = atlas_table.table([("st.abl", _record("ablation", frame), "#")], ["m"])
     assert list(cells) == atlas_table.ORDER
     assert cells["layer skipping"]["m"] == "not measured: no skip member in the study"
-    assert cells["cross-model transfer zone"]["m"].startswith("not measured: needs a cross_model_patch member")
+    assert cells["cross-model transfer zone"]["m"] == "not measured: no cross_model_patch member in the study"
     assert cells["hub layer"]["m"].grade == "C"  # one seed
 
 
@@ -168,7 +168,8 @@ def test_the_shipped_atlas_study_validates_on_tiny_stand_ins(tmp_path):
     assert len(raw["families"]) == 6 and raw["seeds"] == [0, 1]
     kinds = {body["kind"] for body in raw["sweeps"]}
     readers = {atlas_table.ROWS.get(n).kind for n in atlas_table.ORDER} - {None}
-    assert readers <= kinds  # every measurable row has a member to read
+    unmeasured = {"adapter", "cross_model_patch"}  # LoRA training: not in the CPU-sized study (their cells say so)
+    assert readers - unmeasured <= kinds  # every other row has a member to read
     study = load_study(_write(tmp_path, {**raw, "models": ["tiny-llama", "tiny-qwen2"]}))  # the packs need no install
     try:
         assert [m for m, _ in study.members] == ["hubs", "heads", "steering", "skipping", "exit"]
