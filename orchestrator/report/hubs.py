@@ -45,9 +45,9 @@ ACROSS = {"length": "lengths", "precision": "precisions"}  # axes whose values a
 def per_axis(axis: str, summarise: Callable[[pd.DataFrame], Summary],
              across: Callable[[pd.DataFrame], Summary] | None = None) -> Callable[[pd.DataFrame], Summary]:
     """`summarise` run on each value's rows apart when `frame` holds several values of `axis` (a column of that
-    name), as per_model does for models (metrics `<axis>=<value>/<metric>`); `across(frame)` adds what compares the
-    values (the hub per family across them)."""
-    each = _per(axis, summarise, f"{axis}=")
+    name), as per_model does for models (metrics `<axis>_<value>/<metric>`: MLflow refuses '=' in a name);
+    `across(frame)` adds what compares the values (the hub per family across them)."""
+    each = _per(axis, summarise, f"{axis}_")
 
     @functools.wraps(summarise)
     def both(frame: pd.DataFrame) -> Summary:
