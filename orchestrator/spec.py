@@ -313,7 +313,7 @@ def _load_splits(path: Path, spec: SweepSpec, axes: dict, info: ModelInfo, dropp
     return splits
 
 
-def _precisions(path: Path, raw: dict, spec: SweepSpec) -> list[str] | None:
+def _precisions(path: Path, raw: dict, spec: SweepSpec, kind: Kind) -> list[str] | None:
     """The `precision` axis (None: the spec's dtype), each value one the trials' device runs (as _check_dtype)."""
     if "precision" not in spec.axes:
         return None
@@ -334,6 +334,12 @@ def _precisions(path: Path, raw: dict, spec: SweepSpec) -> list[str] | None:
         for i, value in enumerate(values):
             with _field(path, f"axes.precision.{i}: "):
                 check_precision(value, device)
+    for i, value in enumerate(values):
+        with _field(path, f"axes.precision.{i}: "):
+            quantised = PRECISIONS.get(value).quantise is not None  # unknown names: also where no device is checked
+        if kind.float_linears and quantised:
+            raise SpecError(f"{where}.{i}: {value}: the {kind.name} kind puts LoRA layers (peft) on the linear maps, "
+                            "which a quantised one is not; use float32, bfloat16 or float16")
     return values
 
 
@@ -404,7 +410,7 @@ def load_sweep(path: str | Path, base_dir: str | Path | None = None) -> Sweep:
     if spec.length_context is not None and "length" not in axes:
         raise SpecError(f"{path.name}: length_context: only with a length axis (axes.length)")
     _check_dtype(path, spec)
-    precisions = _precisions(path, raw, spec)
+    precisions = _precisions(path, raw, spec, kind)
     if precisions:
         axes["precision"] = precisions
     names = _model_names(path, raw, spec)

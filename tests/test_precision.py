@@ -60,6 +60,8 @@ def test_precisions_the_device_cannot_run_are_refused_in_one_line(tmp_path, monk
     assert "axes.precision: give the precisions either here or as the top-level dtype, not both" in line
     line = bad_input(tmp_path, monkeypatch, capsys, spec("ablation", **ABLATE, precision="int8"))
     assert "axes.precision: a list of precisions" in line
+    line = bad_input(tmp_path, monkeypatch, capsys, spec("adapter", operation=["train"], precision=["float32", "nf4"]))
+    assert "axes.precision.1: nf4: the adapter kind puts LoRA layers (peft) on the linear maps" in line
 
     def no_half(dtype, device):  # a CPU whose torch lacks float16 kernels
         if dtype == torch.float16:
