@@ -93,8 +93,10 @@ def moves_table(axis: str, values: dict[str, dict[str, object]], what: str) -> t
                      "moves": bool(moved), "moved": ", ".join(moved)})
     table = pd.DataFrame(rows, columns=[axis, f"{what}_per_family", "moves", "moved"])
     first = next(iter(values), "")
-    view = Table(title=f"{what} per family by {axis}: does it move from {first} (the reference)?", title_justify="left")
-    for name in (axis, f"{what} per family", "moves?"):
+    label = what.replace("_", " ")
+    view = Table(title=f"{label} per family by {axis}: does it move from {first} (the reference)?",
+                 title_justify="left")
+    for name in (axis, f"{label} per family", "moves?"):
         view.add_column(name)
     for _, r in table.iterrows():
         view.add_row(str(r[axis]), escape(r[f"{what}_per_family"]),
