@@ -44,7 +44,7 @@ METRICS = ("recovery", "kl", "ld_gap", "accuracy_clean", "accuracy_trained", "ac
 
 
 @kind("cross_model_patch", axes=CrossModelAxes, metrics=METRICS, primary="recovery", shown=("kl", "accuracy_clean"),
-      curves=(TRAIN_LOSS,), points=cross_model_points)
+      curves=(TRAIN_LOSS,), points=cross_model_points, float_linears=True)
 def cross_model_trial(ctx: TrialContext, *, layer: int, adapter: str = TRAIN, rank: int | None = None,
                       alpha: float | None = None, steps: int | None = None, lr: float | None = None,
                       targets: str | None = None) -> TrialResult:

@@ -213,7 +213,7 @@ METRICS = ("kl", "ld_drop", "accuracy", "accuracy_clean", "accuracy_adapted", "k
 
 
 @kind("adapter", axes=AdapterAxes, metrics=METRICS, primary="kl", shown=("accuracy_clean",), curves=CURVES,
-      points=adapter_points, options={"checkpoints": Checkpoints})
+      points=adapter_points, options={"checkpoints": Checkpoints}, float_linears=True)
 def adapter_trial(ctx: TrialContext, *, operation: str, adapter: str = TRAIN, rank: int | None = None,
                   alpha: float | None = None, steps: int | None = None, lr: float | None = None,
                   targets: str | None = None, layer: int | None = None, keep_rank: int | None = None,

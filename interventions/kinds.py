@@ -127,6 +127,7 @@ class Kind:
     baseline_copies: int = 1  # clean-residual-sized tensors its cached baselines hold per (family, seed) (cost.py)
     control: dict | None = None  # the point each table row is compared with: its axis values with these replaced
     split: SplitFn | None = None  # how a `family` value becomes its items, when not a task family (families.make_split)
+    float_linears: bool = False  # puts LoRA layers (peft) on the model's linears: no quantised precision (int8, nf4)
 
 
 # The modules here that declare kinds (imported on the first lookup, so KINDS is complete whoever reads it); a

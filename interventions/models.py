@@ -1,7 +1,8 @@
 """Model loading: built-in packs (GGUF -> cached safetensors), tiny seeded models, hub ids and folders.
 
 `describe(name)` reads only a config and a tokenizer (for validating a spec before
-anything starts); `load(name, dtype=...)` returns the model in eval mode (float32 unless asked).
+anything starts); `load(name, dtype=...)` returns the model in eval mode (float32 unless asked; any precision of
+interventions/precision.py).
 """
 from __future__ import annotations
 
@@ -205,10 +206,14 @@ def _probe(dtype: torch.dtype, device: str) -> None:
 
 
 def load(name: str, trust_remote_code: bool = False, device: str = "cpu", dtype: str = "float32") -> Model:
-    check_dtype(dtype, device)
+    """The model in eval mode on `device`; `dtype` is any precision (interventions/precision.py): a float dtype, or
+    int8 / nf4, whose decoder linear weights are quantised on load (activations float32)."""
+    from interventions.precision import PRECISIONS, check_precision, quantise
+
+    check_precision(dtype, device)
     module, tokenizer = _resolve(name, weights=True, trust_remote_code=trust_remote_code,
-                                 dtype=getattr(torch, dtype))
-    module.to(device).eval().requires_grad_(False)
+                                 dtype=getattr(torch, PRECISIONS.get(dtype).dtype))
+    quantise(module, dtype, device).eval().requires_grad_(False)
     return Model(name, module, tokenizer, ARCHITECTURES.get(module.config.model_type))
 
 

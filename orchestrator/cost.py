@@ -33,7 +33,8 @@ PROCESS_BYTES = 650 * 2**20  # an actor process before its model: Python, Ray wo
 
 WEIGHTS_FACTOR = 1.2  # an actor's weights in memory over their bytes (loading keeps some copies a while)
 WORKING_FACTOR, WORKING_BYTES = 1.5, 3 * 2**29  # cached baselines, activations: 1.5 x the weights, at most 1.5 GiB
-DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "int8": 4, "nf4": 4}  # int8 / nf4: loaded in float32
+# and then quantised (interventions/precision.py), so the load's peak holds float32 weights
 
 
 def actor_bytes(sweep, part) -> int:
@@ -43,7 +44,7 @@ def actor_bytes(sweep, part) -> int:
     given = part.resources.memory_gb
     if given is not None:
         return int(given * 2**30)
-    weights = part.model.n_params * DTYPE_BYTES[sweep.spec.dtype]
+    weights = part.model.n_params * max(DTYPE_BYTES[p] for p in sweep.precisions)  # an actor may hold any of them
     return int(PROCESS_BYTES + weights * WEIGHTS_FACTOR + min(WORKING_BYTES, weights * WORKING_FACTOR))
 
 

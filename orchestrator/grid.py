@@ -37,9 +37,9 @@ def trial_id(sweep: Sweep, part: Part, values: dict, digests: dict[tuple[str, in
 
 
 def axis_order(sweep: Sweep) -> list[str]:
-    """Model, then seed and family outermost so that consecutive trials share an actor's model and cached
-    baselines."""
-    return [*(["model"] if "model" in sweep.axes else []), "seed", "family",
+    """Model and precision, then seed and family outermost so that consecutive trials share an actor's (model,
+    precision) and cached baselines."""
+    return [*(a for a in ("model", "precision") if a in sweep.axes), "seed", "family",
             *(["length"] if "length" in sweep.axes else []),  # each bucket's items are their own baselines
             *[a for a in kind_axes(sweep.kind) if a in sweep.axes]]  # optional axes may be absent
 
@@ -67,7 +67,8 @@ def table_values(points: list[Point]) -> list[dict]:
 
 
 def expand(sweep: Sweep) -> list[Point]:
-    """Every grid point, model by model (a `model` axis: each point's values start with its model)."""
+    """Every grid point, model by model and precision by precision (a `model` / `precision` axis: each point's
+    values start with them)."""
     return [point for part in sweep.parts for point in _expand_part(sweep, part)]
 
 
@@ -77,7 +78,9 @@ def _expand_part(sweep: Sweep, part: Part) -> list[Point]:
     model = {"model": part.name} if "model" in sweep.axes else {}
     points = []
     lengths = [{"length": v} for v in part.axes["length"]] if "length" in part.axes else [{}]
-    for seed, family, length, combo in itertools.product(part.axes["seed"], part.axes["family"], lengths, combos):
-        values = {**model, "seed": seed, "family": family, **length, **combo}
+    precisions = [{"precision": v} for v in part.axes["precision"]] if "precision" in part.axes else [{}]
+    for precision, seed, family, length, combo in itertools.product(precisions, part.axes["seed"],
+                                                                    part.axes["family"], lengths, combos):
+        values = {**model, **precision, "seed": seed, "family": family, **length, **combo}
         points.append(Point(trial_id(sweep, part, values, digests), values, part.name))
     return points

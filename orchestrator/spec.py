@@ -23,6 +23,7 @@ from interventions.kinds import KINDS, Kind, Option, kind_points, registered
 from interventions.layers import is_symbolic, resolve_axis
 from interventions.length import lengthen_split
 from interventions.models import EMBEDDED, ModelInfo, check_dtype, describe
+from interventions.precision import PRECISIONS, check_precision
 from interventions.registry import AtlasError
 
 
@@ -85,7 +86,8 @@ class SweepSpec(BaseModel):
     n_train: int = Field(32, ge=2)  # train items per (family, seed): vectors, means, probes
     n_eval: int = Field(32, ge=1)  # eval items per (family, seed): every metric
     trust_remote_code: bool = False
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # the model's weights and activations
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # the model's weights and activations (the one
+    # precision of a sweep without axes.precision)
     resources: Resources = Resources()
     max_failures: int = Field(2, ge=0)  # Ray Tune retries of a trial whose actor died
     execution: Execution = Execution()
@@ -136,11 +138,17 @@ class Sweep:
     path: Path
     spec: SweepSpec
     kind: Kind
-    axes: dict[str, list]  # the sweep's axes: `model` only when the spec gives a model axis, families of every model
+    axes: dict[str, list]  # the sweep's axes: `model` (`precision`) only when the spec gives a model (precision)
+    # axis, families of every model
     parts: tuple[Part, ...]
     options: dict[str, dict | None] = field(default_factory=dict)  # the kind's `options` sections (None: off)
     warnings: tuple[str, ...] = ()  # printed, never fatal: e.g. train pairs that cancel (families/pairs.py)
     root: Path | None = None  # what relative paths resolve against, when not the spec's folder (api.py: the cwd)
+
+    @property
+    def precisions(self) -> list[str]:
+        """What actors load each model in: the precision axis, else the spec's dtype."""
+        return self.axes.get("precision", [self.spec.dtype])
 
     def part(self, name: str) -> Part:
         """The part of model `name`."""
@@ -305,6 +313,36 @@ def _load_splits(path: Path, spec: SweepSpec, axes: dict, info: ModelInfo, dropp
     return splits
 
 
+def _precisions(path: Path, raw: dict, spec: SweepSpec, kind: Kind) -> list[str] | None:
+    """The `precision` axis (None: the spec's dtype), each value one the trials' device runs (as _check_dtype)."""
+    if "precision" not in spec.axes:
+        return None
+    values = spec.axes["precision"]
+    where = f"{path.name}: axes.precision"
+    if "dtype" in raw:
+        raise SpecError(f"{where}: give the precisions either here or as the top-level dtype, not both")
+    if not isinstance(values, list) or not values or not all(isinstance(v, str) for v in values):
+        raise SpecError(f"{where}: a list of precisions ({', '.join(PRECISIONS.names())})")
+    if len(set(values)) != len(values):
+        raise SpecError(f"{where}: {next(v for v in values if values.count(v) > 1)!r} is listed twice")
+    if spec.screen is not None:
+        raise SpecError(f"{path.name}: screen: not with a precision axis yet (screen one precision per sweep)")
+    import torch
+
+    device = "cuda" if spec.resources.gpu > 0 else "cpu"
+    if device == "cpu" or torch.cuda.is_available():  # a cluster's GPUs, not visible here, are not checked
+        for i, value in enumerate(values):
+            with _field(path, f"axes.precision.{i}: "):
+                check_precision(value, device)
+    for i, value in enumerate(values):
+        with _field(path, f"axes.precision.{i}: "):
+            quantised = PRECISIONS.get(value).quantise is not None  # unknown names: also where no device is checked
+        if kind.float_linears and quantised:
+            raise SpecError(f"{where}.{i}: {value}: the {kind.name} kind puts LoRA layers (peft) on the linear maps, "
+                            "which a quantised one is not; use float32, bfloat16 or float16")
+    return values
+
+
 def _model_names(path: Path, raw: dict, spec: SweepSpec) -> list[str] | None:
     """The `model` axis (None: the top-level `model`, the one-model shorthand)."""
     if "model" not in spec.axes:
@@ -364,7 +402,7 @@ def load_sweep(path: str | Path, base_dir: str | Path | None = None) -> Sweep:
                                 f"not {spec.screen.estimate}")
     try:
         # paths are relative to the spec
-        own = {k: v for k, v in spec.axes.items() if k != "model"}  # the model axis is every kind's (below)
+        own = {k: v for k, v in spec.axes.items() if k not in ("model", "precision")}  # every kind's (below)
         validated = kind.axes.model_validate(own, context={"base_dir": base})
         axes = {k: v for k, v in validated.model_dump().items() if v is not None}
     except ValidationError as exc:
@@ -372,12 +410,16 @@ def load_sweep(path: str | Path, base_dir: str | Path | None = None) -> Sweep:
     if spec.length_context is not None and "length" not in axes:
         raise SpecError(f"{path.name}: length_context: only with a length axis (axes.length)")
     _check_dtype(path, spec)
+    precisions = _precisions(path, raw, spec, kind)
+    if precisions:
+        axes["precision"] = precisions
     names = _model_names(path, raw, spec)
     dropped = [] if names else None  # several models: a family that does not tokenize for one leaves that one only
     parts = tuple(_part(path, spec, name, kind, dict(axes), options, f"axes.model.{i}" if names else "model", dropped,
                         base) for i, name in enumerate(names or [spec.model]))
     families = list(dict.fromkeys(f for part in parts for f in part.axes["family"]))
-    top_axes = {**({"model": names} if names else {}), **parts[0].axes, "family": families}
+    top_axes = {**({"model": names} if names else {}), **({"precision": precisions} if precisions else {}),
+                **parts[0].axes, "family": families}
     notes = tuple(dropped or ()) + tuple(dict.fromkeys(w for part in parts for w in (
         kind.split_warnings(part.splits, part.model.tokenizer) if kind.split_warnings else ())))
     return Sweep(path, spec, kind, top_axes, parts, options=options, warnings=notes,

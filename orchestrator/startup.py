@@ -58,8 +58,8 @@ def preload_env(sweep, n_trials: int, folder: str) -> dict[str, str]:
     slots = min(actors(first.resources, n_trials), memory)
     if first.resources.gpu > 0 or slots < 1:
         return {}
-    settings = {"model": first.name, "trust_remote_code": spec.trust_remote_code, "dtype": spec.dtype, "slots": slots,
-                "dir": folder}
+    settings = {"model": first.name, "trust_remote_code": spec.trust_remote_code, "dtype": sweep.precisions[0],
+                "slots": slots, "dir": folder}  # the first trial's precision
     return {SETUP_HOOK: "orchestrator.startup.preload", PRELOAD: json.dumps(settings)}
 
 

@@ -35,8 +35,8 @@ _RUNS: LRU[FamilyRun] = LRU(16)  # (family, seed) baselines kept per actor; tria
 
 
 def actor_model(name: str, trust_remote_code: bool, device: str, dtype: str = "float32") -> Model:
-    """The actor's one model, loaded on first use; loading another frees this one (and its baselines) first, so an
-    actor never holds two models."""
+    """The actor's one model in one precision (`dtype`: interventions/precision.py), loaded on first use; loading
+    another (or another precision) frees this one (and its baselines) first, so an actor never holds two models."""
     global MODEL_LOADS
     key = f"{name}|{trust_remote_code}|{device}|{dtype}"
     with _LOADING:
@@ -84,7 +84,8 @@ def trial_context(settings: WorkerSettings, pack: list[dict], splits: dict) -> T
     name = pack[0]["model"]
     own, splits = settings.models[name], splits[name]
     device = "cuda" if own.gpu > 0 and torch.cuda.is_available() else "cpu"
-    model = actor_model(name, settings.trust_remote_code, device, settings.dtype)
+    precision = pack[0]["point"].get("precision", settings.dtype)  # a precision axis: the pack's own
+    model = actor_model(name, settings.trust_remote_code, device, precision)
     seed, family = pack[0]["point"]["seed"], pack[0]["point"]["family"]
     length = pack[0]["point"].get("length")  # a length axis: the items of the point's bucket
     others = []

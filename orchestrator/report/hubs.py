@@ -39,17 +39,20 @@ def per_model(summarise: Callable[[pd.DataFrame], Summary]) -> Callable[[pd.Data
     return _per("model", summarise)
 
 
-def per_length(summarise: Callable[[pd.DataFrame], Summary],
-               across: Callable[[pd.DataFrame], Summary] | None = None) -> Callable[[pd.DataFrame], Summary]:
-    """`summarise` run on each length bucket's rows apart when `frame` holds several (a `length` column), as
-    per_model does for models (metrics `length=<bucket>/<metric>`); `across(frame)` adds what compares the
-    buckets (the hub per family across lengths)."""
-    each = _per("length", summarise, "length=")
+ACROSS = {"length": "lengths", "precision": "precisions"}  # axes whose values a summary compares: axis -> plural
+
+
+def per_axis(axis: str, summarise: Callable[[pd.DataFrame], Summary],
+             across: Callable[[pd.DataFrame], Summary] | None = None) -> Callable[[pd.DataFrame], Summary]:
+    """`summarise` run on each value's rows apart when `frame` holds several values of `axis` (a column of that
+    name), as per_model does for models (metrics `<axis>_<value>/<metric>`: MLflow refuses '=' in a name);
+    `across(frame)` adds what compares the values (the hub per family across them)."""
+    each = _per(axis, summarise, f"{axis}_")
 
     @functools.wraps(summarise)
     def both(frame: pd.DataFrame) -> Summary:
         out = each(frame)
-        if across is None or "length" not in frame or frame["length"].nunique() < 2:
+        if across is None or axis not in frame or frame[axis].nunique() < 2:
             return out
         more = across(frame)
         return Summary({**out.tables, **more.tables}, {**out.metrics, **more.metrics}, [*out.views, *more.views])
@@ -78,32 +81,73 @@ def _per(column: str, summarise: Callable[[pd.DataFrame], Summary], prefix: str 
     return each
 
 
-def hubs_across_lengths(frame: pd.DataFrame) -> Summary:
-    """Per family, the hub (cross-seed mode of each seed's largest-effect layer, component/method HUB) in each length
-    bucket, and whether it stays: 'hub stable across lengths' when every bucket has the same hub, else 'hub moves
-    across lengths'. Metric `hub_stable_across_lengths`: the share of families whose hub stays."""
+def moves_table(axis: str, values: dict[str, dict[str, object]], what: str) -> tuple[pd.DataFrame, Table]:
+    """Per value of `axis` (in order; the first is the reference): `what` per key ("family:hub, ..."), and whether
+    any key's differs from the reference value's. values: axis value -> key -> what (keys the reference lacks are
+    not compared)."""
+    reference = next(iter(values.values()), {})
     rows = []
-    for family, own in frame.groupby("family", sort=False):
-        hubs = {}
-        for length, part in own.groupby("length", sort=False):
-            profile = layer_profiles(part)
-            main = profile[(profile["component"] == HUB[0]) & (profile["method"] == HUB[1])]
-            if len(main):
-                hubs[str(length)] = mode_and_std(hub_of(main))[0]
-        if len(hubs) >= 2:
-            stable = len(set(hubs.values())) == 1
-            rows.append({"family": family, "hub_per_length": ",".join(f"{k}:{v}" for k, v in hubs.items()),
-                         "verdict": "hub stable across lengths" if stable else "hub moves across lengths",
-                         "stable": stable})
-    table = pd.DataFrame(rows, columns=["family", "hub_per_length", "verdict", "stable"])
-    view = Table(title=f"hub per family across prompt lengths ({HUB[0]}/{HUB[1]}, cross-seed mode per bucket)",
+    for value, got in values.items():
+        moved = [k for k, v in got.items() if k in reference and v != reference[k]]
+        rows.append({axis: value, f"{what}_per_family": ", ".join(f"{k}:{v}" for k, v in got.items()),
+                     "moves": bool(moved), "moved": ", ".join(moved)})
+    table = pd.DataFrame(rows, columns=[axis, f"{what}_per_family", "moves", "moved"])
+    first = next(iter(values), "")
+    label = what.replace("_", " ")
+    view = Table(title=f"{label} per family by {axis}: does it move from {first} (the reference)?",
                  title_justify="left")
-    for name in ("family", "hub per length", "verdict"):
+    for name in (axis, f"{label} per family", "moves?"):
         view.add_column(name)
     for _, r in table.iterrows():
-        view.add_row(str(r["family"]), r["hub_per_length"], r["verdict"])
-    metrics = {"hub_stable_across_lengths": float(table["stable"].mean())} if len(table) else {}
-    return Summary({"hubs_across_lengths": table}, metrics, [view] if len(table) else [])
+        view.add_row(str(r[axis]), escape(r[f"{what}_per_family"]),
+                     "reference" if r[axis] == first else ("moves: " + r["moved"] if r["moves"] else "stays"))
+    return table, view
+
+
+def hubs_across(axis: str) -> Callable[[pd.DataFrame], Summary]:
+    """What compares the hub across the values of `axis` (length buckets, precisions): per family, the hub
+    (cross-seed mode of each seed's largest-effect layer, component/method HUB) at each value, 'hub stable across
+    <values>' when every value has the same hub, else 'hub moves across <values>' (table hubs_across_<values>,
+    metric hub_stable_across_<values>: the share of families whose hub stays); and per value, each family's hub and
+    whether it moves from the first value's (table hubs_by_<axis>)."""
+    plural = ACROSS.get(axis, f"{axis}s")
+
+    def across(frame: pd.DataFrame) -> Summary:
+        rows, by_value = [], {}
+        for family, own in frame.groupby("family", sort=False):
+            hubs = {}
+            for value, part in own.groupby(axis, sort=False):
+                profile = layer_profiles(part)
+                main = profile[(profile["component"] == HUB[0]) & (profile["method"] == HUB[1])]
+                if len(main):
+                    hubs[str(value)] = mode_and_std(hub_of(main))[0]
+                    by_value.setdefault(str(value), {})[str(family)] = f"L{hubs[str(value)]}"
+            if len(hubs) >= 2:
+                stable = len(set(hubs.values())) == 1
+                rows.append({"family": family, f"hub_per_{axis}": ",".join(f"{k}:{v}" for k, v in hubs.items()),
+                             "verdict": f"hub stable across {plural}" if stable else f"hub moves across {plural}",
+                             "stable": stable})
+        table = pd.DataFrame(rows, columns=["family", f"hub_per_{axis}", "verdict", "stable"])
+        noun = "prompt lengths" if axis == "length" else plural
+        view = Table(title=f"hub per family across {noun} ({HUB[0]}/{HUB[1]}, cross-seed mode per {axis})",
+                     title_justify="left")
+        for name in ("family", f"hub per {axis}", "verdict"):
+            view.add_column(name)
+        for _, r in table.iterrows():
+            view.add_row(str(r["family"]), r[f"hub_per_{axis}"], r["verdict"])
+        metrics = {f"hub_stable_across_{plural}": float(table["stable"].mean())} if len(table) else {}
+        if not len(table):
+            return Summary({f"hubs_across_{plural}": table}, metrics, [])
+        order = [str(v) for v in dict.fromkeys(frame[axis]) if str(v) in by_value]
+        moves, moves_view = moves_table(axis, {v: by_value[v] for v in order}, "hub")
+        return Summary({f"hubs_across_{plural}": table, f"hubs_by_{axis}": moves}, metrics, [view, moves_view])
+
+    across.__name__ = f"hubs_across_{plural}"
+    return across
+
+
+hubs_across_lengths = hubs_across("length")
+hubs_across_precisions = hubs_across("precision")
 
 
 def with_variants(frame: pd.DataFrame) -> pd.DataFrame:

@@ -21,7 +21,7 @@ from interventions.registry import Registry
 from orchestrator.aggregate import aggregate
 from orchestrator.numbers import fmt
 from orchestrator.report.claims import ClaimCard, Evidence, card
-from orchestrator.report.hubs import METRIC, Summary, hub_of, mode_and_std, per_length, per_model
+from orchestrator.report.hubs import METRIC, Summary, hub_of, mode_and_std, per_axis, per_model
 from orchestrator.report.record import SweepRecord
 
 
@@ -60,7 +60,8 @@ class SectionKind:
 
     build: Callable[[SweepRecord], Section]  # the report section
     profile: Callable[[SweepRecord], Profile] | None = None  # the layer profile `compare` puts on a depth axis
-    summary: Callable[[pd.DataFrame], Summary] | None = None  # printed and logged at the end of a sweep (per model)
+    summary: Callable[[pd.DataFrame], Summary] | None = None  # printed and logged at the end of a sweep (per model,
+    # per value of the length and precision axes, then what compares those values: `across`)
     scale_card: Callable[[list[SweepRecord], str], ClaimCard | None] | None = None  # a sweep of several models: the
     # kind's cross-model card from each model's record, pointing at the depth figure (scale.py)
 
@@ -73,10 +74,16 @@ SECTIONS: Registry[SectionKind] = Registry("report section", sources=(
 
 def section(kind: str, **declaration):
     """Register `build(record) -> Section` as the report of experiment kind `kind` (with `profile`, `summary`,
-    `scale_card`; a summary is run on each model's rows apart when a sweep's rows hold several, see hubs.per_model)."""
-    across = declaration.pop("across_lengths", None)  # what compares a sweep's length buckets (hubs.per_length)
-    if declaration.get("summary") is not None:
-        declaration["summary"] = per_model(per_length(declaration["summary"], across))
+    `scale_card`, `across`; a summary is run on each model's rows apart when a sweep's rows hold several, see
+    hubs.per_model, and on each length bucket's and each precision's; `across: {axis: fn}` adds what compares an
+    axis' values when the rows hold several, hubs.per_axis)."""
+    across = declaration.pop("across", {})  # axis (hubs.ACROSS) -> what compares its values (the hub moves?)
+    summary = declaration.get("summary")
+    if summary is not None or across:
+        summary = summary or (lambda frame: Summary({}, {}))
+        for axis in ("length", "precision"):  # innermost first: a precision's rows, then each bucket's
+            summary = per_axis(axis, summary, across.get(axis))
+        declaration["summary"] = per_model(summary)
 
     def add(build: Callable[[SweepRecord], Section]) -> Callable[[SweepRecord], Section]:
         SECTIONS.register(kind)(SectionKind(build=build, **declaration))

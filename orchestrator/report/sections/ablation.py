@@ -22,6 +22,7 @@ from orchestrator.report.hubs import (
     METRIC,
     ablation_summary,
     hubs_across_lengths,
+    hubs_across_precisions,
     layer_profiles,
     layer_spearman,
     mode_and_std,
@@ -94,7 +95,7 @@ def mlp_scale_card(models: list[SweepRecord], figure: str) -> ClaimCard | None:
 
 
 @section("ablation", profile=ablation_profile, summary=ablation_summary, scale_card=mlp_scale_card,
-         across_lengths=hubs_across_lengths)
+         across={"length": hubs_across_lengths, "precision": hubs_across_precisions})
 def ablation_section(record: SweepRecord) -> Section:
     """Layer profiles, hubs and their cards from exact runs; a screened sweep adds its screen (estimates marked apart
     from exact points, their agreement) and draws profiles only for the panels whose every point ran exactly."""

@@ -20,6 +20,7 @@ import pandas as pd
 
 from orchestrator.numbers import fmt
 from orchestrator.report.claims import SELECTIVE_A, ClaimCard, Evidence, card, grade
+from orchestrator.report.hubs import Summary, moves_table
 from orchestrator.report.record import SweepRecord
 from orchestrator.report.sections import Profile, Section, Shown, as_profile, over_seeds, peak, section, seed_means
 from orchestrator.report.steering_figures import generation_lines, geometry, item_shifts, steering_heatmaps
@@ -122,7 +123,34 @@ class Halves:
         self.select, self.report = HALVES if self.split else ("ld_delta", "ld_delta")
 
 
-@section("steering", profile=steering_profile)
+def best_cells_across(axis: str):
+    """What compares the best steering cell across the values of `axis` (precisions): per value and family, the
+    (vector type, layer, strength) cell with the largest |ld_delta - random's| (strongest_cells), and whether it
+    moves from the first value's (table best_cell_by_<axis>; metric best_cell_stable_across_<axis>: the share of
+    families whose cell stays)."""
+
+    def across(frame: pd.DataFrame) -> Summary:
+        steer = frame[frame["vector_type"] != PROMPT]
+        steer = steer.assign(layer=steer["layer"].map(layer_tuple).map(layer_label))
+        cells: dict[str, dict[str, str]] = {}
+        for value in dict.fromkeys(steer[axis].astype(str)):
+            for family, own in steer[steer[axis].astype(str) == value].groupby("family", sort=False):
+                best = strongest_cells(own, 1)
+                if best:
+                    vtype, layer, strength = best[0]
+                    cells.setdefault(value, {})[str(family)] = f"{vtype}@L{layer}x{strength:g}"
+        if len(cells) < 2:
+            return Summary({}, {})
+        table, view = moves_table(axis, cells, "best_cell")
+        reference = next(iter(cells.values()))
+        stays = [all(c.get(f) == cell for c in cells.values()) for f, cell in reference.items()]
+        return Summary({f"best_cell_by_{axis}": table}, {f"best_cell_stable_across_{axis}": sum(stays) / len(stays)},
+                       [view])
+
+    return across
+
+
+@section("steering", profile=steering_profile, across={"precision": best_cells_across("precision")})
 def steering_section(record: SweepRecord) -> Section:
     steer, prompt, rows = split_frame(record)
     result = Section("Steering")
