@@ -168,10 +168,10 @@ def test_the_shipped_atlas_study_validates_on_tiny_stand_ins(tmp_path):
     assert len(raw["families"]) == 6 and raw["seeds"] == [0, 1]
     kinds = {body["kind"] for body in raw["sweeps"]}
     readers = {atlas_table.ROWS.get(n).kind for n in atlas_table.ORDER} - {None}
-    unmeasured = {"adapter", "cross_model_patch"}  # LoRA training: not in the CPU-sized study (their cells say so)
-    assert readers - unmeasured <= kinds  # every other row has a member to read
+    assert readers <= kinds  # every row has a member to read
     study = load_study(_write(tmp_path, {**raw, "models": ["tiny-llama", "tiny-qwen2"]}))  # the packs need no install
     try:
-        assert [m for m, _ in study.members] == ["hubs", "heads", "steering", "skipping", "exit"]
+        assert [m for m, _ in study.members] == ["hubs", "heads", "steering", "skipping", "exit", "adapters",
+                                                 "transfer"]
     finally:
         study.close()
