@@ -100,6 +100,22 @@ def phases(wall: float, lines: list[tuple[float, str]]) -> dict[str, float]:
     return out
 
 
+def seconds(text: str) -> float:
+    """progress.duration's text back to seconds: '45 s', '12 min 5 s', '1 h 02 min'."""
+    units = {"h": 3600, "min": 60, "s": 1}
+    return sum(float(n) * units[u] for n, u in re.findall(r"(\d+) (h|min|s)\b", text))
+
+
+def eta_at_quarter(wall: float, lines: list[tuple[float, str]]) -> tuple[float, float] | None:
+    """(the ETA printed at 25 % of the exact points, the true time left then), or None without one."""
+    marks = [(t, m.group(1)) for t, line in lines if "(attribution" not in line and "estimates)" not in line
+             and (m := re.search(r" points \(25 %\), .*, eta (.+)$", line))]
+    if not marks or "after" in marks[-1][1]:
+        return None
+    t, text = marks[-1]
+    return seconds(text), wall - t
+
+
 def dry_run(spec: Path) -> tuple[float, str]:
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         _, lines, _ = stamped([sys.executable, "-m", "orchestrator", "sweep", str(spec), "--dry-run"], Path(tmp))
@@ -127,8 +143,10 @@ def main() -> None:
                 wall, lines, loads = stamped([sys.executable, "-m", "orchestrator", "sweep", str(specs[name])],
                                              Path(run_dir))
             load = sum(loads) / max(1, len(loads))
-            rows.append((name, estimate, wall, dry_load, load, min(loads, default=0), max(loads, default=0)))
-            print(f"{name}: estimate {estimate:.0f} s, measured {wall:.1f} s, ratio {estimate / wall:.2f}; load "
+            rows.append((name, estimate, wall, dry_load, load, min(loads, default=0), max(loads, default=0),
+                         eta_at_quarter(wall, lines)))
+            print(f"{name}: estimate {estimate:.0f} s, measured {wall:.1f} s, ratio {estimate / wall:.2f}; ETA at 25 % "
+                  f"{rows[-1][-1]}; load "
                   f"{dry_load:.2f} at the dry-run, {load:.2f} mean ({min(loads):.2f}-{max(loads):.2f}) in the sweep",
                   flush=True)
             if args.phases:
@@ -138,11 +156,13 @@ def main() -> None:
         load_after = " ".join(f"{x:.2f}" for x in os.getloadavg())
     print(f"\nwhole processes on {os.cpu_count()} CPUs; load average (1/5/15 min) {load_before} before, "
           f"{load_after} after")
-    print("| sweep | `--dry-run` estimate | measured wall | estimate / measured | load: dry-run / sweep mean (range) |")
-    print("|---|---|---|---|---|")
-    for name, estimate, wall, dry_load, load, lo, hi in rows:
+    print("| sweep | `--dry-run` estimate | measured wall | estimate / measured | load: dry-run / sweep mean (range) "
+          "| ETA at 25 % / true time left |")
+    print("|---|---|---|---|---|---|")
+    for name, estimate, wall, dry_load, load, lo, hi, eta in rows:
         print(f"| `{name}` | {estimate:.0f} s | {wall:.1f} s | {estimate / wall:.2f} | {dry_load:.2f} / {load:.2f} "
-              f"({lo:.2f}–{hi:.2f}) |")
+              f"({lo:.2f}–{hi:.2f}) | " + (f"{eta[0]:.0f} s / {eta[1]:.0f} s = {eta[0] / eta[1]:.2f} |" if eta
+                                          else "– |"))
 
 
 if __name__ == "__main__":

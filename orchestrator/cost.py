@@ -15,11 +15,14 @@ The estimate, in seconds (docs/performance.md compares it with measured walls on
   (a screen: a forward and a backward, ~3 forwards, per run instead of every exact trial but the verified ones)
 
 The load: every timing here is CPU time (what the work costs on a free core), and every term is turned into wall
-seconds by the share of a core its process gets now (`Shares`, probed here for 1 s as the sweep will run: the
-driver at nice 0, and one process per actor at nice 19, as Ray starts its workers). Actors run at nice 19, so any
-nice-0 work on the machine starves them; a 2-core machine at load 4-8 gives them 2-40 % of a core each. Each fixed
-cost is (CPU seconds, waiting seconds): the CPU part is divided by the share of the process doing it, the waiting
-part (timeouts, polls, sleeps) is not.
+seconds by the share of a core its process gets now (`Shares`): the driver's is what this process got over its own
+start (imports and validation, as the driver's); the actors' is probed for PROBE_S with one spinning process per
+actor, ACTOR_NICE nicer than this one, as Ray starts its workers. Linux shares the CPUs between sessions first
+(autogroups) and by niceness inside one: Ray's workers stay in the driver's session, so the actors share one
+session's slice of the machine, and the driver takes it from them while it is busy. The load average counts every
+runnable task, and overstates how much a sweep slows down when many are in a few other sessions. Each fixed cost
+is (CPU seconds, waiting seconds): the CPU part is divided by the share of the process doing it, the waiting part
+(timeouts, polls, sleeps) is not.
 
 Actors are what Ray would start on this machine: CPUs (or GPUs) / the spec's resources, at most one per trial.
 Kinds are read generically: a point with a `layer` of a kind that restarts there (Kind.restarts_at_layer) starts at
@@ -36,14 +39,15 @@ from dataclasses import dataclass
 # Fixed costs as (CPU seconds on a free core, waiting seconds), calibrated from whole sweep processes
 # (benchmarks/estimates.py --phases) on the 2-core machine this was written on: see docs/performance.md, "Cost
 # before running", for the runs and the loads. Re-measure them when the driver, the workers or the tracking change.
-PRE_RAY = (1.0, 0.0)  # validation's end to `ray.init`: the store's checks, the ledger, the grid guard (driver)
-RAY_START = (2.0, 4.0)  # ray.init of a local Ray (driver, GCS, raylet; the workers start preloading the model)
-TUNE_START = (2.0, 4.0)  # Tuner.fit until the first trial runs on an actor, besides the model load (driver)
+PRE_RAY = (1.5, 0.0)  # validation's end to `ray.init`: the store's checks, the ledger, the grid guard (driver)
+RAY_START = (1.0, 10.0)  # ray.init of a local Ray (driver, GCS, raylet; the workers start preloading the model)
+TUNE_START = (9.0, 6.0)  # Tuner.fit to the first result besides its forwards and the model load: Tune's start,
+# the actors' start, MLflow's set-up on a new store (driver)
 TRIAL_OVERHEAD = (0.05, 0.0)  # per Tune trial on an actor besides its forwards: scheduling, the result (actor)
-POINT_LOG_S = 0.05  # CPU seconds per grid point: the driver's writer thread logs it as an MLflow run (driver)
-END = (1.0, 3.0)  # the last result to exit: Tune's teardown, the table, the aggregate, ray.shutdown (driver)
-DRIVER_DUTY = 0.5  # the share of the time the driver's probe spins (the driver is not busy all the time)
-PROBE_S = 1.0  # how long the shares are probed at dry-run
+POINT_LOG_S = 0.02  # CPU seconds per grid point: the driver's writer thread logs it as an MLflow run (driver)
+END = (2.0, 5.0)  # the last result to exit: Tune's teardown, the table, the aggregate, ray.shutdown (driver)
+PROBE_S = 2.0  # how long the shares are probed at dry-run
+ACTOR_NICE = 15  # Ray's worker_niceness: its workers (the actors) run 15 nicer than the driver that started Ray
 PROCESS_BYTES = 650 * 2**20  # an actor process before its model: Python, Ray worker, torch, transformers
 
 
@@ -127,47 +131,39 @@ def work(sweep, part, points) -> Work:
                 screened)
 
 
-def _spin(nice: int, seconds: float, duty: float, out) -> None:
-    """A probe process: spin (in `duty` of each 20 ms) at `nice` for `seconds`; put the share of a core it got
-    while it wanted one."""
-    if nice:
-        os.nice(nice)
-    start, cpu, busy = time.perf_counter(), time.thread_time(), 0.0
-    while (now := time.perf_counter()) - start < seconds:
-        while time.perf_counter() - now < 0.02 * duty:
-            sum(range(500))
-        busy += time.perf_counter() - now
-        if duty < 1:
-            time.sleep(0.02 * (1 - duty))
-    out.put((nice, (time.thread_time() - cpu) / max(busy, 1e-6)))
+def _spin(nice: int, seconds: float, out) -> None:
+    """A probe process: spin at `nice` for `seconds`; put the share of a core it got."""
+    os.nice(nice)
+    start, cpu = time.perf_counter(), time.thread_time()
+    while time.perf_counter() - start < seconds:
+        sum(range(500))
+    out.put((time.thread_time() - cpu) / (time.perf_counter() - start))
 
 
 @dataclass
 class Shares:
-    """The share of a core each of the sweep's processes would get now: the driver (nice 0) and each actor (nice
-    19, Ray's worker niceness), probed together; and the load average then."""
+    """The share of a core each of the sweep's processes would get now: the driver (what this process got over its
+    own start) and each actor (probed); and the load average then."""
 
     driver: float
     actor: float
     load: float
 
     @staticmethod
-    def probe(n_actors: int, seconds: float = PROBE_S) -> Shares:
-        """Spin a driver-like process (busy DRIVER_DUTY of the time) and n_actors nice-19 ones for `seconds`."""
+    def probe(n_actors: int, seconds: float = PROBE_S, driver: float = 1.0) -> Shares:
+        """Spin n_actors processes ACTOR_NICE nicer than this one for `seconds`, in this process's session (its
+        autogroup, where Ray's workers run too: Ray starts no session of its own)."""
         import multiprocessing
 
         ctx = multiprocessing.get_context("fork")
-        out = ctx.Queue()
-        procs = [ctx.Process(target=_spin, args=(nice, seconds, duty, out), daemon=True)
-                 for nice, duty in [(0, DRIVER_DUTY)] + [(19, 1.0)] * n_actors]
+        out = ctx.SimpleQueue()
+        procs = [ctx.Process(target=_spin, args=(ACTOR_NICE, seconds, out), daemon=True) for _ in range(n_actors)]
         for proc in procs:
             proc.start()
-        got = [out.get(timeout=seconds + 30) for _ in procs]
         for proc in procs:
-            proc.join()
-        actor = [share for nice, share in got if nice] or [1.0]
-        return Shares(min(1.0, max(0.01, next(share for nice, share in got if not nice))),
-                      min(1.0, max(0.01, statistics.mean(actor))), os.getloadavg()[0])
+            proc.join(seconds + 30)
+        got = [out.get() for _ in procs if not out.empty()] or [1.0]
+        return Shares(min(1.0, max(0.01, driver)), min(1.0, max(0.01, statistics.mean(got))), os.getloadavg()[0])
 
 
 def fixed(cost: tuple[float, float], share: float) -> float:
@@ -327,28 +323,36 @@ def dry_run_cost(sweep, points) -> list[str]:
     return dry_run_estimate(sweep, points)[0]
 
 
+_PROCESS: tuple[float, float] | None = None  # (wall, CPU seconds) of this process's start
+
+
 def dry_run_estimate(sweep, points) -> tuple[list[str], float]:
     """`dry_run_cost`'s lines and the estimated wall seconds of the sweep (`study --dry-run`): one start-up and end;
     the models' trials one after the other, each model after the first loaded once more by the actors."""
-    process_s = sum(os.times()[:2])  # imports and validation, as the driver's: CPU seconds (the driver's share below)
+    import psutil
+
+    global _PROCESS
+    if _PROCESS is None:  # imports and validation, as the driver's: once (a study's later sweeps share the process)
+        _PROCESS = (time.time() - psutil.Process().create_time(), _cpu())
+    process_s, process_cpu = _PROCESS
     got = []
     for part in sweep.parts:
         own = [p for p in points if p.model == part.name]
         w = work(sweep, part, own)
         got.append((part, w, calibrate(sweep, part, max((r for r, _ in w.forwards), default=sweep.spec.n_eval))))
     n_actors = max(max(1, actors(part.resources, max(1, w.trials))) for part, w, _ in got)
-    shares = Shares.probe(n_actors)
+    shares = Shares.probe(n_actors, driver=min(1.0, max(0.01, process_cpu / max(process_s, 1e-6))))
     lines, wall = [], 0.0
     for i, (part, w, cal) in enumerate(got):
-        est = estimate(sweep, part, w, cal, process_s / shares.driver, shares)
+        est = estimate(sweep, part, w, cal, process_s, shares)
         if i == 0:
             wall += est.wall_s
         else:  # one start-up and end for the sweep; the actors load this model when its first pack comes
             wall += est.wall_s - est.startup_s - est.end_s + cal.load_s / shares.actor
         rows = render(sweep, part, w, cal, est)
         lines += [f"{part.name}:", *("  " + row for row in rows)] if len(sweep.parts) > 1 else rows
-    lines.append(f"load now: {shares.load:.1f} (1-min average on {os.cpu_count()} CPUs); probed for {PROBE_S:g} s, the "
-                 f"driver gets {shares.driver:.0%} of a core and each of {n_actors} actor(s) at nice 19 "
-                 f"{shares.actor:.0%}" + (f"; estimate for the sweep: wall ~ {wall:.0f} s" if len(sweep.parts) > 1
-                                          else ""))
+    lines.append(f"load now: {shares.load:.1f} (1-min average on {os.cpu_count()} CPUs); the driver gets "
+                 f"{shares.driver:.0%} of a core (as this process did), each of {n_actors} actor(s) at nice "
+                 f"+{ACTOR_NICE} {shares.actor:.0%} (probed for {PROBE_S:g} s)"
+                 + (f"; estimate for the sweep: wall ~ {wall:.0f} s" if len(sweep.parts) > 1 else ""))
     return lines, wall
