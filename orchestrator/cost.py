@@ -39,13 +39,13 @@ from dataclasses import dataclass
 # Fixed costs as (CPU seconds on a free core, waiting seconds), calibrated from whole sweep processes
 # (benchmarks/estimates.py --phases) on the 2-core machine this was written on: see docs/performance.md, "Cost
 # before running", for the runs and the loads. Re-measure them when the driver, the workers or the tracking change.
-PRE_RAY = (1.5, 0.0)  # validation's end to `ray.init`: the store's checks, the ledger, the grid guard (driver)
-RAY_START = (1.0, 10.0)  # ray.init of a local Ray (driver, GCS, raylet; the workers start preloading the model)
-TUNE_START = (9.0, 6.0)  # Tuner.fit to the first result besides its forwards and the model load: Tune's start,
+PRE_RAY = (1.0, 0.0)  # validation's end to `ray.init`: the store's checks, the ledger, the grid guard (driver)
+RAY_START = (1.0, 8.0)  # ray.init of a local Ray (driver, GCS, raylet; the workers start preloading the model)
+TUNE_START = (5.0, 12.0)  # Tuner.fit to the first result besides its forwards and the model load: Tune's start,
 # the actors' start, MLflow's set-up on a new store (driver)
 TRIAL_OVERHEAD = (0.05, 0.0)  # per Tune trial on an actor besides its forwards: scheduling, the result (actor)
 POINT_LOG_S = 0.02  # CPU seconds per grid point: the driver's writer thread logs it as an MLflow run (driver)
-END = (2.0, 5.0)  # the last result to exit: Tune's teardown, the table, the aggregate, ray.shutdown (driver)
+END = (1.0, 6.5)  # the last result to exit: Tune's teardown, the table, the aggregate, ray.shutdown (driver)
 PROBE_S = 2.0  # how long the shares are probed at dry-run
 ACTOR_NICE = 15  # Ray's worker_niceness: its workers (the actors) run 15 nicer than the driver that started Ray
 PROCESS_BYTES = 650 * 2**20  # an actor process before its model: Python, Ray worker, torch, transformers
