@@ -353,6 +353,7 @@ def dry_run_estimate(sweep, points) -> tuple[list[str], float]:
         lines += [f"{part.name}:", *("  " + row for row in rows)] if len(sweep.parts) > 1 else rows
     lines.append(f"load now: {shares.load:.1f} (1-min average on {os.cpu_count()} CPUs); the driver gets "
                  f"{shares.driver:.0%} of a core (as this process did), each of {n_actors} actor(s) at nice "
-                 f"+{ACTOR_NICE} {shares.actor:.0%} (probed for {PROBE_S:g} s)"
-                 + (f"; estimate for the sweep: wall ~ {wall:.0f} s" if len(sweep.parts) > 1 else ""))
+                 f"+{ACTOR_NICE} {shares.actor:.0%} (probed for {PROBE_S:g} s)")
+    if len(sweep.parts) > 1:
+        lines.append(f"estimate for the sweep: wall ~ {wall:.0f} s")
     return lines, wall
