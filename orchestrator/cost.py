@@ -1,21 +1,33 @@
 """What a sweep will cost, before it starts (`sweep --dry-run`): the forwards the grid implies after packing and
-prefix reuse, a wall-time estimate calibrated by timing the model here, and the peak memory of one actor.
+prefix reuse, a wall-time estimate from the model's forwards timed here and the CPU this machine has free now, and
+the peak memory of one actor.
 
-The estimate, in seconds (docs/performance.md compares it with measured walls):
+The estimate, in seconds (docs/performance.md compares it with measured walls on five specs):
 
-  wall = start-up + per actor: (baselines + trial forwards + TRIAL_OVERHEAD_S per Tune trial) / actors + END_S
-  start-up = this process's own start (imports, validation, splits: the driver does the same) + RAY_START_S
-             + max(TUNE_START_S, model load timed here) (the actors load the model while Tune starts)
+  wall = start-up + trials + END
+  start-up = this process's own start (imports, validation: the driver does the same, under the same load)
+             + PRE_RAY + RAY_START + max(TUNE_START, the model load) (the actors load the model while Tune starts)
+  trials = max(per actor: (baselines + trial forwards + TRIAL_OVERHEAD per Tune trial) / actors,
+               the driver: POINT_LOG_S per point logged to MLflow)
   a forward of k of the model's n layers over r rows = k / n x t(r), t(r) linear in r through two timed full
   forwards (the eval batch, and the largest packed batch) with the actors' torch threads
   baselines: per (family, seed) and actor, a clean forward of the eval items and 3 of the train items
   (a screen: a forward and a backward, ~3 forwards, per run instead of every exact trial but the verified ones)
 
+The load: every timing here is CPU time (what the work costs on a free core), and every term is turned into wall
+seconds by the share of a core its process gets now (`Shares`): the driver's is what this process got over its own
+start (imports and validation, as the driver's); the actors' is probed for PROBE_S with one spinning process per
+actor, ACTOR_NICE nicer than this one, as Ray starts its workers. Linux shares the CPUs between sessions first
+(autogroups) and by niceness inside one: Ray's workers stay in the driver's session, so the actors share one
+session's slice of the machine, and the driver takes it from them while it is busy. The load average counts every
+runnable task, and overstates how much a sweep slows down when many are in a few other sessions. Each fixed cost
+is (CPU seconds, waiting seconds): the CPU part is divided by the share of the process doing it, the waiting part
+(timeouts, polls, sleeps) is not.
+
 Actors are what Ray would start on this machine: CPUs (or GPUs) / the spec's resources, at most one per trial.
 Kinds are read generically: a point with a `layer` of a kind that restarts there (Kind.restarts_at_layer) starts at
 L (a component that reads its layer's input: components.FROM_INPUT) or L + 1 (after resid_post[L]) when prefix reuse
-is on; a kind that reads the other families (steering's knock-outs) runs their eval items too. The constants were
-measured on the 2-core machine this was written on.
+is on; a kind that reads the other families (steering's knock-outs) runs their eval items too.
 """
 from __future__ import annotations
 
@@ -24,10 +36,18 @@ import statistics
 import time
 from dataclasses import dataclass
 
-RAY_START_S = 4.0  # ray.init of a local Ray (no dashboard)
-TUNE_START_S = 4.0  # Tuner.fit until the first trial runs on an actor
-END_S = 3.0  # Tune's teardown, the summary, ray.shutdown
-TRIAL_OVERHEAD_S = 0.05  # per Tune trial on an actor: scheduling, result reporting
+# Fixed costs as (CPU seconds on a free core, waiting seconds), calibrated from whole sweep processes
+# (benchmarks/estimates.py --phases) on the 2-core machine this was written on: see docs/performance.md, "Cost
+# before running", for the runs and the loads. Re-measure them when the driver, the workers or the tracking change.
+PRE_RAY = (1.0, 0.0)  # validation's end to `ray.init`: the store's checks, the ledger, the grid guard (driver)
+RAY_START = (1.0, 8.0)  # ray.init of a local Ray (driver, GCS, raylet; the workers start preloading the model)
+TUNE_START = (5.0, 12.0)  # Tuner.fit to the first result besides its forwards and the model load: Tune's start,
+# the actors' start, MLflow's set-up on a new store (driver)
+TRIAL_OVERHEAD = (0.05, 0.0)  # per Tune trial on an actor besides its forwards: scheduling, the result (actor)
+POINT_LOG_S = 0.02  # CPU seconds per grid point: the driver's writer thread logs it as an MLflow run (driver)
+END = (1.0, 6.5)  # the last result to exit: Tune's teardown, the table, the aggregate, ray.shutdown (driver)
+PROBE_S = 2.0  # how long the shares are probed at dry-run
+ACTOR_NICE = 15  # Ray's worker_niceness: its workers (the actors) run 15 nicer than the driver that started Ray
 PROCESS_BYTES = 650 * 2**20  # an actor process before its model: Python, Ray worker, torch, transformers
 
 
@@ -112,9 +132,50 @@ def work(sweep, part, points) -> Work:
                 screened)
 
 
+def _spin(nice: int, seconds: float, out) -> None:
+    """A probe process: spin at `nice` for `seconds`; put the share of a core it got."""
+    os.nice(nice)
+    start, cpu = time.perf_counter(), time.thread_time()
+    while time.perf_counter() - start < seconds:
+        sum(range(500))
+    out.put((time.thread_time() - cpu) / (time.perf_counter() - start))
+
+
+@dataclass
+class Shares:
+    """The share of a core each of the sweep's processes would get now: the driver (what this process got over its
+    own start) and each actor (probed); and the load average then."""
+
+    driver: float
+    actor: float
+    load: float
+
+    @staticmethod
+    def probe(n_actors: int, seconds: float = PROBE_S, driver: float = 1.0) -> Shares:
+        """Spin n_actors processes ACTOR_NICE nicer than this one for `seconds`, in this process's session (its
+        autogroup, where Ray's workers run too: Ray starts no session of its own)."""
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("fork")
+        out = ctx.SimpleQueue()
+        procs = [ctx.Process(target=_spin, args=(ACTOR_NICE, seconds, out), daemon=True) for _ in range(n_actors)]
+        for proc in procs:
+            proc.start()
+        for proc in procs:
+            proc.join(seconds + 30)
+        got = [out.get() for _ in procs if not out.empty()] or [1.0]
+        return Shares(min(1.0, max(0.01, driver)), min(1.0, max(0.01, statistics.mean(got))), os.getloadavg()[0])
+
+
+def fixed(cost: tuple[float, float], share: float) -> float:
+    """Wall seconds of a fixed cost (CPU seconds, waiting seconds) for a process that gets `share` of a core."""
+    return cost[0] / share + cost[1]
+
+
 @dataclass
 class Calibration:
-    """Timed here: full forwards of the model at two batch sizes, and its load."""
+    """Timed here, in CPU seconds (what it costs on a free core): full forwards of the model at two batch sizes, and
+    its load."""
 
     rows: tuple[int, int]
     seconds: tuple[float, float]
@@ -126,6 +187,7 @@ class Calibration:
     d_ff: int
     n_heads: int
     vocab: int
+    wall: tuple[float, float] = (0.0, 0.0)  # the same forwards' wall seconds here
 
     def forward(self, rows: int, layers: int, n_layers: int) -> float:
         (r1, r2), (t1, t2) = self.rows, self.seconds
@@ -133,35 +195,44 @@ class Calibration:
         return max(0.0, t1 + slope * (rows - r1)) * layers / n_layers
 
 
+def _cpu() -> float:
+    """CPU seconds of this process so far (every thread: a model load may use several)."""
+    times = os.times()
+    return times.user + times.system
+
+
 def calibrate(sweep, part, pack_rows: int, repeats: int = 3) -> Calibration:
     """Load the model and time full forwards (last position unembedded, as trials do) over the first (family,
-    seed)'s eval prompts, and over them stacked to `pack_rows`, with the actors' torch threads."""
+    seed)'s eval prompts, and over them stacked to `pack_rows`, with the actors' torch threads: CPU seconds of the
+    process (the load) and of this thread (the forwards)."""
     import torch
 
     from interventions.forward import Batch, encode, position_ids
     from interventions.models import load
 
-    start = time.perf_counter()
+    start = _cpu()
     model = load(part.name, sweep.spec.trust_remote_code, dtype=sweep.spec.dtype)
-    load_s = time.perf_counter() - start
+    load_s = _cpu() - start
     split = next(iter(part.splits.values()))
     batch = encode(model.tokenizer, [i.prompt for i in split.eval])
     threads = torch.get_num_threads()
     torch.set_num_threads(max(1, int(part.resources.cpu)))
     try:
-        seconds = []
+        seconds, walls = [], []
         sizes = (len(split.eval), max(len(split.eval), pack_rows))
         for rows in sizes:
             k = -(-rows // len(split.eval))
             big = Batch(batch.ids.repeat(k, 1)[:rows], batch.mask.repeat(k, 1)[:rows])
-            runs = []
+            runs, wall = [], []
             for _ in range(repeats):
-                t = time.perf_counter()
+                t, w = _cpu(), time.perf_counter()
                 with torch.no_grad():
                     model.module(input_ids=big.ids, attention_mask=big.mask, position_ids=position_ids(big.mask),
                                  use_cache=False, logits_to_keep=1)
-                runs.append(time.perf_counter() - t)
+                runs.append(_cpu() - t)
+                wall.append(time.perf_counter() - w)
             seconds.append(statistics.median(runs[1:] or runs))  # the first warms up
+            walls.append(statistics.median(wall[1:] or wall))
     finally:
         torch.set_num_threads(threads)
     config = model.config
@@ -169,21 +240,24 @@ def calibrate(sweep, part, pack_rows: int, repeats: int = 3) -> Calibration:
                        sum(p.numel() * p.element_size() for p in model.module.parameters()),
                        int(batch.mask.sum(-1).max()), config.hidden_size,
                        getattr(config, "intermediate_size", 4 * config.hidden_size), config.num_attention_heads,
-                       config.vocab_size)
+                       config.vocab_size, tuple(walls))
 
 
 @dataclass
 class Estimate:
     actors: int
     startup_s: float
-    compute_s: float  # per actor
-    overhead_s: float  # per actor
+    compute_s: float  # per actor, wall
+    overhead_s: float  # per actor, wall
+    logging_s: float  # the driver's, wall
+    end_s: float
     wall_s: float
     peak_bytes: int
     parts: dict[str, int]  # peak memory by part
 
 
-def estimate(sweep, part, w: Work, cal: Calibration, process_s: float) -> Estimate:
+def estimate(sweep, part, w: Work, cal: Calibration, process_s: float, shares: Shares) -> Estimate:
+    """The wall of one model's share of a sweep (module docstring): CPU seconds over the shares probed now."""
     n, spec = part.model.n_layers, sweep.spec
     n_actors = max(1, actors(part.resources, max(1, w.trials)))
     baseline = cal.forward(spec.n_eval, n, n) + 3 * cal.forward(spec.n_train, n, n)
@@ -194,12 +268,15 @@ def estimate(sweep, part, w: Work, cal: Calibration, process_s: float) -> Estima
         baseline += 3 * runs * cal.forward(spec.n_eval, n, n)
     per_fs_actor = min(n_actors, max(1, w.trials // max(1, w.family_seeds)))
     setup = baseline * w.family_seeds * per_fs_actor / n_actors
-    compute = sum(cal.forward(rows, layers, n) for rows, layers in w.forwards) / n_actors + setup
-    overhead = TRIAL_OVERHEAD_S * w.trials / n_actors
-    startup = process_s + RAY_START_S + max(TUNE_START_S, cal.load_s)
+    compute = (sum(cal.forward(rows, layers, n) for rows, layers in w.forwards) / n_actors + setup) / shares.actor
+    overhead = fixed(TRIAL_OVERHEAD, shares.actor) * w.trials / n_actors
+    logging = POINT_LOG_S * (w.points - w.screened + (w.points if spec.screen is not None else 0)) / shares.driver
+    startup = (process_s + fixed(PRE_RAY, shares.driver) + fixed(RAY_START, shares.driver)
+               + max(fixed(TUNE_START, shares.driver), cal.load_s / shares.actor))
+    end = fixed(END, shares.driver)
     parts = memory(sweep, part, w, cal)
-    return Estimate(n_actors, startup, compute, overhead, startup + compute + overhead + END_S, sum(parts.values()),
-                    parts)
+    return Estimate(n_actors, startup, compute, overhead, logging, end,
+                    startup + max(compute + overhead, logging) + end, sum(parts.values()), parts)
 
 
 def memory(sweep, part, w: Work, cal: Calibration) -> dict[str, int]:
@@ -227,12 +304,13 @@ def render(sweep, part, w: Work, cal: Calibration, est: Estimate) -> list[str]:
             f"{w.layer_forwards} layer-forwards after packing and prefix reuse (one full forward per point: "
             f"{w.naive_layer_forwards})" + (f"; a screen estimates {w.screened} points instead of running them"
                                              if spec.screen is not None else "")]
-    rows.append(f"timed here: model load {cal.load_s:.1f} s; a full forward ({n} layers) over {cal.rows[0]} rows "
-                f"{cal.seconds[0] * 1000:.0f} ms, over {cal.rows[1]} rows {cal.seconds[1] * 1000:.0f} ms "
-                f"({cal.threads} torch thread{'s' if cal.threads > 1 else ''}, as an actor)")
-    rows.append(f"estimate: wall ~ {est.wall_s:.0f} s = start-up {est.startup_s:.0f} s + trials {est.compute_s:.1f} s"
-                f" + overhead {est.overhead_s:.1f} s per actor + end {END_S:.0f} s (load average "
-                f"{os.getloadavg()[0]:.1f} now)")
+    rows.append(f"timed here: model load {cal.load_s:.1f} CPU s; a full forward ({n} layers) over {cal.rows[0]} rows "
+                f"{cal.seconds[0] * 1000:.0f} ms, over {cal.rows[1]} rows {cal.seconds[1] * 1000:.0f} ms of CPU "
+                f"({cal.wall[0] * 1000:.0f} and {cal.wall[1] * 1000:.0f} ms wall; {cal.threads} torch "
+                f"thread{'s' if cal.threads > 1 else ''}, as an actor)")
+    rows.append(f"estimate: wall ~ {est.wall_s:.0f} s = start-up {est.startup_s:.0f} s + trials "
+                f"{est.compute_s + est.overhead_s:.1f} s per actor (forwards {est.compute_s:.1f} s, overhead "
+                f"{est.overhead_s:.1f} s; the driver logs for {est.logging_s:.1f} s meanwhile) + end {est.end_s:.0f} s")
     rows.append(f"peak memory per actor ~ {est.peak_bytes / mb:.0f} MB ("
                 + ", ".join(f"{k} {v / mb:.0f} MB" for k, v in est.parts.items()) + ")")
     if sweep.options.get("generate"):
@@ -246,18 +324,37 @@ def dry_run_cost(sweep, points) -> list[str]:
     return dry_run_estimate(sweep, points)[0]
 
 
+_PROCESS: tuple[float, float] | None = None  # (wall, CPU seconds) of this process's start
+
+
 def dry_run_estimate(sweep, points) -> tuple[list[str], float]:
-    """`dry_run_cost`'s lines and the estimated wall seconds summed over the sweep's models (`study --dry-run`)."""
+    """`dry_run_cost`'s lines and the estimated wall seconds of the sweep (`study --dry-run`): one start-up and end;
+    the models' trials one after the other, each model after the first loaded once more by the actors."""
     import psutil
 
-    process_s = time.time() - psutil.Process().create_time()  # imports and validation, as the driver's
-    lines, wall = [], 0.0
+    global _PROCESS
+    if _PROCESS is None:  # imports and validation, as the driver's: once (a study's later sweeps share the process)
+        _PROCESS = (time.time() - psutil.Process().create_time(), _cpu())
+    process_s, process_cpu = _PROCESS
+    got = []
     for part in sweep.parts:
         own = [p for p in points if p.model == part.name]
         w = work(sweep, part, own)
-        cal = calibrate(sweep, part, max((r for r, _ in w.forwards), default=sweep.spec.n_eval))
-        est = estimate(sweep, part, w, cal, process_s)
-        wall += est.wall_s
+        got.append((part, w, calibrate(sweep, part, max((r for r, _ in w.forwards), default=sweep.spec.n_eval))))
+    n_actors = max(max(1, actors(part.resources, max(1, w.trials))) for part, w, _ in got)
+    shares = Shares.probe(n_actors, driver=min(1.0, max(0.01, process_cpu / max(process_s, 1e-6))))
+    lines, wall = [], 0.0
+    for i, (part, w, cal) in enumerate(got):
+        est = estimate(sweep, part, w, cal, process_s, shares)
+        if i == 0:
+            wall += est.wall_s
+        else:  # one start-up and end for the sweep; the actors load this model when its first pack comes
+            wall += est.wall_s - est.startup_s - est.end_s + cal.load_s / shares.actor
         rows = render(sweep, part, w, cal, est)
         lines += [f"{part.name}:", *("  " + row for row in rows)] if len(sweep.parts) > 1 else rows
+    lines.append(f"load now: {shares.load:.1f} (1-min average on {os.cpu_count()} CPUs); the driver gets "
+                 f"{shares.driver:.0%} of a core (as this process did), each of {n_actors} actor(s) at nice "
+                 f"+{ACTOR_NICE} {shares.actor:.0%} (probed for {PROBE_S:g} s)")
+    if len(sweep.parts) > 1:
+        lines.append(f"estimate for the sweep: wall ~ {wall:.0f} s")
     return lines, wall

@@ -79,13 +79,15 @@ def actor_resources(sweep: Sweep, part: Part) -> dict[str, float]:
 
 
 def _costs(sweep: Sweep, todo: list[Point]) -> dict[str, float]:
-    """Each point's share of the work for the progress bar: its layers, times its model's size among the sweep's."""
+    """Each point's share of the work for the progress bar: its layers (and a knock-out's families), times its model's
+    size among the sweep's."""
     size = {part.name: part.model.n_params for part in sweep.parts}
     largest = max(size.values())
     out = {}
     for point in todo:
         part = sweep.part(point.model)
-        cost = point_cost(point.values, sweep.kind.layer_axes, part.model.n_layers, sweep.spec.execution.prefix_reuse)
+        cost = point_cost(point.values, sweep.kind.layer_axes, part.model.n_layers, sweep.spec.execution.prefix_reuse,
+                          len(part.axes["family"]) if sweep.kind.uses_other_families else 1)
         out[point.trial_id] = cost * size[part.name] / largest
     return out
 

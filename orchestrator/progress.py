@@ -1,6 +1,6 @@
 """What a sweep is doing: a line per step before the first trial, then a bar (terminal, or an HTML bar in Jupyter) or a
-line per 5 % (logs), with an ETA from the overall rate of finished work, each grid point weighted by the layers it
-runs."""
+line per 5 % (logs), with an ETA: the work left (each grid point weighted by the forwards it runs, as cost.py counts
+them) over the rate of the recent half of the run, plus the end's fixed cost (cost.END)."""
 from __future__ import annotations
 
 import time
@@ -10,7 +10,10 @@ from typing import Iterator
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from orchestrator.cost import END
+
 STEP, SMALL = 0.05, 200  # off a terminal, a line per 5 % of the points (per 25 % below SMALL points)
+WINDOW_S = 30.0  # the ETA's rate: over the last half of the time since the first result, at least this long
 
 
 def duration(seconds: float) -> str:
@@ -36,13 +39,33 @@ def phase(console: Console, text: str) -> Iterator[None]:
     console.print(f"{text}: {duration(time.monotonic() - start)}")
 
 
-def point_cost(values: dict, layer_axes: tuple[str, ...], n_layers: int, prefix_reuse: bool) -> float:
+def point_cost(values: dict, layer_axes: tuple[str, ...], n_layers: int, prefix_reuse: bool,
+               families: int = 1) -> float:
     """Relative work of a grid point: the decoder layers it runs (from its layer up, with prefix reuse) plus one
-    for the unembedding and logging; a point without a layer axis runs the whole model."""
+    for the unembedding and logging, times `families` for a knock-out (a negative strength of a kind that reads the
+    other families: their eval items run too, as cost.work counts); a point without a layer axis runs the whole
+    model."""
     layer = next((values[a] for a in layer_axes if isinstance(values.get(a), int)), None)
+    rows = families if values.get("strength", 0) < 0 else 1
     if layer is None or not prefix_reuse:
-        return n_layers + 1.0
-    return n_layers - layer + 1.0
+        return (n_layers + 1.0) * rows
+    return (n_layers - layer + 1.0) * rows
+
+
+def eta(history: list[tuple[float, float]], work_total: float, end_s: float = 0.0) -> float | None:
+    """Seconds left after the last of `history`'s (time, work done) marks, the first at the first result: the
+    work left over the rate since the mark WINDOW_S or half the time since the first result ago (the longer; the
+    recent rate follows a change of load, half the run keeps the packs' bursts from jolting it), plus `end_s`.
+    None while less than a second of work has been timed."""
+    if len(history) < 2:
+        return None
+    (t0, _), (now, done) = history[0], history[-1]
+    since = now - max(WINDOW_S, (now - t0) / 2)
+    start = next(((t, w) for t, w in reversed(history) if t <= since), history[0])
+    seconds, work = now - start[0], done - start[1]
+    if seconds < 1 or work <= 0:
+        return None
+    return max(0.0, work_total - done) / (work / seconds) + end_s
 
 
 class NotebookBar:
@@ -72,7 +95,7 @@ class NotebookBar:
 
 
 class TrialProgress:
-    """Points logged so far, and an ETA = work left / overall rate of work since the first result.
+    """Points logged so far, and an ETA (`eta`): the work left over the recent rate of work, plus the end.
 
     The rate is measured from the first logged point on, so the start-up (actors loading the
     model, baselines) does not count as work; each point weighs `point_cost`, so that the cheap
@@ -86,6 +109,8 @@ class TrialProgress:
         self.mean_cost = self.work_total / max(1, self.total)
         self.start = time.monotonic()
         self.first: tuple[float, float] | None = None  # (time, work done) at the first logged point
+        self.history: list[tuple[float, float]] = []  # (time, work done) at each logged point, from the first
+        self.end_s = sum(END)  # the end's fixed cost on a free core (cost.py)
         self.step = STEP if self.total >= SMALL else 0.25
         self.next_line = self.step
         self.bar = None
@@ -113,18 +138,14 @@ class TrialProgress:
 
     def eta(self) -> float | None:
         """Seconds left, or None before the rate can be measured (a second pack must land after the first)."""
-        if self.first is None:
-            return None
-        since, work = time.monotonic() - self.first[0], self.work_done - self.first[1]
-        if since < 1 or work <= 0:
-            return None
-        return (self.work_total - self.work_done) / (work / since)
+        return eta(self.history, self.work_total, self.end_s)
 
     def advance(self, trial_id: str | None = None) -> None:
         """One point logged (or given up on)."""
         now = time.monotonic()
         self.count += 1
         self.work_done += self.costs.get(trial_id, self.mean_cost)
+        self.history.append((now, self.work_done))
         if self.first is None:
             self.first = (now, self.work_done)
             if not self.bar:
