@@ -169,7 +169,16 @@ def describe(name: str, trust_remote_code: bool = False) -> ModelInfo:
 
 
 def parameter_count(config) -> int:
-    """The model's parameter count from its config alone (the module is built on the meta device)."""
+    """The model's parameter count from its config alone (the module is built on the meta device), cached under the
+    cache root by the config and the transformers version: building it imports the model's code, seconds the driver
+    otherwise never spends."""
+    import transformers
+
+    text = f"{transformers.__version__}|{config.to_json_string(use_diff=False)}"
+    return _remembered("parameter_counts.json", hashlib.sha256(text.encode()).hexdigest(), lambda: _count(config))
+
+
+def _count(config) -> int:
     from accelerate import init_empty_weights
     from transformers import AutoModelForCausalLM
 
@@ -239,24 +248,35 @@ def weights_digest(name: str) -> str:
 
 def _file_digest(path: Path) -> str:
     """sha256 of one file, cached under the cache root by (path, size, mtime): seconds for a GB, once."""
-    import json
-
     stat = path.stat()
-    key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
-    index = cache_root() / "digests.json"
-    known = json.loads(index.read_text()) if index.is_file() else {}
-    if key not in known:
-        digest = hashlib.sha256()
+
+    def digest() -> str:
+        out = hashlib.sha256()
         with path.open("rb") as f:
             while block := f.read(packs.BLOCK):
-                digest.update(block)
-        known[key] = digest.hexdigest()
+                out.update(block)
+        return out.hexdigest()
+
+    return _remembered("digests.json", f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}", digest)
+
+
+def _remembered(file: str, key: str, compute: Callable[[], object]):
+    """compute(), kept in the JSON index `file` under the cache root by `key`."""
+    import json
+
+    index = cache_root() / file
+    try:
+        known = json.loads(index.read_text()) if index.is_file() else {}
+    except (OSError, ValueError):  # a damaged index is rebuilt
+        known = {}
+    if key not in known:
+        known[key] = compute()
         tmp = index.with_suffix(f".{os.getpid()}.tmp")
         try:
             index.parent.mkdir(parents=True, exist_ok=True)
             tmp.write_text(json.dumps(known, indent=0))
             tmp.replace(index)  # whole or not at all
-        except OSError:  # a cache that cannot be written (or a full disk) only costs hashing again next time
+        except OSError:  # a cache that cannot be written (or a full disk) only costs computing again next time
             with suppress(OSError):
                 tmp.unlink()
     return known[key]

@@ -327,4 +327,13 @@ def _main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
+        if not isinstance(exc.code, (int, type(None))):
+            print(exc.code, file=sys.stderr)
+    from orchestrator.signals import leave
+
+    leave(code)  # everything is written and Ray is down: skip the interpreter's teardown (5-7 s after a sweep)

@@ -55,8 +55,12 @@ def ray_session(address: str | None, needed: bool = True, env: dict[str, str] | 
                 os.environ.update(env or {})
             try:
                 # "local", never None: Ray would join the last `ray start` cluster of this machine, dead or alive
+                local = address in (None, "local")
+                # a local Ray's raylet starts one worker per CPU as it starts (these preload the model, startup.py);
+                # off: a second set started for this driver's job, which got the actors while the first loaded
                 ray.init(address=address or "local", include_dashboard=False, log_to_driver=False,
-                         logging_level="ERROR")
+                         logging_level="ERROR", **({"_system_config": {"prestart_worker_first_driver": False}}
+                                                   if local else {}))
             except ConnectionError as exc:
                 raise AtlasError(f"--address {address}: no Ray cluster answered ({first_line(exc)})") from None
             finally:

@@ -37,6 +37,7 @@ def _tune(sweep: Sweep, grouped: list[list[Point]], recorder: RecordTrials, stor
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's own console report off: we draw the progress bar
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # no per-trial CSV/JSON/TensorBoard files
     os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")  # Ctrl-C stops the sweep now (the record resumes it)
+    _no_trainable_runtime_env()
     spec = sweep.spec
     grid = [[{"trial_id": p.trial_id, "point": p.values, "model": p.model} for p in pack] for pack in grouped]
     wanted = {part.name: actor_resources(sweep, part) for part in sweep.parts}
@@ -60,6 +61,19 @@ def _tune(sweep: Sweep, grouped: list[list[Point]], recorder: RecordTrials, stor
         ),
     )
     tuner.fit()
+
+
+def _no_trainable_runtime_env() -> None:
+    """Tune gives every trainable actor a runtime_env of its own, `{"env_vars": {"PL_DISABLE_FORK": "1"}}` (for
+    PyTorch Lightning, which no kind uses), and Ray starts a fresh worker process for an actor with a runtime_env:
+    the workers a local Ray starts with, which preload the model (startup.py), would never get an actor. Without
+    it Tune's actors land on them. Tune still passes the variables it propagates from this process (AWS keys,
+    Ray Train's settings) when they are set."""
+    try:
+        from ray.tune.execution import class_cache
+    except ImportError:  # another Ray: its actors may start fresh workers, which only costs their start
+        return
+    class_cache.DEFAULT_ENV_VARS = {}
 
 
 def worker_settings(sweep: Sweep, estimate: str | None = None) -> WorkerSettings:

@@ -25,7 +25,7 @@ from orchestrator.sweepfiles import Gathered
 from orchestrator.tracking import StoreLost, Tracker
 
 CHECKPOINT_ENV = "ATLAS_CHECKPOINT_SECONDS"  # how often the writer puts the sweep files so far on the parent run
-RESULT_TAGS = ("worker", "node", "gpu_ids", "model_loads", "pack_size", "trial_seconds",
+RESULT_TAGS = ("worker", "node", "gpu_ids", "model_loads", "preloaded", "pack_size", "trial_seconds",
                "peak_rss_mb")  # per-trial facts, as tags
 
 

@@ -21,6 +21,7 @@ from typing import Callable, Generic, TypeVar
 V = TypeVar("V")
 PRELOAD = "ATLAS_PRELOAD"  # JSON: {model, trust_remote_code, dtype, slots, dir}
 SETUP_HOOK = "__RAY_WORKER_PROCESS_SETUP_HOOK_ENV_VAR"  # ray_constants.WORKER_PROCESS_SETUP_HOOK_ENV_VAR
+preloaded = False  # in a Ray worker: its setup hook loaded the model (each trial reports it)
 
 
 class Deferred(Generic[V]):
@@ -94,3 +95,5 @@ def _load(settings: dict) -> None:
         actor_model(settings["model"], settings["trust_remote_code"], "cpu", settings["dtype"])
     except Exception:  # the trial loads it (and reports what is wrong with it)
         return
+    global preloaded
+    preloaded = True

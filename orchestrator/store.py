@@ -11,7 +11,7 @@ import random
 import time
 import urllib.error
 import urllib.request
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Iterator
 
@@ -143,6 +143,49 @@ def schema_lock(uri: str) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+def seed_sqlite(uri: str) -> None:
+    """A new SQLite store starts as a copy of an empty one whose tables this MLflow version's migrations made once
+    (cached under the cache root), instead of running the migrations again: seconds of commits per new store. Call
+    under `schema_lock`. The copy holds tables only; MLflow adds the Default experiment, with this store's
+    artifact root, when it first opens it. Any failure leaves the file absent, for MLflow to create as before."""
+    if not uri.startswith("sqlite:///"):
+        return
+    path = Path(uri.removeprefix("sqlite:///"))
+    if path.exists() or not path.parent.is_dir():
+        return
+    part = path.with_name(f".{path.name}.{os.getpid()}.part")
+    try:
+        import shutil
+
+        import mlflow
+
+        shutil.copyfile(_template(f"mlflow-{mlflow.__version__}-tables.db"), part)
+        os.replace(part, path)
+    except Exception:  # a private MLflow call changed, the cache is read-only: MLflow migrates, as without the copy
+        with suppress(OSError):
+            part.unlink(missing_ok=True)
+
+
+def _template(name: str) -> Path:
+    """The cached empty store: made by MLflow's own table set-up on a file of its own, then renamed into place."""
+    from interventions.packs import cache_root
+
+    template = cache_root() / name
+    if not template.exists():
+        import sqlalchemy
+        from mlflow.store.db.utils import _initialize_tables
+
+        template.parent.mkdir(parents=True, exist_ok=True)
+        part = template.with_name(f".{name}.{os.getpid()}.part")
+        engine = sqlalchemy.create_engine(f"sqlite:///{part}")
+        try:
+            _initialize_tables(engine)
+        finally:
+            engine.dispose()
+        os.replace(part, template)
+    return template
 
 
 def search_all(client, experiment_id: str, filter_string: str, order_by=None):

@@ -33,6 +33,7 @@ from orchestrator.store import (
     default_store,
     schema_lock,
     search_all,
+    seed_sqlite,
     store_dir,
 )
 from orchestrator.view import set_view
@@ -100,6 +101,7 @@ class Tracker:
             if default_store(self.uri):
                 store_dir().mkdir(exist_ok=True)
             with schema_lock(self.uri):  # MlflowClient() creates or migrates a new SQLite file's tables
+                seed_sqlite(self.uri)
                 try:
                     self.client = RetryOnLock(MlflowClient(tracking_uri=self.uri))
                     found = self.client.get_experiment_by_name(self.sweep.spec.name)

@@ -27,6 +27,7 @@ from interventions.hooks import count_hooks
 from interventions.kinds import KINDS, TrialResult, run_pack
 from interventions.length import split_key
 from interventions.models import Model, load
+from orchestrator import startup
 
 MODEL_LOADS = 0  # per process: the model-load test reads it back from every trial's result
 _MODEL: dict[str, Model] = {}
@@ -135,6 +136,7 @@ def run_trial(config: dict, splits: dict[str, dict[tuple[str, int], Split]], set
         "node": ray.get_runtime_context().get_node_id(),
         "gpu_ids": ",".join(map(str, ray.get_gpu_ids())),
         "model_loads": MODEL_LOADS,
+        "preloaded": startup.preloaded,  # this worker's setup hook loaded the model before a trial asked for it
         "model": ctx.model.name,
         "pack_size": len(pack),
         "trial_seconds": (time.perf_counter() - start) / len(pack),  # the pack's wall time per grid point

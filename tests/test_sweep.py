@@ -97,6 +97,15 @@ def test_model_is_loaded_once_per_actor_not_per_trial(smoke_run):
     assert all(loads == {"1"} for loads in per_worker.values())
 
 
+def test_trials_run_on_the_workers_that_preloaded_the_model(smoke_run):
+    """The local Ray's first workers load the model as they start (startup.py); Tune's actors land on them (its
+    trainables' runtime_env would start fresh workers that load it again, later)."""
+    cwd, _ = smoke_run
+    preloaded = {run.data.tags["orchestrator.worker"]: run.data.tags["orchestrator.preloaded"]
+                 for run in children(sweep_runs(cwd))}
+    assert "True" in preloaded.values(), preloaded
+
+
 def test_packed_trials_equal_unpacked_trials_without_prefix_reuse(smoke_run, tmp_path):
     """smoke.yaml packs (strength x vector_type) four points per Tune trial; pack 1 without prefix reuse agrees."""
     cwd, _ = smoke_run
