@@ -180,3 +180,37 @@ def test_the_hub_card_says_whether_each_familys_hub_moves_across_lengths():
     assert summary.metrics["length_short/hub_layer_mode"] in (1, 2)  # families averaged within the bucket
     one = _hub_rows({("copying", "short"): 2})
     assert "hubs_across_lengths" not in SECTIONS.get("ablation").summary(one).tables  # one bucket: no card
+
+
+def _steer_rows(gains: dict[tuple[str, str], float], prompting: dict[tuple[str, str], float]) -> pd.DataFrame:
+    """Steering rows per (family, length): mean_diff at layer 1 gains `gain` over the random vector (ld_delta 0.1)
+    at strength 1, a weaker cell at layer 0; and the prompting baseline's ld_delta."""
+    rows = []
+    for (f, b), gain in gains.items():
+        for s in (0, 1):
+            for layer, extra in ((0, 0.5 * gain), (1, gain)):
+                rows += [{"family": f, "length": b, "seed": s, "layer": layer, "strength": 1.0,
+                          "vector_type": "mean_diff", "ld_delta": 0.1 + extra},
+                         {"family": f, "length": b, "seed": s, "layer": layer, "strength": 1.0,
+                          "vector_type": "random", "ld_delta": 0.1}]
+            rows.append({"family": f, "length": b, "seed": s, "layer": None, "strength": None,
+                         "vector_type": "prompt", "ld_delta": prompting[(f, b)]})
+    return pd.DataFrame(rows)
+
+
+def test_the_steering_card_says_whether_steering_holds_or_degrades_with_length():
+    from orchestrator.report.sections.steering import steering_across_lengths
+
+    gains = {("factual_recall", "short"): 2.0, ("factual_recall", "long"): 0.4,  # keeps 20 %: degrades
+             ("copying", "short"): 2.0, ("copying", "long"): 1.5}  # keeps 75 %: holds
+    frame = _steer_rows(gains, {key: 1.0 if key[1] == "short" else 0.25 for key in gains})
+    out = steering_across_lengths(frame)
+    table = out.tables["steering_across_lengths"].set_index("family")
+    assert table.loc["factual_recall", "verdict"] == "steering degrades with length"
+    assert table.loc["copying", "verdict"] == "steering holds across lengths"
+    assert table.loc["factual_recall", "gain_per_length"] == "short:+2.00, long:+0.40"  # the layer-1 cell, not layer 0
+    assert table.loc["copying", "cell_per_length"] == "short:mean_diff@L1x1, long:mean_diff@L1x1"
+    assert table.loc["copying", "prompting_per_length"] == "short:+1.00, long:+0.25"
+    assert out.metrics["steering_holds_across_lengths"] == 0.5
+    summary = SECTIONS.get("steering").summary(frame)  # the section's summary compares the buckets too
+    assert summary.tables["steering_across_lengths"].equals(out.tables["steering_across_lengths"])

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from rich.markup import escape
+from rich.table import Table
 
 from orchestrator.numbers import fmt
 from orchestrator.report.claims import SELECTIVE_A, ClaimCard, Evidence, card, grade
@@ -150,7 +152,56 @@ def best_cells_across(axis: str):
     return across
 
 
-@section("steering", profile=steering_profile, across={"precision": best_cells_across("precision")})
+HOLDS = 0.5  # steering holds across lengths when the longest bucket keeps at least this share of the first's gain
+
+
+def steering_across_lengths(frame: pd.DataFrame) -> Summary:
+    """Per family and length bucket (in the sweep's order): the strongest cell's gain over the random vector
+    (strongest_cells: the largest |ld_delta - random's|, signed here) and the prompting baseline's ld_delta; 'steering
+    holds across lengths' when the last bucket's |gain| is at least HOLDS x the first's, else 'steering degrades with
+    length' (table steering_across_lengths; metric steering_holds_across_lengths: the share of families it holds
+    for)."""
+    steer = frame[frame["vector_type"] != PROMPT]
+    steer = steer.assign(layer=steer["layer"].map(layer_tuple).map(layer_label))
+    prompt = frame[frame["vector_type"] == PROMPT]
+    rows = []
+    for family, own in steer.groupby("family", sort=False):
+        gains, cells, baselines = {}, {}, {}
+        for bucket, part in own.groupby("length", sort=False):
+            gap = _minus_control(seed_means(part, AXES, "ld_delta"), "ld_delta")
+            if gap.empty:
+                continue
+            size = gap.groupby(AXES)["gap"].mean()
+            best = size.abs().idxmax()
+            gains[str(bucket)], cells[str(bucket)] = float(size[best]), f"{best[2]}@L{best[0]}x{best[1]:g}"
+            shots = prompt[(prompt["family"] == family) & (prompt["length"] == bucket)]["ld_delta"].dropna()
+            baselines[str(bucket)] = float(shots.mean()) if len(shots) else float("nan")
+        if len(gains) < 2:
+            continue
+        first, last = next(iter(gains.values())), list(gains.values())[-1]
+        holds = abs(last) >= HOLDS * abs(first)
+        rows.append({"family": family, "gain_per_length": ", ".join(f"{b}:{g:+.2f}" for b, g in gains.items()),
+                     "cell_per_length": ", ".join(f"{b}:{c}" for b, c in cells.items()),
+                     "prompting_per_length": ", ".join(f"{b}:{fmt(v, '+.2f')}" for b, v in baselines.items()),
+                     "verdict": "steering holds across lengths" if holds else "steering degrades with length",
+                     "holds": holds})
+    table = pd.DataFrame(rows, columns=["family", "gain_per_length", "cell_per_length", "prompting_per_length",
+                                        "verdict", "holds"])
+    if table.empty:
+        return Summary({}, {})
+    view = Table(title="steering per family across prompt lengths: the strongest cell's gain over random, the "
+                       "prompting baseline", title_justify="left")
+    for name in ("family", "gain per length", "cell per length", "prompting per length", "verdict"):
+        view.add_column(name)
+    for _, r in table.iterrows():
+        view.add_row(str(r["family"]), r["gain_per_length"], escape(r["cell_per_length"]), r["prompting_per_length"],
+                     r["verdict"])
+    return Summary({"steering_across_lengths": table},
+                   {"steering_holds_across_lengths": float(table["holds"].mean())}, [view])
+
+
+@section("steering", profile=steering_profile,
+         across={"precision": best_cells_across("precision"), "length": steering_across_lengths})
 def steering_section(record: SweepRecord) -> Section:
     steer, prompt, rows = split_frame(record)
     result = Section("Steering")
