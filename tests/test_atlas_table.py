@@ -284,3 +284,13 @@ def test_the_rows_grade_a_value_row_by_the_sign_of_its_seeds():
                               for s, v in ((0, 0.5), (1, 0.7), (2, -0.1))])
     got = at.cell(at.ROWS.get("adapter norm-effect correlation"), rec, "r", "#")
     assert got.grade == "B" and got.text == f"0.367 ± {np.std([0.5, 0.7, -0.1], ddof=1):.2g}"
+
+
+def test_a_heads_only_ablation_member_has_no_layer_profile_to_place():
+    """The study page puts every ablation member's models on one depth axis (scale.place): a member of head trials
+    only (the atlas' `heads`) has no hub to mark there, and is left out instead of breaking the page."""
+    from orchestrator.report.scale import place
+
+    record = _record("ablation", _head_rows(0, {"copying": [(0, 1)]}) + _head_rows(1, {"copying": [(1, 2)]}))
+    assert place(record, "m") is None
+    assert place(_ablation(), "m").mode in (1, 2)  # a layer member is still placed

@@ -48,14 +48,18 @@ def _label(method: str) -> str:
     return "recovery (family mean)" if effect_metric(method) == "recovery" else "KL (family mean)"
 
 
-def _main(profiles: pd.DataFrame) -> tuple[str, str]:
+def _main(profiles: pd.DataFrame) -> tuple[str, str] | None:
+    """The (component, method) whose profile marks the hub: HUB if swept, else the first; None without a layer-wise
+    component (a sweep of heads only)."""
     pairs = list(dict.fromkeys(zip(profiles["component"], profiles["method"])))
-    return HUB if HUB in pairs else pairs[0]
+    return HUB if HUB in pairs else pairs[0] if pairs else None
 
 
 def ablation_profile(record: SweepRecord) -> Profile:
     record = replace(record, frame=with_variants(record.frame))  # methods named with their positions variant
     profiles = layer_profiles(record.frame)
+    if _main(profiles) is None:
+        return Profile(pd.DataFrame(columns=["seed", "layer", METRIC]), "", pd.Series(dtype=float), "the hub", "hub")
     component, method = _main(profiles)
     main = profiles[(profiles["component"] == component) & (profiles["method"] == method)]
     return Profile(main[["seed", "layer", METRIC]], f"{component}/{method}: {_label(method)}", peak(main)[2],
