@@ -77,8 +77,7 @@ def _expand_part(sweep: Sweep, part: Part) -> list[Point]:
     combos = kind_points(sweep.kind, part.axes, part.model, sweep.options)
     model = {"model": part.name} if "model" in sweep.axes else {}
     points = []
-    lengths = [{"length": v} for v in part.axes["length"]] if "length" in part.axes else [{}]
-    precisions = [{"precision": v} for v in part.axes["precision"]] if "precision" in part.axes else [{}]
+    lengths, precisions = ([{a: v} for v in part.axes[a]] if a in part.axes else [{}] for a in ("length", "precision"))
     for precision, seed, family, length, combo in itertools.product(precisions, part.axes["seed"],
                                                                     part.axes["family"], lengths, combos):
         values = {**model, **precision, "seed": seed, "family": family, **length, **combo}

@@ -58,9 +58,10 @@ def _main(profiles: pd.DataFrame) -> tuple[str, str] | None:
 def ablation_profile(record: SweepRecord) -> Profile:
     record = replace(record, frame=with_variants(record.frame))  # methods named with their positions variant
     profiles = layer_profiles(record.frame)
-    if _main(profiles) is None:
+    pair = _main(profiles)
+    if pair is None:
         return Profile(pd.DataFrame(columns=["seed", "layer", METRIC]), "", pd.Series(dtype=float), "the hub", "hub")
-    component, method = _main(profiles)
+    component, method = pair
     main = profiles[(profiles["component"] == component) & (profiles["method"] == method)]
     return Profile(main[["seed", "layer", METRIC]], f"{component}/{method}: {_label(method)}", peak(main)[2],
                    "the hub", "hub")

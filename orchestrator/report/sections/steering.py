@@ -132,15 +132,13 @@ def best_cells_across(axis: str):
     families whose cell stays)."""
 
     def across(frame: pd.DataFrame) -> Summary:
-        steer = frame[frame["vector_type"] != PROMPT]
-        steer = steer.assign(layer=steer["layer"].map(layer_tuple).map(layer_label))
+        steer = _steered(frame)
         cells: dict[str, dict[str, str]] = {}
         for value in dict.fromkeys(steer[axis].astype(str)):
             for family, own in steer[steer[axis].astype(str) == value].groupby("family", sort=False):
                 best = strongest_cells(own, 1)
                 if best:
-                    vtype, layer, strength = best[0]
-                    cells.setdefault(value, {})[str(family)] = f"{vtype}@L{layer}x{strength:g}"
+                    cells.setdefault(value, {})[str(family)] = cell_label(*best[0])
         if len(cells) < 2:
             return Summary({}, {})
         table, view = moves_table(axis, cells, "best_cell")
@@ -161,19 +159,16 @@ def steering_across_lengths(frame: pd.DataFrame) -> Summary:
     holds across lengths' when the last bucket's |gain| is at least HOLDS x the first's, else 'steering degrades with
     length' (table steering_across_lengths; metric steering_holds_across_lengths: the share of families it holds
     for)."""
-    steer = frame[frame["vector_type"] != PROMPT]
-    steer = steer.assign(layer=steer["layer"].map(layer_tuple).map(layer_label))
-    prompt = frame[frame["vector_type"] == PROMPT]
+    steer, prompt = _steered(frame), frame[frame["vector_type"] == PROMPT]
     rows = []
     for family, own in steer.groupby("family", sort=False):
         gains, cells, baselines = {}, {}, {}
         for bucket, part in own.groupby("length", sort=False):
-            gap = _minus_control(seed_means(part, AXES, "ld_delta"), "ld_delta")
-            if gap.empty:
+            size = cell_gains(part)
+            if size.empty:
                 continue
-            size = gap.groupby(AXES)["gap"].mean()
-            best = size.abs().idxmax()
-            gains[str(bucket)], cells[str(bucket)] = float(size[best]), f"{best[2]}@L{best[0]}x{best[1]:g}"
+            layer, strength, vtype = best = size.abs().idxmax()
+            gains[str(bucket)], cells[str(bucket)] = float(size[best]), cell_label(vtype, layer, strength)
             shots = prompt[(prompt["family"] == family) & (prompt["length"] == bucket)]["ld_delta"].dropna()
             baselines[str(bucket)] = float(shots.mean()) if len(shots) else float("nan")
         if len(gains) < 2:
@@ -398,13 +393,27 @@ def _geometry(steer: pd.DataFrame, result: Section) -> None:
             f"L{int(r.layer)} {r.mean:+.2f}" for r in low.itertuples()))
 
 
+def cell_gains(steer: pd.DataFrame) -> pd.Series:
+    """Per (layer, strength, vector_type) cell of non-control vectors: the mean over seeds of ld_delta - random's at
+    the same seed, layer and strength (ld_delta without a random vector); empty without such cells."""
+    gap = _minus_control(seed_means(steer, AXES, "ld_delta"), "ld_delta")
+    return gap.groupby(AXES)["gap"].mean() if not gap.empty else pd.Series(dtype=float)
+
+
 def strongest_cells(steer: pd.DataFrame, k: int = STRONGEST) -> list[tuple[str, str, float]]:
     """The k (vector_type, layer, strength) cells with the largest |ld_delta - random's| (|ld_delta| without one)."""
-    gap = _minus_control(seed_means(steer, AXES, "ld_delta"), "ld_delta")
-    if gap.empty:
-        return []
-    size = gap.groupby(AXES)["gap"].mean().abs().sort_values(ascending=False)
+    size = cell_gains(steer).abs().sort_values(ascending=False)
     return [(v, layer, float(s)) for (layer, s, v) in size.index[:k]]
+
+
+def cell_label(vtype: str, layer: str, strength: float) -> str:
+    return f"{vtype}@L{layer}x{strength:g}"
+
+
+def _steered(frame: pd.DataFrame) -> pd.DataFrame:
+    """A summary frame's steering rows (no prompting baseline), layers labelled as the report's ("6+21": a set)."""
+    steer = frame[frame["vector_type"] != PROMPT]
+    return steer.assign(layer=steer["layer"].map(layer_tuple).map(layer_label))
 
 
 def _reliability(record: SweepRecord, steer: pd.DataFrame, result: Section) -> None:
