@@ -28,7 +28,8 @@ def write_report(uri: str, name: str, out: Path | None = None, log: bool = True)
     out = out or store_dir() / "reports" / name
     facts = _facts(record)
     made = write_page(out, "report.html", f"{record.name}: {built.title} report", facts,
-                      [*record.notes, *built.notes], built.figures, built.cards if several else ranked(built.cards))
+                      [*record.notes, *built.notes], built.figures, built.cards if several else ranked(built.cards),
+                      tables=built.tables)
     if log and record.parent_id:
         log_report(uri, record.parent_id, [made.html, *made.pngs])
         made.logged_to = record.parent_id

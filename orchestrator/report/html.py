@@ -31,8 +31,9 @@ class Report:
 
 
 def write_page(out: Path, page: str, title: str, facts, notes, figures: list[Shown], cards: list[ClaimCard],
-               extra: str = "") -> Report:
-    """`extra`: HTML placed after the facts (a study's key-metrics table)."""
+               extra: str = "", tables=()) -> Report:
+    """`extra`: HTML placed after the facts (a study's key-metrics table); `tables`: (title, DataFrame) pairs shown
+    after the notes."""
     out.mkdir(parents=True, exist_ok=True)
     pngs, blocks = [], []
     for shown in figures:
@@ -44,6 +45,8 @@ def write_page(out: Path, page: str, title: str, facts, notes, figures: list[Sho
     body = [f"<h1>{_e(title)}</h1>", _facts_html(facts), *([extra] if extra else [])]
     if notes:
         body.append("<h2>Notes</h2><ul>" + "".join(f"<li>{_e(n)}</li>" for n in notes) + "</ul>")
+    if tables:
+        body.append("<h2>Tables</h2>" + "".join(_table_html(t, f) for t, f in tables))
     body += ["<h2>Figures</h2>", *blocks, "<h2 id='claims'>Claim cards (ranked)</h2>"]
     body += [_card_html(i, c) for i, c in enumerate(cards, 1)] or ["<p>No claim could be stated from this sweep.</p>"]
     rule = claims.__doc__.split("\n\n", 1)[1]
@@ -62,6 +65,10 @@ def _e(text) -> str:
 def _facts_html(facts) -> str:
     rows = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in facts)
     return f"<table class='facts'>{rows}</table>"
+
+
+def _table_html(title: str, frame) -> str:
+    return f"<h3>{_e(title)}</h3>" + frame.to_html(index=False, classes="atlas", na_rep="–", border=0)
 
 
 def _figure_html(shown: Shown, data: bytes) -> str:

@@ -114,14 +114,12 @@ def hubs_across(axis: str) -> Callable[[pd.DataFrame], Summary]:
 
     def across(frame: pd.DataFrame) -> Summary:
         rows, by_value = [], {}
-        for family, own in frame.groupby("family", sort=False):
+        picks = hub_picks(frame, axis)
+        for family, own in picks.groupby("family", sort=False):
             hubs = {}
-            for value, part in own.groupby(axis, sort=False):
-                profile = layer_profiles(part)
-                main = profile[(profile["component"] == HUB[0]) & (profile["method"] == HUB[1])]
-                if len(main):
-                    hubs[str(value)] = mode_and_std(hub_of(main))[0]
-                    by_value.setdefault(str(value), {})[str(family)] = f"L{hubs[str(value)]}"
+            for value, part in own.groupby("value", sort=False):
+                hubs[value] = mode_and_std(part["pick"])[0]
+                by_value.setdefault(value, {})[str(family)] = f"L{hubs[value]}"
             if len(hubs) >= 2:
                 stable = len(set(hubs.values())) == 1
                 rows.append({"family": family, f"hub_per_{axis}": ",".join(f"{k}:{v}" for k, v in hubs.items()),
@@ -144,6 +142,16 @@ def hubs_across(axis: str) -> Callable[[pd.DataFrame], Summary]:
 
     across.__name__ = f"hubs_across_{plural}"
     return across
+
+
+def hub_picks(frame: pd.DataFrame, axis: str) -> pd.DataFrame:
+    """Each seed's hub (component/method HUB) per family and value of `axis`: columns family, value, seed, pick."""
+    rows = []
+    for (family, value), part in frame.groupby(["family", frame[axis].astype(str)], sort=False):
+        profile = layer_profiles(part)
+        main = profile[(profile["component"] == HUB[0]) & (profile["method"] == HUB[1])]
+        rows += [{"family": family, "value": value, "seed": int(s), "pick": int(h)} for s, h in hub_of(main).items()]
+    return pd.DataFrame(rows, columns=["family", "value", "seed", "pick"])
 
 
 hubs_across_lengths = hubs_across("length")

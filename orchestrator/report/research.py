@@ -110,3 +110,22 @@ _figure("cross-model transfer zone", "1.5B", 24 / 28, "<= 0.857 (L24-L27 recover
         upper=True)
 _figure("adapter norm-effect correlation", "0.5B", 0.85, "0.85")
 _figure("adapter norm-effect correlation", "1.5B", 0.54, "0.54")
+# The generation check (30 prompts x bf16 / 8-bit / 4-bit NF4, base models), ranges over the three precisions: no
+# key-metrics row and no rule, printed beside the generation table's columns (sections/generation.py).
+GENERATION: Registry[Figure] = Registry("research generation figure")
+
+
+def generation_figure(column: str, model: str) -> Figure | None:
+    """The research's figure for a generation-table column at the size `model` compares with (None: none)."""
+    size = OURS.get(model)
+    return GENERATION.get(key(column, size)) if size and key(column, size) in GENERATION else None
+
+
+for _column, _size, _value, _text in (
+        ("loop_share", "0.5B", 0.48, "13-16 of 30 (0.43-0.53), every precision"),
+        ("loop_share", "1.5B", 0.18, "3-8 of 30 (0.10-0.27)"),
+        ("adherence", "0.5B", 0.035, "0-0.07 (bf16: 0)"),
+        ("adherence", "1.5B", 0.15, "0.13-0.17"),
+        ("speed_vs_bfloat16", "0.5B", 0.51, "0.45-0.58 at 8-bit and 4-bit"),
+        ("speed_vs_bfloat16", "1.5B", 0.91, "nf4 0.91 (17.1 vs 18.8 tok/s); 8-bit the slowest")):
+    GENERATION.register(key(_column, _size))(Figure(_value, _text))

@@ -121,17 +121,25 @@ def models_section(record: SweepRecord) -> Section:
     result.title, result.cards = f"{len(record.models)} models", ranked(result.cards)
     result.notes.append("claim cards: the cross-model ones first, then each model's; each part ranked")
     for one in record.by_model():
-        part = namespaced(build(one), one.model)
-        result.figures += part.figures
-        result.cards += ranked(part.cards)
-        result.notes += part.notes
+        append(result, namespaced(build(one), one.model))
     return result
 
 
-def namespaced(part: Section, model: str) -> Section:
-    """A model's section with its figure ids, figure titles, card claims and notes prefixed by the model."""
-    ids = {s.id: f"{safe_name(model)}_{s.id}" for s in part.figures}
-    figures = [replace(s, id=ids[s.id], title=f"{model}: {s.title}") for s in part.figures]
-    cards = [replace(c, claim=f"{model}: {c.claim}", figure=ids.get(c.figure, f"{safe_name(model)}_{c.figure}"))
+def append(result: Section, part: Section) -> None:
+    """`part`'s figures, cards (ranked among themselves), notes and tables after `result`'s."""
+    result.figures += part.figures
+    result.cards += ranked(part.cards)
+    result.notes += part.notes
+    result.tables += part.tables
+
+
+def namespaced(part: Section, label: str) -> Section:
+    """A section with its figure ids, figure titles, card claims, notes and tables prefixed by `label` (a model, or
+    "length short")."""
+    prefix = safe_name(label)
+    ids = {s.id: f"{prefix}_{s.id}" for s in part.figures}
+    figures = [replace(s, id=ids[s.id], title=f"{label}: {s.title}") for s in part.figures]
+    cards = [replace(c, claim=f"{label}: {c.claim}", figure=ids.get(c.figure, f"{prefix}_{c.figure}"))
              for c in part.cards]
-    return Section(f"{model}: {part.title}", figures, cards, [f"{model}: {n}" for n in part.notes])
+    return Section(f"{label}: {part.title}", figures, cards, [f"{label}: {n}" for n in part.notes],
+                   [(f"{label}: {name}", table) for name, table in part.tables])

@@ -41,6 +41,7 @@ class Section:
     figures: list[Shown] = field(default_factory=list)
     cards: list[ClaimCard] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    tables: list[tuple[str, pd.DataFrame]] = field(default_factory=list)  # (title, table): shown as HTML tables
 
 
 @dataclass
@@ -64,6 +65,10 @@ class SectionKind:
     # per value of the length and precision axes, then what compares those values: `across`)
     scale_card: Callable[[list[SweepRecord], str], ClaimCard | None] | None = None  # a sweep of several models: the
     # kind's cross-model card from each model's record, pointing at the depth figure (scale.py)
+    across: dict[str, Callable[[pd.DataFrame], Summary]] = field(default_factory=dict)  # axis -> what compares its
+    # values in the end-of-sweep summary (tables: the hub per family across lengths)
+    compare: dict[str, Callable[[pd.DataFrame], Section]] = field(default_factory=dict)  # axis -> the same as
+    # claim cards and figures on the report page (across.py)
 
 
 SECTIONS: Registry[SectionKind] = Registry("report section", sources=(
@@ -74,10 +79,11 @@ SECTIONS: Registry[SectionKind] = Registry("report section", sources=(
 
 def section(kind: str, **declaration):
     """Register `build(record) -> Section` as the report of experiment kind `kind` (with `profile`, `summary`,
-    `scale_card`, `across`; a summary is run on each model's rows apart when a sweep's rows hold several, see
-    hubs.per_model, and on each length bucket's and each precision's; `across: {axis: fn}` adds what compares an
-    axis' values when the rows hold several, hubs.per_axis)."""
-    across = declaration.pop("across", {})  # axis (hubs.ACROSS) -> what compares its values (the hub moves?)
+    `scale_card`, `across`, `compare`; a summary is run on each model's rows apart when a sweep's rows hold several,
+    see hubs.per_model, and on each length bucket's and each precision's; `across: {axis: fn}` adds what compares an
+    axis' values when the rows hold several, hubs.per_axis; `compare: {axis: fn}` puts it on the report page as
+    cards, across.py)."""
+    across = declaration.get("across", {})  # axis (hubs.ACROSS) -> what compares its values (the hub moves?)
     summary = declaration.get("summary")
     if summary is not None or across:
         summary = summary or (lambda frame: Summary({}, {}))
@@ -93,7 +99,13 @@ def section(kind: str, **declaration):
 
 
 def build(record: SweepRecord) -> Section:
-    """The report section of the record's kind; `generic_section` for a kind without its own."""
+    """The report section of the record's kind; `generic_section` for a kind without its own. A record holding
+    several prompt lengths or precisions gets the comparison across them, then each one's section (across.py)."""
+    from orchestrator.report.across import axis_to_split, values_section
+
+    axis = axis_to_split(record)
+    if axis is not None:
+        return values_section(record, axis, build)
     return SECTIONS.get(record.kind).build(record) if record.kind in SECTIONS else generic_section(record)
 
 

@@ -15,12 +15,14 @@ import pandas as pd
 from interventions.ablation import HUB, effect_metric
 from orchestrator.numbers import fmt
 from orchestrator.report import screen, separability
+from orchestrator.report.across import compare_picks
 from orchestrator.report.claims import ClaimCard, Evidence, card
 from orchestrator.report.figures import layer_profiles as profile_figure
 from orchestrator.report.figures import matrix
 from orchestrator.report.hubs import (
     METRIC,
     ablation_summary,
+    hub_picks,
     hubs_across_lengths,
     hubs_across_precisions,
     layer_profiles,
@@ -100,7 +102,8 @@ def mlp_scale_card(models: list[SweepRecord], figure: str) -> ClaimCard | None:
 
 
 @section("ablation", profile=ablation_profile, summary=ablation_summary, scale_card=mlp_scale_card,
-         across={"length": hubs_across_lengths, "precision": hubs_across_precisions})
+         across={"length": hubs_across_lengths, "precision": hubs_across_precisions},
+         compare={axis: compare_picks(axis, "hub", hub_picks, numeric=True) for axis in ("length", "precision")})
 def ablation_section(record: SweepRecord) -> Section:
     """Layer profiles, hubs and their cards from exact runs; a screened sweep adds its screen (estimates marked apart
     from exact points, their agreement) and draws profiles only for the panels whose every point ran exactly."""

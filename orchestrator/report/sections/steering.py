@@ -21,7 +21,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from orchestrator.numbers import fmt
+from orchestrator.report.across import compare_picks
 from orchestrator.report.claims import SELECTIVE_A, ClaimCard, Evidence, card, grade
+from orchestrator.report.figures import new_figure
 from orchestrator.report.hubs import Summary, moves_table
 from orchestrator.report.record import SweepRecord
 from orchestrator.report.sections import Profile, Section, Shown, as_profile, over_seeds, peak, section, seed_means
@@ -195,8 +197,77 @@ def steering_across_lengths(frame: pd.DataFrame) -> Summary:
                    {"steering_holds_across_lengths": float(table["holds"].mean())}, [view])
 
 
+def cell_picks(frame: pd.DataFrame, axis: str) -> pd.DataFrame:
+    """Each seed's strongest cell (strongest_cells) per family and value of `axis`: family, value, seed, pick."""
+    steer, rows = _steered(frame), []
+    for (family, value), part in steer.groupby(["family", steer[axis].astype(str)], sort=False):
+        for seed, mine in part.groupby("seed"):
+            best = strongest_cells(mine, 1)
+            if best:
+                rows.append({"family": family, "value": value, "seed": int(seed), "pick": cell_label(*best[0])})
+    return pd.DataFrame(rows, columns=["family", "value", "seed", "pick"])
+
+
+def _seed_gaps(part: pd.DataFrame) -> pd.DataFrame:
+    """Per seed and cell: ld_delta - random's at the same seed, layer and strength (`gap`)."""
+    return _minus_control(seed_means(part, AXES, "ld_delta"), "ld_delta")
+
+
+def lengths_compare(frame: pd.DataFrame) -> Section:
+    """Per family: "steering holds across lengths / degrades with length" (across.py's rule: the strongest cell
+    per bucket, each seed's gain over random there, the last bucket's kept share of the first's against HOLDS),
+    and each seed's strongest cell per bucket; figures of both."""
+    steer, prompt = _steered(frame), frame[frame["vector_type"] == PROMPT]
+    result = compare_picks("length", "strongest cell", cell_picks, numeric=False)(frame)
+    families = list(dict.fromkeys(steer["family"]))
+    fig, axes = new_figure(len(families), cols=min(3, len(families)), size=(3.8, 3.0))
+    for ax, family in zip(axes, families):
+        own = steer[steer["family"] == family]
+        buckets = list(dict.fromkeys(own["length"].astype(str)))
+        gains: dict[str, dict[int, float]] = {}
+        for i, bucket in enumerate(buckets):
+            part = own[own["length"].astype(str) == bucket]
+            size = cell_gains(part)
+            if size.empty:
+                continue
+            layer, strength, vtype = size.abs().idxmax()
+            gaps = _seed_gaps(part)
+            cell = gaps[(gaps["layer"] == layer) & (gaps["strength"] == strength) & (gaps["vector_type"] == vtype)]
+            gains[bucket] = dict(zip(cell["seed"].astype(int), cell["gap"].astype(float)))
+            ax.bar(i, float(size[(layer, strength, vtype)]), color="#8ab", label="strongest cell" if i == 0 else None)
+            ax.scatter([i] * len(cell), cell["gap"], color="k", s=12, zorder=3)
+            shots = prompt[(prompt["family"] == family) & (prompt["length"].astype(str) == bucket)]["ld_delta"]
+            if shots.notna().any():
+                ax.scatter([i], [shots.mean()], marker="x", color="#c33", s=40, zorder=3,
+                           label="prompting" if i == 0 else None)
+        ax.set_xticks(range(len(buckets)), buckets)
+        ax.axhline(0, color="#999", lw=0.8)
+        ax.set_title(family)
+        ax.set_ylabel("gain over random (ld_delta)")
+        if len(gains) < 2:
+            continue
+        first, last = gains[next(iter(gains))], gains[list(gains)[-1]]
+        kept = {s: abs(last[s]) / abs(first[s]) - HOLDS if first[s] else float("nan") for s in first if s in last}
+        kept = {s: x for s, x in kept.items() if np.isfinite(x)}
+        pooled = [(b, float(np.mean(list(g.values())))) for b, g in gains.items()]
+        holds = abs(pooled[-1][1]) >= HOLDS * abs(pooled[0][1])
+        verdict = "steering holds across lengths" if holds else "steering degrades with length"
+        result.cards.append(card(
+            f"{family}: {verdict} (gain over random " + ", ".join(f"{b} {g:+.2f}" for b, g in pooled) + ")",
+            "steering_gain_by_length", f"share of the {pooled[0][0]} gain kept at {pooled[-1][0]}, minus {HOLDS}",
+            Evidence(kept, {s: (x >= 0) == holds for s, x in kept.items()}, None, 1 if holds else -1),
+            caveats=["the strongest cell is chosen per bucket on all eval items (no held-out half here)"]))
+    axes[0].legend(fontsize=7)
+    result.figures.append(Shown("steering_gain_by_length", "steering's strongest cell per prompt length",
+                                "Bars: the strongest cell's gain over the random vector (mean over seeds); dots: each "
+                                "seed; x: the k-shot prompting baseline's ld_delta in the same bucket.", fig))
+    return result
+
+
 @section("steering", profile=steering_profile,
-         across={"precision": best_cells_across("precision"), "length": steering_across_lengths})
+         across={"precision": best_cells_across("precision"), "length": steering_across_lengths},
+         compare={"precision": compare_picks("precision", "strongest cell", cell_picks, numeric=False),
+                  "length": lengths_compare})
 def steering_section(record: SweepRecord) -> Section:
     steer, prompt, rows = split_frame(record)
     result = Section("Steering")
