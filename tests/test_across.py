@@ -112,3 +112,14 @@ def test_the_page_shows_the_sections_tables(tmp_path):
     text = page.read_text()
     assert "<h3>hubs across lengths</h3>" in text and "hub moves across lengths" in text
     assert text.count("<table class=\"dataframe atlas\"") == len(built.tables)
+
+
+def test_a_kind_without_a_comparison_keeps_every_precision_in_one_section():
+    rows = [{"model": "m", "precision": p, "decoding": "greedy", "seed": 0, "family": "generation_prompts",
+             "loop_share": 0.0, "repetition": 0.1, "adherence": 0.5, "full_adherence": 0.5,
+             "decode_tokens_per_s": speed} for p, speed in (("float32", 10.0), ("bfloat16", 20.0), ("nf4", 5.0))]
+    built = build(_record("generation", rows, ["seed", "family", "precision", "decoding"]))
+    assert [f.id for f in built.figures] == ["generation_decoding"]
+    (title, table), = built.tables
+    assert list(table["precision"]) == ["float32", "bfloat16", "nf4"]
+    assert list(table["speed_vs_bfloat16"]) == ["0.5", "1", "0.25"]

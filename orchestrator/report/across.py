@@ -29,9 +29,12 @@ from orchestrator.report.sections import SECTIONS, Section, Shown
 
 
 def axis_to_split(record: SweepRecord) -> str | None:
-    """The first of hubs.ACROSS' axes the record holds two or more values of (None: none)."""
+    """The first of hubs.ACROSS' axes that the record's kind compares (`compare`) and the record holds two or more
+    values of (None: none; a kind without a comparison, such as generation, shows every value in one section)."""
     frame = record.frame
-    return next((a for a in ACROSS if a in frame and frame[a].dropna().astype(str).nunique() > 1), None)
+    compared = SECTIONS.get(record.kind).compare if record.kind in SECTIONS else {}
+    return next((a for a in ACROSS if a in compared and a in frame and frame[a].dropna().astype(str).nunique() > 1),
+                None)
 
 
 def values_of(frame: pd.DataFrame, axis: str) -> list[str]:
@@ -42,10 +45,10 @@ def values_of(frame: pd.DataFrame, axis: str) -> list[str]:
 def values_section(record: SweepRecord, axis: str, build: Callable[[SweepRecord], Section]) -> Section:
     """The kind's comparison across `axis` (its `compare` entry), then `build` of each value's runs, namespaced."""
     plural = ACROSS[axis]
-    kind = SECTIONS.get(record.kind) if record.kind in SECTIONS else None
-    result = kind.compare[axis](record.frame) if kind and axis in kind.compare else Section("")
+    kind = SECTIONS.get(record.kind)
+    result = kind.compare[axis](record.frame)
     result.title = f"{record.kind} across {plural}"
-    if kind and axis in kind.across:  # the end-of-sweep tables that compare the values, as the sweep printed them
+    if axis in kind.across:  # the end-of-sweep tables that compare the values, as the sweep printed them
         result.tables += [(name.replace("_", " "), table.drop(columns=[c for c in ("stable", "holds", "moves")
                                                                       if c in table]))
                           for name, table in kind.across[axis](record.frame).tables.items()]
