@@ -123,3 +123,10 @@ def test_a_kind_without_a_comparison_keeps_every_precision_in_one_section():
     (title, table), = built.tables
     assert list(table["precision"]) == ["float32", "bfloat16", "nf4"]
     assert list(table["speed_vs_bfloat16"]) == ["0.5", "1", "0.25"]
+
+
+def test_buckets_are_compared_shortest_first_whatever_order_the_runs_come_in():
+    hubs = {**_hubs("copying", {"long": 3, "short": 1, "medium": 1})}
+    built = build(_record("ablation", _hub_rows(hubs), AXES))
+    assert "copying: hub moves across lengths (short: L1, medium: L1, long: L3)" in [c.claim for c in built.cards]
+    assert [f.id for f in built.figures][1].startswith("length_short_")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from orchestrator.report.across import axis_to_split
 from orchestrator.report.claims import ranked
 from orchestrator.report.html import Report, write_page
 from orchestrator.report.record import SweepRecord, log_report, read
@@ -25,10 +26,11 @@ def write_report(uri: str, name: str, out: Path | None = None, log: bool = True)
     record = read(uri, name)
     several = len(record.models) > 1
     built = models_section(record) if several else build(record)
+    in_parts = several or axis_to_split(record) is not None  # parts in order, each ranked already
     out = out or store_dir() / "reports" / name
     facts = _facts(record)
     made = write_page(out, "report.html", f"{record.name}: {built.title} report", facts,
-                      [*record.notes, *built.notes], built.figures, built.cards if several else ranked(built.cards),
+                      [*record.notes, *built.notes], built.figures, built.cards if in_parts else ranked(built.cards),
                       tables=built.tables)
     if log and record.parent_id:
         log_report(uri, record.parent_id, [made.html, *made.pngs])

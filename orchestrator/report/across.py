@@ -22,7 +22,7 @@ import pandas as pd
 
 from orchestrator.report.claims import ClaimCard, Evidence, card, ranked
 from orchestrator.report.figures import new_figure
-from orchestrator.report.hubs import ACROSS, safe_name
+from orchestrator.report.hubs import ACROSS, ordered_values, safe_name
 from orchestrator.report.record import SweepRecord
 from orchestrator.report.scale import append, namespaced
 from orchestrator.report.sections import SECTIONS, Section, Shown
@@ -37,11 +37,6 @@ def axis_to_split(record: SweepRecord) -> str | None:
                 None)
 
 
-def values_of(frame: pd.DataFrame, axis: str) -> list[str]:
-    """The axis' values in the order the runs hold them (the spec's order: short, medium, long)."""
-    return list(dict.fromkeys(frame[axis].dropna().astype(str)))
-
-
 def values_section(record: SweepRecord, axis: str, build: Callable[[SweepRecord], Section]) -> Section:
     """The kind's comparison across `axis` (its `compare` entry), then `build` of each value's runs, namespaced."""
     plural = ACROSS[axis]
@@ -54,7 +49,7 @@ def values_section(record: SweepRecord, axis: str, build: Callable[[SweepRecord]
                           for name, table in kind.across[axis](record.frame).tables.items()]
     result.cards = ranked(result.cards)
     result.notes.append(f"claim cards: those comparing {plural} first, then each {axis}'s own; each part ranked")
-    for value in values_of(record.frame, axis):
+    for value in ordered_values(record.frame, axis):
         append(result, namespaced(build(_rows_of(record, axis, value)), f"{axis} {value}"))
     return result
 

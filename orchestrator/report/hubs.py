@@ -42,6 +42,17 @@ def per_model(summarise: Callable[[pd.DataFrame], Summary]) -> Callable[[pd.Data
 ACROSS = {"length": "lengths", "precision": "precisions"}  # axes whose values a summary compares: axis -> plural
 
 
+def ordered_values(frame: pd.DataFrame, axis: str) -> list[str]:
+    """The axis' values as text: length buckets from the shortest (by their token range), other axes in the order
+    the rows hold them (a record read back from MLflow holds them in run order, not the spec's)."""
+    values = list(dict.fromkeys(frame[axis].dropna().astype(str)))
+    if axis == "length":
+        from interventions.length import bucket
+
+        values.sort(key=bucket)
+    return values
+
+
 def per_axis(axis: str, summarise: Callable[[pd.DataFrame], Summary],
              across: Callable[[pd.DataFrame], Summary] | None = None) -> Callable[[pd.DataFrame], Summary]:
     """`summarise` run on each value's rows apart when `frame` holds several values of `axis` (a column of that
@@ -146,9 +157,10 @@ def hubs_across(axis: str) -> Callable[[pd.DataFrame], Summary]:
 
 def hub_picks(frame: pd.DataFrame, axis: str) -> pd.DataFrame:
     """Each seed's hub (component/method HUB) per family and value of `axis`: columns family, value, seed, pick."""
-    rows = []
+    rows, rank = [], {v: i for i, v in enumerate(ordered_values(frame, axis))}
+    frame = frame.assign(_rank=frame[axis].astype(str).map(rank)).sort_values("_rank", kind="stable")
     for (family, value), part in frame.groupby(["family", frame[axis].astype(str)], sort=False):
-        profile = layer_profiles(part)
+        profile = layer_profiles(part.drop(columns="_rank"))
         main = profile[(profile["component"] == HUB[0]) & (profile["method"] == HUB[1])]
         rows += [{"family": family, "value": value, "seed": int(s), "pick": int(h)} for s, h in hub_of(main).items()]
     return pd.DataFrame(rows, columns=["family", "value", "seed", "pick"])

@@ -24,7 +24,7 @@ from orchestrator.numbers import fmt
 from orchestrator.report.across import compare_picks
 from orchestrator.report.claims import SELECTIVE_A, ClaimCard, Evidence, card, grade
 from orchestrator.report.figures import new_figure
-from orchestrator.report.hubs import Summary, moves_table
+from orchestrator.report.hubs import Summary, moves_table, ordered_values
 from orchestrator.report.record import SweepRecord
 from orchestrator.report.sections import Profile, Section, Shown, as_profile, over_seeds, peak, section, seed_means
 from orchestrator.report.steering_figures import generation_lines, geometry, item_shifts, steering_heatmaps
@@ -200,6 +200,8 @@ def steering_across_lengths(frame: pd.DataFrame) -> Summary:
 def cell_picks(frame: pd.DataFrame, axis: str) -> pd.DataFrame:
     """Each seed's strongest cell (strongest_cells) per family and value of `axis`: family, value, seed, pick."""
     steer, rows = _steered(frame), []
+    rank = {v: i for i, v in enumerate(ordered_values(steer, axis))}
+    steer = steer.assign(_rank=steer[axis].astype(str).map(rank)).sort_values("_rank", kind="stable")
     for (family, value), part in steer.groupby(["family", steer[axis].astype(str)], sort=False):
         for seed, mine in part.groupby("seed"):
             best = strongest_cells(mine, 1)
@@ -223,7 +225,7 @@ def lengths_compare(frame: pd.DataFrame) -> Section:
     fig, axes = new_figure(len(families), cols=min(3, len(families)), size=(3.8, 3.0))
     for ax, family in zip(axes, families):
         own = steer[steer["family"] == family]
-        buckets = list(dict.fromkeys(own["length"].astype(str)))
+        buckets = ordered_values(own, "length")
         gains: dict[str, dict[int, float]] = {}
         for i, bucket in enumerate(buckets):
             part = own[own["length"].astype(str) == bucket]
