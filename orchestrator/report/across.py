@@ -14,7 +14,6 @@ supported by x_s >= 0, "degrades" by x_s < 0.
 """
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Callable
 
 import numpy as np
@@ -50,19 +49,8 @@ def values_section(record: SweepRecord, axis: str, build: Callable[[SweepRecord]
     result.cards = ranked(result.cards)
     result.notes.append(f"claim cards: those comparing {plural} first, then each {axis}'s own; each part ranked")
     for value in ordered_values(record.frame, axis):
-        append(result, namespaced(build(_rows_of(record, axis, value)), f"{axis} {value}"))
+        append(result, namespaced(build(record.rows_where(axis, value)), f"{axis} {value}"))
     return result
-
-
-def _rows_of(record: SweepRecord, axis: str, value: str) -> SweepRecord:
-    frame = record.frame[record.frame[axis].astype(str) == value].reset_index(drop=True)
-    curves = record.curves
-    if "run_id" in curves:
-        curves = curves[curves["run_id"].isin(frame["run_id"])].reset_index(drop=True)
-    estimates = record.estimates
-    if axis in estimates:
-        estimates = estimates[estimates[axis].astype(str) == value].reset_index(drop=True)
-    return replace(record, frame=frame, curves=curves, estimates=estimates, notes=[])
 
 
 def moves_cards(picks: pd.DataFrame, axis: str, what: str, figure: str, label=str) -> list[ClaimCard]:

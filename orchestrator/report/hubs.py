@@ -53,6 +53,12 @@ def ordered_values(frame: pd.DataFrame, axis: str) -> list[str]:
     return values
 
 
+def in_order(frame: pd.DataFrame, axis: str) -> pd.DataFrame:
+    """`frame`'s rows sorted (stably) by ordered_values of `axis`, so that groupby(sort=False) meets them in order."""
+    rank = {v: i for i, v in enumerate(ordered_values(frame, axis))}
+    return frame.iloc[frame[axis].astype(str).map(rank).argsort(kind="stable")]
+
+
 def per_axis(axis: str, summarise: Callable[[pd.DataFrame], Summary],
              across: Callable[[pd.DataFrame], Summary] | None = None) -> Callable[[pd.DataFrame], Summary]:
     """`summarise` run on each value's rows apart when `frame` holds several values of `axis` (a column of that
@@ -157,10 +163,9 @@ def hubs_across(axis: str) -> Callable[[pd.DataFrame], Summary]:
 
 def hub_picks(frame: pd.DataFrame, axis: str) -> pd.DataFrame:
     """Each seed's hub (component/method HUB) per family and value of `axis`: columns family, value, seed, pick."""
-    rows, rank = [], {v: i for i, v in enumerate(ordered_values(frame, axis))}
-    frame = frame.assign(_rank=frame[axis].astype(str).map(rank)).sort_values("_rank", kind="stable")
+    rows, frame = [], in_order(frame, axis)
     for (family, value), part in frame.groupby(["family", frame[axis].astype(str)], sort=False):
-        profile = layer_profiles(part.drop(columns="_rank"))
+        profile = layer_profiles(part)
         main = profile[(profile["component"] == HUB[0]) & (profile["method"] == HUB[1])]
         rows += [{"family": family, "value": value, "seed": int(s), "pick": int(h)} for s, h in hub_of(main).items()]
     return pd.DataFrame(rows, columns=["family", "value", "seed", "pick"])

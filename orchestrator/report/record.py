@@ -64,23 +64,23 @@ class SweepRecord:
         models = self.models
         if len(models) < 2:
             return [self]
-        out = []
-        for model in models:
-            frame = self._rows_of(self.frame, model)
-            curves = self.curves
-            if "run_id" in curves:
-                curves = curves[curves["run_id"].isin(frame["run_id"])]
-            out.append(replace(self, model=model, n_layers=self.layers_of(model), frame=frame,
-                               curves=curves.reset_index(drop=True), axes=list(self.axes), notes=[],
-                               estimates=self._rows_of(self.estimates, model),
-                               layer_counts={model: self.layers_of(model)}))
-        return out
+        return [replace(self.rows_where("model", model), model=model, n_layers=self.layers_of(model),
+                        layer_counts={model: self.layers_of(model)}) for model in models]
+
+    def rows_where(self, column: str, value: str) -> SweepRecord:
+        """The record of the runs (and their curves and estimates) whose `column` reads `value`; no notes."""
+        frame = self._rows_of(self.frame, value, column)
+        curves = self.curves
+        if "run_id" in curves:
+            curves = curves[curves["run_id"].isin(frame["run_id"])]
+        return replace(self, frame=frame, curves=curves.reset_index(drop=True), axes=list(self.axes), notes=[],
+                       estimates=self._rows_of(self.estimates, value, column))
 
     @staticmethod
-    def _rows_of(frame: pd.DataFrame, model: str) -> pd.DataFrame:
-        if "model" not in frame:
+    def _rows_of(frame: pd.DataFrame, value: str, column: str = "model") -> pd.DataFrame:
+        if column not in frame:
             return frame
-        return frame[frame["model"].astype(str) == model].reset_index(drop=True)
+        return frame[frame[column].astype(str) == value].reset_index(drop=True)
 
     def sweep_file(self, name: str, folder: Path) -> Path | None:
         """A sweep-level file (items.parquet, ...) from the newest parent run that has it, downloaded into folder."""

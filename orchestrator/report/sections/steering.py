@@ -24,7 +24,7 @@ from orchestrator.numbers import fmt
 from orchestrator.report.across import compare_picks
 from orchestrator.report.claims import SELECTIVE_A, ClaimCard, Evidence, card, grade
 from orchestrator.report.figures import new_figure
-from orchestrator.report.hubs import Summary, moves_table, ordered_values
+from orchestrator.report.hubs import Summary, in_order, moves_table, ordered_values
 from orchestrator.report.record import SweepRecord
 from orchestrator.report.sections import Profile, Section, Shown, as_profile, over_seeds, peak, section, seed_means
 from orchestrator.report.steering_figures import generation_lines, geometry, item_shifts, steering_heatmaps
@@ -199,9 +199,7 @@ def steering_across_lengths(frame: pd.DataFrame) -> Summary:
 
 def cell_picks(frame: pd.DataFrame, axis: str) -> pd.DataFrame:
     """Each seed's strongest cell (strongest_cells) per family and value of `axis`: family, value, seed, pick."""
-    steer, rows = _steered(frame), []
-    rank = {v: i for i, v in enumerate(ordered_values(steer, axis))}
-    steer = steer.assign(_rank=steer[axis].astype(str).map(rank)).sort_values("_rank", kind="stable")
+    steer, rows = in_order(_steered(frame), axis), []
     for (family, value), part in steer.groupby(["family", steer[axis].astype(str)], sort=False):
         for seed, mine in part.groupby("seed"):
             best = strongest_cells(mine, 1)
