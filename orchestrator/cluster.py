@@ -9,6 +9,7 @@ from typing import Iterator
 import ray
 
 from interventions.registry import AtlasError, first_line
+from orchestrator.cost import ACTOR_NICE
 from orchestrator.signals import shielded
 from orchestrator.spec import ActorResources
 
@@ -42,6 +43,14 @@ def check_address(address: str | None, timeout: float = 3.0) -> None:
         raise AtlasError(f"--address {address}: no Ray cluster answered at {host}:{port} ({reason})") from None
 
 
+# A local Ray's raylet starts one worker per CPU as it starts (these preload the model, startup.py); with
+# prestart_worker_first_driver a second set starts for this driver's job and gets the actors while the first loads.
+# Ray runs its workers at nice 15 by default: any process at nice 0 beside the sweep (a test runner, a build, a
+# second sweep's driver) then takes nearly all the CPU from the actors, and on 2 busy cores a 30 s sweep ran 5 min.
+# The actors are the sweep's work: they run at the driver's niceness (cost.ACTOR_NICE, which the dry-run probes at).
+LOCAL_RAY = {"prestart_worker_first_driver": False, "worker_niceness": ACTOR_NICE}
+
+
 @contextmanager
 def ray_session(address: str | None, needed: bool = True, env: dict[str, str] | None = None) -> Iterator[None]:
     """Ray for the block: joined at `address`, or started here; shut down afterwards only if started here.
@@ -56,11 +65,8 @@ def ray_session(address: str | None, needed: bool = True, env: dict[str, str] | 
             try:
                 # "local", never None: Ray would join the last `ray start` cluster of this machine, dead or alive
                 local = address in (None, "local")
-                # a local Ray's raylet starts one worker per CPU as it starts (these preload the model, startup.py);
-                # off: a second set started for this driver's job, which got the actors while the first loaded
                 ray.init(address=address or "local", include_dashboard=False, log_to_driver=False,
-                         logging_level="ERROR", **({"_system_config": {"prestart_worker_first_driver": False}}
-                                                   if local else {}))
+                         logging_level="ERROR", **({"_system_config": LOCAL_RAY} if local else {}))
             except ConnectionError as exc:
                 raise AtlasError(f"--address {address}: no Ray cluster answered ({first_line(exc)})") from None
             finally:

@@ -17,7 +17,7 @@ The estimate, in seconds (docs/performance.md compares it with measured walls on
 The load: every timing here is CPU time (what the work costs on a free core), and every term is turned into wall
 seconds by the share of a core its process gets now (`Shares`): the driver's is what this process got over its own
 start (imports and validation, as the driver's); the actors' is probed for PROBE_S with one spinning process per
-actor, ACTOR_NICE nicer than this one, as Ray starts its workers. Linux shares the CPUs between sessions first
+actor, ACTOR_NICE nicer than this one, as a local Ray starts its workers. Linux shares the CPUs between sessions first
 (autogroups) and by niceness inside one: Ray's workers stay in the driver's session, so the actors share one
 session's slice of the machine, and the driver takes it from them while it is busy. The load average counts every
 runnable task, and overstates how much a sweep slows down when many are in a few other sessions. Each fixed cost
@@ -47,7 +47,7 @@ TRIAL_OVERHEAD = (0.05, 0.0)  # per Tune trial on an actor besides its forwards:
 POINT_LOG_S = 0.02  # CPU seconds per grid point: the driver's writer thread logs it as an MLflow run (driver)
 END = (1.0, 6.5)  # the last result to exit: Tune's teardown, the table, the aggregate, ray.shutdown (driver)
 PROBE_S = 2.0  # how long the shares are probed at dry-run
-ACTOR_NICE = 15  # Ray's worker_niceness: its workers (the actors) run 15 nicer than the driver that started Ray
+ACTOR_NICE = 0  # the worker_niceness a local Ray starts its workers (the actors) at (cluster.LOCAL_RAY; Ray's own: 15)
 PROCESS_BYTES = 650 * 2**20  # an actor process before its model: Python, Ray worker, torch, transformers
 
 
@@ -353,8 +353,8 @@ def dry_run_estimate(sweep, points) -> tuple[list[str], float]:
         rows = render(sweep, part, w, cal, est)
         lines += [f"{part.name}:", *("  " + row for row in rows)] if len(sweep.parts) > 1 else rows
     lines.append(f"load now: {shares.load:.1f} (1-min average on {os.cpu_count()} CPUs); the driver gets "
-                 f"{shares.driver:.0%} of a core (as this process did), each of {n_actors} actor(s) at nice "
-                 f"+{ACTOR_NICE} {shares.actor:.0%} (probed for {PROBE_S:g} s)")
+                 f"{shares.driver:.0%} of a core (as this process did), each of {n_actors} actor(s) "
+                 f"{shares.actor:.0%} (probed for {PROBE_S:g} s at nice +{ACTOR_NICE})")
     if len(sweep.parts) > 1:
         lines.append(f"estimate for the sweep: wall ~ {wall:.0f} s")
     return lines, wall

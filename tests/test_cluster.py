@@ -2,6 +2,7 @@
 cluster.yaml passes Ray's own cluster-launcher validation."""
 from __future__ import annotations
 
+import os
 from collections import defaultdict
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import pytest
 import ray
 import yaml
 
+from orchestrator.cluster import ray_session
 from orchestrator.driver import worker_settings
 from orchestrator.runner import run_sweep
 from orchestrator.spec import Execution, Resources, load_sweep
@@ -128,6 +130,18 @@ def test_a_two_node_gpu_cluster_spreads_the_sweep_over_both_nodes(tmp_path, fres
     finally:
         ray.shutdown()
         cluster.shutdown()
+
+
+@ray.remote
+def _niceness() -> int:
+    return os.nice(0)
+
+
+def test_a_local_ray_runs_its_workers_at_the_drivers_niceness(fresh_ray):
+    """Ray's default worker_niceness (15) lets any process at nice 0 beside a sweep take the CPU from its actors:
+    a 30 s screened sweep ran 5 min beside two busy loops. The sweep's own Ray runs them as nice as the driver."""
+    with ray_session(None):
+        assert ray.get(_niceness.remote()) == os.nice(0)
 
 
 def test_an_actor_places_its_model_where_ray_assigned_it_and_falls_back_to_cpu(monkeypatch):
