@@ -17,9 +17,9 @@ The estimate, in seconds (docs/performance.md compares it with measured walls on
 The load: every timing here is CPU time (what the work costs on a free core), and every term is turned into wall
 seconds by the share of a core its process gets now (`Shares`): the driver's is what this process got over its own
 start (imports and validation, as the driver's); the actors' is probed for PROBE_S with one spinning process per
-actor, ACTOR_NICE nicer than this one, as a local Ray starts its workers. Linux shares the CPUs between sessions first
-(autogroups) and by niceness inside one: Ray's workers stay in the driver's session, so the actors share one
-session's slice of the machine, and the driver takes it from them while it is busy. The load average counts every
+actor at ACTOR_NICE, as a local Ray starts its workers (as nice as the driver). Linux shares the CPUs between
+sessions first (autogroups) and by niceness inside one: Ray's workers stay in the driver's session, so the actors
+share one session's slice of the machine with the driver while it is busy. The load average counts every
 runnable task, and overstates how much a sweep slows down when many are in a few other sessions. Each fixed cost
 is (CPU seconds, waiting seconds): the CPU part is divided by the share of the process doing it, the waiting part
 (timeouts, polls, sleeps) is not.
@@ -152,7 +152,7 @@ class Shares:
 
     @staticmethod
     def probe(n_actors: int, seconds: float = PROBE_S, driver: float = 1.0) -> Shares:
-        """Spin n_actors processes ACTOR_NICE nicer than this one for `seconds`, in this process's session (its
+        """Spin n_actors processes at ACTOR_NICE above this one for `seconds`, in this process's session (its
         autogroup, where Ray's workers run too: Ray starts no session of its own)."""
         import multiprocessing
 
