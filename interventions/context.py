@@ -8,6 +8,7 @@ from typing import Callable, TypeVar
 import torch
 from torch import Tensor
 
+from interventions.cache import tensor_bytes
 from interventions.families import Split
 from interventions.forward import Batch, clean_run, encode, single_token_ids
 from interventions.models import Model
@@ -77,7 +78,9 @@ class FamilyRun:
             for suffix in (self._words(train, "target"), self._words(train, "distractor"))
         ]
         runs.append(clean_run(self.model, self.encode(prompts))[1])
-        return {layer: TrainActs(*(run[layer][:, -1] for run in runs)) for layer in runs[0]}
+        # a copy of the last position: a view would keep every position's residual alive (n_train x pos x d_model
+        # per layer and run, GiBs in a long length bucket)
+        return {layer: TrainActs(*(run[layer][:, -1].clone() for run in runs)) for layer in runs[0]}
 
     def train_acts(self, layer: int) -> TrainActs:
         return self._train[layer]
@@ -85,6 +88,10 @@ class FamilyRun:
     def resid_norm(self, layer: int) -> float:
         """r_L: mean norm of resid_post[L] at the last position over the train prompts."""
         return float(self._train[layer].prompt.norm(dim=-1).mean())
+
+    def nbytes(self) -> int:
+        """Bytes of the tensors computed and kept so far (baselines, memos); the model's weights are not counted."""
+        return tensor_bytes({k: v for k, v in vars(self).items() if k not in ("model", "split")})
 
 
 @dataclass

@@ -279,19 +279,33 @@ def estimate(sweep, part, w: Work, cal: Calibration, process_s: float, shares: S
                     startup + max(compute + overhead, logging) + end, sum(parts.values()), parts)
 
 
+def longest_prompts(part) -> list[int]:
+    """Tokens of each (family, seed) split's longest eval prompt (a length axis's buckets differ many times over)."""
+    from interventions.families import token_ids
+
+    tok = part.model.tokenizer
+    return [max(len(token_ids(tok, i.prompt)) for i in split.eval) for split in part.splits.values() if split.eval]
+
+
 def memory(sweep, part, w: Work, cal: Calibration) -> dict[str, int]:
     """Peak bytes of one actor by part: the process, the weights, the cached baselines of the (family, seed)s it
-    keeps (clean residuals of every layer, train activations), and the largest forward's activations."""
+    keeps (clean residuals of every layer, train activations, clean logits; worker._RUNS keeps at most 16, and at most
+    execution.baseline_cache_mb besides the one in use, the largest splits assumed), and the largest forward's
+    activations (over the longest prompts)."""
     spec, n = sweep.spec, part.model.n_layers
     word = 4  # float32
-    kept = min(16, w.family_seeds)  # worker._RUNS keeps 16 (family, seed) baselines
-    resid = spec.n_eval * cal.seq * cal.d_model * n * word  # clean resid_post of every layer
-    cache = kept * (resid * sweep.kind.baseline_copies + 3 * spec.n_train * cal.d_model * n * word)
+    seqs = sorted(longest_prompts(part) or [cal.seq], reverse=True)
+    seq = seqs[0]
+    per_split = [spec.n_eval * s * cal.d_model * n * word * sweep.kind.baseline_copies  # clean residuals
+                 + 3 * spec.n_train * cal.d_model * n * word  # train activations, last position
+                 + spec.n_eval * (cal.vocab * word + 2 * s * 8) for s in seqs]  # clean logits, token ids and mask
+    kept = per_split[:min(16, max(1, w.family_seeds))]
+    cache = min(sum(kept), kept[0] + spec.execution.baseline_cache_mb * 2**20)
     rows = max((r for r, _ in w.forwards), default=spec.n_eval)
-    per_token = cal.d_model * 6 + cal.d_ff * 3 + cal.n_heads * cal.seq
-    transient = rows * cal.seq * per_token * word + rows * cal.vocab * word
+    per_token = cal.d_model * 6 + cal.d_ff * 3 + cal.n_heads * seq
+    transient = rows * seq * per_token * word + rows * cal.vocab * word
     if spec.screen is not None:  # the backward keeps the whole eval forward's graph
-        transient = max(transient, spec.n_eval * cal.seq * per_token * n * word * 2)
+        transient = max(transient, spec.n_eval * seq * per_token * n * word * 2)
     return {"process": PROCESS_BYTES, "weights": cal.param_bytes, "cached baselines": cache,
             "largest forward": transient}
 

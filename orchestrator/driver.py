@@ -83,7 +83,7 @@ def worker_settings(sweep: Sweep, estimate: str | None = None) -> WorkerSettings
                                        part.resources.gpu) for part in sweep.parts}
     params = tuple(spec.screen.params().items()) if estimate and spec.screen is not None else ()
     return WorkerSettings(spec.kind, spec.trust_remote_code, spec.execution.prefix_reuse, spec.dtype, sweep.options,
-                          models, estimate, params)
+                          models, spec.execution.baseline_cache_mb * 2**20, estimate, params)
 
 
 def actor_resources(sweep: Sweep, part: Part) -> dict[str, float]:

@@ -58,6 +58,7 @@ class Execution(BaseModel):
     pack: int = Field(32, ge=1)  # grid points of a kind's pack axes evaluated in one batched forward (1: off)
     max_batch_rows: int = Field(1024, ge=1)  # memory cap: pack x n_eval prompts in one forward
     prefix_reuse: bool = True  # start at the cached residual of layer L (off: the layers below run again)
+    baseline_cache_mb: int = Field(2048, ge=0)  # per actor: (family, seed) baselines kept besides the one in use
 
 
 class Screen(BaseModel):

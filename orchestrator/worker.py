@@ -32,7 +32,9 @@ from orchestrator import startup
 MODEL_LOADS = 0  # per process: the model-load test reads it back from every trial's result
 _MODEL: dict[str, Model] = {}
 _LOADING = threading.Lock()  # a preload (orchestrator/startup.py) and the first trial never load twice
-_RUNS: LRU[FamilyRun] = LRU(16)  # (family, seed) baselines kept per actor; trials come grouped by seed and family
+# (family, seed) baselines kept per actor, at most 16 and at most execution.baseline_cache_mb besides the one in use
+# (a long length bucket's baselines weigh a GiB or more); trials come grouped by seed and family
+_RUNS: LRU[FamilyRun] = LRU(16, weigh=FamilyRun.nbytes)  # max_bytes: each trial's WorkerSettings.cache_bytes
 
 
 def actor_model(name: str, trust_remote_code: bool, device: str, dtype: str = "float32") -> Model:
@@ -76,6 +78,7 @@ class WorkerSettings:
     dtype: str
     options: dict  # the kind's option sections (None: off)
     models: dict[str, ModelSettings]  # model name -> its settings
+    cache_bytes: int  # execution.baseline_cache_mb: the (family, seed) baselines an actor keeps besides the one in use
     estimate: str | None = None  # a screen's estimate name: the pack's points are estimated, not run
     estimate_params: tuple[tuple[str, object], ...] = ()  # its `screen:` keys (Estimate.params), as keywords
 
@@ -87,6 +90,7 @@ def trial_context(settings: WorkerSettings, pack: list[dict], splits: dict) -> T
     device = "cuda" if own.gpu > 0 and torch.cuda.is_available() else "cpu"
     precision = pack[0]["point"].get("precision", settings.dtype)  # a precision axis: the pack's own
     model = actor_model(name, settings.trust_remote_code, device, precision)
+    _RUNS.max_bytes = settings.cache_bytes
     seed, family = pack[0]["point"]["seed"], pack[0]["point"]["family"]
     length = pack[0]["point"].get("length")  # a length axis: the items of the point's bucket
     others = []

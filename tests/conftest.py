@@ -36,7 +36,7 @@ transformers_logging.get_logger("transformers")
 KINDS.names()
 
 REPO = Path(__file__).resolve().parents[1]
-CRASH_ONCE = REPO / "tests" / "crash_once"  # a sitecustomize.py that crashes one trial's worker
+INJECT = REPO / "tests" / "inject"  # a sitecustomize.py that crashes one trial's worker, or slows every trial
 
 
 def pytest_collection_modifyitems(items) -> None:
@@ -177,10 +177,22 @@ def cli_env(**extra: str) -> dict:
     return env
 
 
+def injected_env(**faults: str) -> dict[str, str]:
+    """The environment for `cli` or `start` with tests/inject/sitecustomize.py first on the path of every process of
+    the sweep, set by `faults` (its variables)."""
+    return {**faults, "PYTHONPATH": os.pathsep.join([str(INJECT), str(REPO)])}
+
+
 def crash_once_env(marker: Path) -> dict[str, str]:
-    """The environment for `cli` under which the first Ray trial of the sweep kills its worker process, once, and
-    creates `marker`/crashed (tests/crash_once/sitecustomize.py, first on the path of every process of the sweep)."""
-    return {"ATLAS_CRASH_ONCE_DIR": str(marker), "PYTHONPATH": os.pathsep.join([str(CRASH_ONCE), str(REPO)])}
+    """The environment under which the first Ray trial of the sweep kills its worker process, once, and creates
+    `marker`/crashed."""
+    return injected_env(ATLAS_CRASH_ONCE_DIR=str(marker))
+
+
+def slow_trials_env(seconds: float) -> dict[str, str]:
+    """The environment under which every Ray trial sleeps `seconds` before it runs: a test that signals or kills
+    mid-sweep then acts while trials remain, however fast the actors are."""
+    return injected_env(ATLAS_TRIAL_DELAY_S=str(seconds))
 
 
 def cli(cwd: Path, *args: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:

@@ -30,6 +30,7 @@ from tests.conftest import (
     finished_now,
     role,
     run_main,
+    slow_trials_env,
     start,
     store,
     sweep_runs,
@@ -88,7 +89,7 @@ def smoke_points():
 def killed_mid_sweep(cwd: Path, victim) -> tuple[int, str, int, int]:
     """smoke.yaml through the CLI; once 4 trials are logged, victim(cli process, their worker tags) gets SIGKILL.
     Returns (exit code, output, the victim's pid, FINISHED runs at the kill)."""
-    proc = start(cwd, "sweep", str(SMOKE))
+    proc = start(cwd, "sweep", str(SMOKE), env=slow_trials_env(1))  # the kill lands while trials remain
     try:
         workers = wait_for(cwd, proc, 4)
         process = victim(proc, workers)
@@ -165,7 +166,8 @@ def driver_killed(tmp_path_factory):
     """smoke.yaml through the CLI; once 8 trials are logged the driver gets SIGKILL (no handler runs); then
     the same command with --resume."""
     cwd = tmp_path_factory.mktemp("driver_kill")
-    proc = start(cwd, "sweep", str(SMOKE), env={"ATLAS_CHECKPOINT_SECONDS": "0"})  # sweep files after every point
+    proc = start(cwd, "sweep", str(SMOKE), env={"ATLAS_CHECKPOINT_SECONDS": "0",  # sweep files after every point
+                                                **slow_trials_env(1)})  # the kill lands while trials remain
     try:
         wait_for(cwd, proc, 8)
         leftover = descendants(proc.pid)

@@ -113,7 +113,7 @@ def test_worker_reports_the_flops_it_ran(tmp_path, monkeypatch):
     monkeypatch.setattr(worker, "load", lambda *args: eager(args[0]))
     monkeypatch.setattr(worker, "matmul_rate", lambda *args: 1.0)  # its own matmul is not the trial's
     monkeypatch.setattr(worker, "_MODEL", {})
-    monkeypatch.setattr(worker, "_RUNS", worker.LRU(16))  # baselines computed in this trial, and counted
+    monkeypatch.setattr(worker, "_RUNS", worker.LRU(16, weigh=worker.FamilyRun.nbytes))  # baselines counted here
     config = {"pack": [{"trial_id": p.trial_id, "point": p.values, "model": p.model} for p in pack]}
     threads = torch.get_num_threads()
     try:

@@ -22,6 +22,7 @@ from tests.conftest import (
     finished_now,
     free_port,
     role,
+    slow_trials_env,
     start,
     store,
     sweep_runs,
@@ -152,7 +153,7 @@ def test_a_crashed_worker_is_retried_and_logged_once(tmp_path):
 
 
 def test_an_interrupted_driver_resumes_without_loss_or_duplicates(tmp_path):
-    proc = start(tmp_path, "sweep", str(SMOKE))
+    proc = start(tmp_path, "sweep", str(SMOKE), env=slow_trials_env(1))  # Ctrl-C lands while trials remain
     deadline = time.time() + 240
     while time.time() < deadline and len(finished_now(tmp_path)) < 4:
         time.sleep(0.5)
