@@ -34,7 +34,7 @@ from __future__ import annotations
 import os
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 # Fixed costs as (CPU seconds on a free core, waiting seconds), calibrated from whole sweep processes
 # (benchmarks/estimates.py --phases) on the 2-core machine this was written on: see docs/performance.md, "Cost
@@ -89,6 +89,8 @@ class Work:
     naive_layer_forwards: int  # one full forward per point, no packing or prefix reuse
     family_seeds: int
     screened: int = 0  # grid points estimated instead of run (a screen)
+    lengths: list[float] = field(default_factory=list)  # per forward: its prompts' tokens over the timed split's
+    baseline_length: float = 1.0  # the same, averaged over the (family, seed) splits whose baselines are built
 
     @property
     def layer_forwards(self) -> int:
@@ -110,26 +112,38 @@ def _start(sweep, values: dict) -> int:
 
 def work(sweep, part, points) -> Work:
     """Count the batched forwards of every pack of one model's points (a screen: of its verify set's share)."""
+    from interventions.length import split_key
     from orchestrator.grid import packs
 
     n, n_eval = part.model.n_layers, sweep.spec.n_eval
     grouped = packs(sweep, points)
-    forwards = []
+    tokens = prompt_tokens(part)
+    timed = tokens.get(next(iter(part.splits), None), 1) or 1  # calibrate() times the first split's prompts
+
+    def length(family: str, values: dict) -> float:
+        return tokens.get((split_key(family, values.get("length")), values["seed"]), timed) / timed
+
+    forwards, lengths = [], []
     for pack in grouped:
-        layers = n - min(_start(sweep, pack[0].values), n)
+        values = pack[0].values
+        layers = n - min(_start(sweep, values), n)
         forwards.append((len(pack) * n_eval, layers))
+        lengths.append(length(values["family"], values))
         knock = sum(1 for p in pack if p.values.get("strength", 0) < 0) if sweep.kind.uses_other_families else 0
-        forwards += [(knock * n_eval, layers)] * ((len(part.axes["family"]) - 1) if knock else 0)
+        others = [f for f in part.axes["family"] if f != values["family"]] if knock else []
+        forwards += [(knock * n_eval, layers)] * len(others)
+        lengths += [length(f, values) for f in others]
     screen, trials, screened = sweep.spec.screen, len(grouped), 0
     if screen is not None:  # the verify set, spread over the packs, plus an estimate trial per (family, seed)
         groups = {(p.values["component"], p.values["method"]) for p in points}
         verified = min(len(points), len(groups) * (screen.verify_top + screen.verify_random))
         share = verified / max(1, len(points))
         forwards = [(n_eval * -(-int(rows * share) // n_eval) or n_eval, layers) for rows, layers in forwards]
-        forwards, screened = forwards[:verified], len(points) - verified
+        forwards, lengths, screened = forwards[:verified], lengths[:verified], len(points) - verified
         trials = min(trials, verified) + len(part.splits)
+    baseline_length = sum(tokens.values()) / len(tokens) / timed if tokens else 1.0
     return Work(len(points), trials, max(map(len, grouped), default=0), forwards, len(points) * n, len(part.splits),
-                screened)
+                screened, lengths, baseline_length)
 
 
 def _spin(nice: int, seconds: float, out) -> None:
@@ -267,8 +281,10 @@ def estimate(sweep, part, w: Work, cal: Calibration, process_s: float, shares: S
         runs = 2 if any(ABLATIONS.get(m).patching for m in sweep.axes.get("method", ())) else 1  # + the corrupt run
         baseline += 3 * runs * cal.forward(spec.n_eval, n, n)
     per_fs_actor = min(n_actors, max(1, w.trials // max(1, w.family_seeds)))
-    setup = baseline * w.family_seeds * per_fs_actor / n_actors
-    compute = (sum(cal.forward(rows, layers, n) for rows, layers in w.forwards) / n_actors + setup) / shares.actor
+    setup = baseline * w.baseline_length * w.family_seeds * per_fs_actor / n_actors
+    scales = w.lengths or [1.0] * len(w.forwards)
+    forwards = sum(cal.forward(rows, layers, n) * scale for (rows, layers), scale in zip(w.forwards, scales))
+    compute = (forwards / n_actors + setup) / shares.actor
     overhead = fixed(TRIAL_OVERHEAD, shares.actor) * w.trials / n_actors
     logging = POINT_LOG_S * (w.points - w.screened + (w.points if spec.screen is not None else 0)) / shares.driver
     startup = (process_s + fixed(PRE_RAY, shares.driver) + fixed(RAY_START, shares.driver)
@@ -279,12 +295,14 @@ def estimate(sweep, part, w: Work, cal: Calibration, process_s: float, shares: S
                     startup + max(compute + overhead, logging) + end, sum(parts.values()), parts)
 
 
-def longest_prompts(part) -> list[int]:
-    """Tokens of each (family, seed) split's longest eval prompt (a length axis's buckets differ many times over)."""
+def prompt_tokens(part) -> dict[tuple[str, int], int]:
+    """Tokens of each (family, seed) split's longest eval prompt: a batch is padded to it (a length axis's buckets
+    differ many times over, and a forward's time and a baseline's bytes grow with it)."""
     from interventions.families import token_ids
 
     tok = part.model.tokenizer
-    return [max(len(token_ids(tok, i.prompt)) for i in split.eval) for split in part.splits.values() if split.eval]
+    return {key: max(len(token_ids(tok, i.prompt)) for i in split.eval) for key, split in part.splits.items()
+            if split.eval}
 
 
 def memory(sweep, part, w: Work, cal: Calibration) -> dict[str, int]:
@@ -294,7 +312,7 @@ def memory(sweep, part, w: Work, cal: Calibration) -> dict[str, int]:
     activations (over the longest prompts)."""
     spec, n = sweep.spec, part.model.n_layers
     word = 4  # float32
-    seqs = sorted(longest_prompts(part) or [cal.seq], reverse=True)
+    seqs = sorted(prompt_tokens(part).values() or [cal.seq], reverse=True)
     seq = seqs[0]
     per_split = [spec.n_eval * s * cal.d_model * n * word * sweep.kind.baseline_copies  # clean residuals
                  + 3 * spec.n_train * cal.d_model * n * word  # train activations, last position

@@ -214,3 +214,41 @@ def test_the_steering_card_says_whether_steering_holds_or_degrades_with_length()
     assert out.metrics["steering_holds_across_lengths"] == 0.5
     summary = SECTIONS.get("steering").summary(frame)  # the section's summary compares the buckets too
     assert summary.tables["steering_across_lengths"].equals(out.tables["steering_across_lengths"])
+
+
+def test_the_dry_run_times_a_long_bucket_by_its_own_prompts(tmp_path, smollm2):
+    """calibrate() times the first (short) split's forward; a long bucket's forward costs several times more, and the
+    estimate scales each forward by its prompts' tokens: within 2x of the measured ratio (a flat estimate said 1x,
+    and a 3 h length sweep looked like 17 min)."""
+    import time
+
+    from interventions.forward import clean_run
+    from orchestrator.cost import calibrate, work
+
+    sweep = _sweep(tmp_path, spec("steering", "lengths", model="smollm2-135m", n_train=4, n_eval=4,
+                                  length=["short", {"min": 240, "max": 280}], extra={"baseline": {"shots": 0}},
+                                  **STEER))
+    part = sweep.parts[0]
+    w = work(sweep, part, expand(sweep))
+    cal = calibrate(sweep, part, pack_rows=4)
+    n = part.model.n_layers
+    estimated = {}
+    for (rows, layers), scale, point in zip(w.forwards, w.lengths, expand(sweep)):
+        estimated[point.values["length"]] = cal.forward(rows, layers, n) * scale
+    measured = {}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as calibrate() and an actor
+    try:
+        for (key, _), one in part.splits.items():
+            batch = FamilyRun(smollm2, one).eval_batch
+            times = []
+            for _ in range(3):
+                start = time.thread_time()
+                with torch.no_grad():
+                    clean_run(smollm2, batch)
+                times.append(time.thread_time() - start)
+            measured[key.split("@")[1]] = sorted(times)[1]
+    finally:
+        torch.set_num_threads(threads)
+    want, got = measured["240-280"] / measured["short"], estimated["240-280"] / estimated["short"]
+    assert want > 3 and 0.5 < got / want < 2, (want, got)
