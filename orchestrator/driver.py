@@ -16,7 +16,8 @@ from ray import tune
 from rich.console import Console
 
 from interventions.attribution import ESTIMATES
-from orchestrator.cost import actor_bytes
+from interventions.length import split_key
+from orchestrator.cost import actor_bytes, prompt_tokens
 from orchestrator.grid import Point, packs
 from orchestrator.progress import TrialProgress, point_cost
 from orchestrator.recorder import RecordTrials, Retries, Writer
@@ -93,16 +94,21 @@ def actor_resources(sweep: Sweep, part: Part) -> dict[str, float]:
 
 
 def _costs(sweep: Sweep, todo: list[Point]) -> dict[str, float]:
-    """Each point's share of the work for the progress bar: its layers (and a knock-out's families), times its model's
-    size among the sweep's."""
+    """Each point's share of the work for the progress bar: its layers (and a knock-out's families), times its
+    prompts' length (a length axis's long bucket costs many times its short one), times its model's size among the
+    sweep's."""
     size = {part.name: part.model.n_params for part in sweep.parts}
     largest = max(size.values())
+    tokens = {part.name: prompt_tokens(part) for part in sweep.parts}
+    mean = {name: sum(t.values()) / len(t) if t else 1.0 for name, t in tokens.items()}
     out = {}
     for point in todo:
-        part = sweep.part(point.model)
-        cost = point_cost(point.values, sweep.kind.layer_axes, part.model.n_layers, sweep.spec.execution.prefix_reuse,
+        part, values = sweep.part(point.model), point.values
+        cost = point_cost(values, sweep.kind.layer_axes, part.model.n_layers, sweep.spec.execution.prefix_reuse,
                           len(part.axes["family"]) if sweep.kind.uses_other_families else 1)
-        out[point.trial_id] = cost * size[part.name] / largest
+        key = (split_key(str(values.get("family")), values.get("length")), values.get("seed"))
+        length = tokens[part.name].get(key, mean[part.name]) / mean[part.name]
+        out[point.trial_id] = cost * length * size[part.name] / largest
     return out
 
 

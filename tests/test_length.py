@@ -219,11 +219,12 @@ def test_the_steering_card_says_whether_steering_holds_or_degrades_with_length()
 def test_the_dry_run_times_a_long_bucket_by_its_own_prompts(tmp_path, smollm2):
     """calibrate() times the first (short) split's forward; a long bucket's forward costs several times more, and the
     estimate scales each forward by its prompts' tokens: within 2x of the measured ratio (a flat estimate said 1x,
-    and a 3 h length sweep looked like 17 min)."""
+    and a 3 h length sweep looked like 17 min). The progress bar's ETA weighs the points the same way."""
     import time
 
     from interventions.forward import clean_run
     from orchestrator.cost import calibrate, work
+    from orchestrator.driver import _costs
 
     sweep = _sweep(tmp_path, spec("steering", "lengths", model="smollm2-135m", n_train=4, n_eval=4,
                                   length=["short", {"min": 240, "max": 280}], extra={"baseline": {"shots": 0}},
@@ -252,3 +253,5 @@ def test_the_dry_run_times_a_long_bucket_by_its_own_prompts(tmp_path, smollm2):
         torch.set_num_threads(threads)
     want, got = measured["240-280"] / measured["short"], estimated["240-280"] / estimated["short"]
     assert want > 3 and 0.5 < got / want < 2, (want, got)
+    weights = {p.values["length"]: w for p, w in zip(expand(sweep), _costs(sweep, expand(sweep)).values())}
+    assert 0.5 < weights["240-280"] / weights["short"] / want < 2, (weights, want)
