@@ -121,23 +121,29 @@ def rate_rows(rows: int) -> int:
 def matmul_rate(rows: int, d_model: int, d_ff: int, threads: int, device: str = "cpu", seconds: float = 0.25) -> float:
     """FLOP/s of a dense float32 (rows × d_model) @ (d_model × d_ff) at `threads` torch threads in this process: the
     fastest of repeats for about `seconds`. One CPU thread is timed by its CPU time (the matmul runs in the calling
-    thread), so other processes on the machine do not lower it; more threads and GPUs by the wall clock."""
+    thread), so other processes on the machine do not lower it; more threads and GPUs by the wall clock, and so is a
+    repeat whose calling thread spent under half its wall time on the CPU (the matmul ran in a pool's threads: its
+    CPU time alone would be ~0, and the loop, counting it, never ended). At most 8x `seconds` of wall time."""
     threads_before = torch.get_num_threads()
     torch.set_num_threads(threads)
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-    clock = time.thread_time if threads == 1 and device == "cpu" else time.perf_counter
+    by_cpu = threads == 1 and device == "cpu"
     try:
         gen = torch.Generator().manual_seed(0)
         a, b = (torch.randn(n, k, generator=gen).to(device) for n, k in ((rows, d_model), (d_model, d_ff)))
         a @ b  # warm-up: first-call allocation and dispatch
         best, spent, repeats = float("inf"), 0.0, 0
-        while spent < seconds or repeats < 3 or best <= 0:
+        deadline = time.perf_counter() + 8 * seconds
+        while (spent < seconds or repeats < 3 or best == float("inf")) and time.perf_counter() < deadline:
             sync()
-            start = clock()
+            wall, cpu = time.perf_counter(), time.thread_time()
             a @ b
             sync()
-            took = clock() - start
-            best, spent, repeats = min(best, took), spent + took, repeats + 1
-        return 2 * rows * d_model * d_ff / best
+            wall, cpu = time.perf_counter() - wall, time.thread_time() - cpu
+            took = cpu if by_cpu and cpu >= 0.5 * wall else wall
+            if took > 0:
+                best = min(best, took)
+            spent, repeats = spent + wall, repeats + 1
+        return 2 * rows * d_model * d_ff / best if best < float("inf") else float("nan")
     finally:
         torch.set_num_threads(threads_before)

@@ -6,6 +6,7 @@ values are bmm. Neither side counts norms, activations or softmax.
 """
 from __future__ import annotations
 
+import time
 import types
 
 import pytest
@@ -97,6 +98,17 @@ def test_backward_of_attribution():
 def test_matmul_rate_is_cached():
     rate = matmul_rate(64, 64, 128, 1, seconds=0.01)
     assert rate > 0 and matmul_rate(64, 64, 128, 1, seconds=0.01) == rate
+
+
+def test_matmul_rate_ends_when_the_matmul_runs_outside_the_calling_thread(monkeypatch):
+    """A BLAS pool can run the matmul while the calling thread waits: its CPU clock then barely moves. The rate is
+    then timed by the wall clock, and the timing ends (it had spun for 10 min in a CI actor, counting CPU time)."""
+    import interventions.flops as flops
+
+    monkeypatch.setattr(flops.time, "thread_time", lambda: 0.0)  # the calling thread never on the CPU
+    start = time.perf_counter()
+    rate = flops.matmul_rate.__wrapped__(64, 64, 128, 1, seconds=0.05)
+    assert 0 < rate < float("inf") and time.perf_counter() - start < 2
 
 
 def test_worker_reports_the_flops_it_ran(tmp_path, monkeypatch):
