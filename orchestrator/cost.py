@@ -112,17 +112,12 @@ def _start(sweep, values: dict) -> int:
 
 def work(sweep, part, points) -> Work:
     """Count the batched forwards of every pack of one model's points (a screen: of its verify set's share)."""
-    from interventions.length import split_key
     from orchestrator.grid import packs
 
     n, n_eval = part.model.n_layers, sweep.spec.n_eval
     grouped = packs(sweep, points)
     tokens = prompt_tokens(part)
-    timed = tokens.get(next(iter(part.splits), None), 1) or 1  # calibrate() times the first split's prompts
-
-    def length(family: str, values: dict) -> float:
-        return tokens.get((split_key(family, values.get("length")), values["seed"]), timed) / timed
-
+    length = length_scale(part, tokens)
     forwards, lengths = [], []
     for pack in grouped:
         values = pack[0].values
@@ -141,7 +136,7 @@ def work(sweep, part, points) -> Work:
         forwards = [(n_eval * -(-int(rows * share) // n_eval) or n_eval, layers) for rows, layers in forwards]
         forwards, lengths, screened = forwards[:verified], lengths[:verified], len(points) - verified
         trials = min(trials, verified) + len(part.splits)
-    baseline_length = sum(tokens.values()) / len(tokens) / timed if tokens else 1.0
+    baseline_length = sum(length(family, {"seed": seed}) for family, seed in tokens) / len(tokens) if tokens else 1.0
     return Work(len(points), trials, max(map(len, grouped), default=0), forwards, len(points) * n, len(part.splits),
                 screened, lengths, baseline_length)
 
@@ -303,6 +298,20 @@ def prompt_tokens(part) -> dict[tuple[str, int], int]:
     tok = part.model.tokenizer
     return {key: max(len(token_ids(tok, i.prompt)) for i in split.eval) for key, split in part.splits.items()
             if split.eval}
+
+
+def length_scale(part, tokens: dict[tuple[str, int], int] | None = None):
+    """f(family, point values): the tokens of that (family, seed, length bucket)'s longest prompt over those of the
+    split calibrate() times (the first): what a forward over it costs, relative to the timed one."""
+    from interventions.length import split_key
+
+    tokens = prompt_tokens(part) if tokens is None else tokens
+    timed = tokens.get(next(iter(part.splits), None), 1) or 1
+
+    def scale(family: str, values: dict) -> float:
+        return tokens.get((split_key(str(family), values.get("length")), values.get("seed")), timed) / timed
+
+    return scale
 
 
 def memory(sweep, part, w: Work, cal: Calibration) -> dict[str, int]:

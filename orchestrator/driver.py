@@ -16,8 +16,7 @@ from ray import tune
 from rich.console import Console
 
 from interventions.attribution import ESTIMATES
-from interventions.length import split_key
-from orchestrator.cost import actor_bytes, prompt_tokens
+from orchestrator.cost import actor_bytes, length_scale
 from orchestrator.grid import Point, packs
 from orchestrator.progress import TrialProgress, point_cost
 from orchestrator.recorder import RecordTrials, Retries, Writer
@@ -99,15 +98,13 @@ def _costs(sweep: Sweep, todo: list[Point]) -> dict[str, float]:
     sweep's."""
     size = {part.name: part.model.n_params for part in sweep.parts}
     largest = max(size.values())
-    tokens = {part.name: prompt_tokens(part) for part in sweep.parts}
-    mean = {name: sum(t.values()) / len(t) if t else 1.0 for name, t in tokens.items()}
+    scale = {part.name: length_scale(part) for part in sweep.parts}
     out = {}
     for point in todo:
         part, values = sweep.part(point.model), point.values
         cost = point_cost(values, sweep.kind.layer_axes, part.model.n_layers, sweep.spec.execution.prefix_reuse,
                           len(part.axes["family"]) if sweep.kind.uses_other_families else 1)
-        key = (split_key(str(values.get("family")), values.get("length")), values.get("seed"))
-        length = tokens[part.name].get(key, mean[part.name]) / mean[part.name]
+        length = scale[part.name](values.get("family"), values)
         out[point.trial_id] = cost * length * size[part.name] / largest
     return out
 
